@@ -1,0 +1,197 @@
+"""The three Wav2Lip networks in Flax (NHWC), structured exactly as the reference.
+
+Submodule names are the reference's state_dict prefixes with '.' replaced by '_'
+(`face_encoder_blocks.1.2` -> `face_encoder_blocks_1_2`), which keeps the official-weight
+converter a mechanical renaming. Channel widths are divided by `width_divisor` for tiny variants.
+
+Layouts: faces (N, 96, 96, C) BGR in [0, 1]; mels (N, 80, 16, 1). Windows (B, T, ...) are folded
+time-major into B*T frames (index t*B + b) as the reference does, so BatchNorm sees the same batch.
+"""
+from typing import Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from lipsync_jax.layers import ConvBlock, Layer, LeakyConvBlock
+
+L = Layer
+
+
+def _residuals(c: int, n: int, k: int = 3) -> Tuple[Layer, ...]:
+  return tuple(L(c, k, 1, k // 2, residual=True) for _ in range(n))
+
+
+def _up(c: int, n_res: int) -> Tuple[Layer, ...]:
+  return (L(c, 3, 2, 1, transpose=True, output_padding=1),) + _residuals(c, n_res)
+
+
+GENERATOR_FACE_ENCODER = (
+    (L(16, 7, 1, 3),),
+    (L(32, 3, 2, 1),) + _residuals(32, 2),
+    (L(64, 3, 2, 1),) + _residuals(64, 3),
+    (L(128, 3, 2, 1),) + _residuals(128, 2),
+    (L(256, 3, 2, 1),) + _residuals(256, 2),
+    (L(512, 3, 2, 1),) + _residuals(512, 1),
+    (L(512, 3, 1, 0), L(512, 1, 1, 0)),
+)
+
+
+def _audio_encoder(n_res_256: int) -> Tuple[Layer, ...]:
+  return ((L(32, 3, 1, 1),) + _residuals(32, 2) + (L(64, 3, (3, 1), 1),) + _residuals(64, 2)
+          + (L(128, 3, 3, 1),) + _residuals(128, 2) + (L(256, 3, (3, 2), 1),)
+          + _residuals(256, n_res_256) + (L(512, 3, 1, 0), L(512, 1, 1, 0)))
+
+
+GENERATOR_AUDIO_ENCODER = _audio_encoder(1)
+GENERATOR_FACE_DECODER = (
+    (L(512, 1, 1, 0),),
+    (L(512, 3, 1, 0, transpose=True),) + _residuals(512, 1),
+    _up(512, 2), _up(384, 2), _up(256, 2), _up(128, 2), _up(64, 2),
+)
+GENERATOR_OUTPUT = L(32, 3, 1, 1)
+
+EXPERT_FACE_ENCODER = (
+    (L(32, 7, 1, 3), L(64, 5, (1, 2), 1)) + _residuals(64, 2)
+    + (L(128, 3, 2, 1),) + _residuals(128, 3) + (L(256, 3, 2, 1),) + _residuals(256, 2)
+    + (L(512, 3, 2, 1),) + _residuals(512, 2)
+    + (L(512, 3, 2, 1), L(512, 3, 1, 0), L(512, 1, 1, 0)))
+EXPERT_AUDIO_ENCODER = _audio_encoder(2)
+
+DISC_FACE_ENCODER = (
+    (L(32, 7, 1, 3),),
+    (L(64, 5, (1, 2), 2), L(64, 5, 1, 2)),
+    (L(128, 5, 2, 2), L(128, 5, 1, 2)),
+    (L(256, 5, 2, 2), L(256, 5, 1, 2)),
+    (L(512, 3, 2, 1), L(512, 3, 1, 1)),
+    (L(512, 3, 2, 1), L(512, 3, 1, 1)),
+    (L(512, 3, 1, 0), L(512, 1, 1, 0)),
+)
+
+
+def fold_time(x: jax.Array) -> jax.Array:
+  """(B, T, ...) -> (T*B, ...), row t*B + b (the reference's time-major folding)."""
+  return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
+
+
+def unfold_time(x: jax.Array, batch: int) -> jax.Array:
+  """Inverse of fold_time."""
+  return jnp.swapaxes(x.reshape((-1, batch) + x.shape[1:]), 0, 1)
+
+
+def lower_half(faces: jax.Array) -> jax.Array:
+  """Rows H//2.. of NHWC frames (or windows)."""
+  return faces[..., faces.shape[-3] // 2:, :, :]
+
+
+def stack_window_channels(window: jax.Array) -> jax.Array:
+  """(B, T, H, W, 3) -> (B, H, W, 3T) with channel 3t + c, the expert's face input."""
+  b, t, h, w, c = window.shape
+  return jnp.moveaxis(window, 1, 3).reshape(b, h, w, t * c)
+
+
+class _Net(nn.Module):
+  """Shared plumbing: width scaling and block construction."""
+  width_divisor: int = 1
+  dtype: Optional[jnp.dtype] = None
+  precision: Optional[str] = None
+  folded_bn: bool = False
+
+  def scaled(self, layer: Layer) -> Layer:
+    return layer._replace(features=max(layer.features // self.width_divisor, 4))
+
+  def block(self, layer: Layer, name: str) -> ConvBlock:
+    return ConvBlock(self.scaled(layer), self.folded_bn, self.dtype, self.precision, name=name)
+
+  def sequence(self, x, layers: Sequence[Layer], prefix: str, train: bool):
+    for j, layer in enumerate(layers):
+      x = self.block(layer, f'{prefix}_{j}')(x, train)
+    return x
+
+
+class Wav2Lip(_Net):
+  """Generator: identity encoder + speech encoder + face decoder with skips, sigmoid output."""
+
+  @nn.compact
+  def __call__(self, mel, face, train: bool = False):
+    windowed = face.ndim == 5
+    if windowed:
+      batch = face.shape[0]
+      mel, face = fold_time(mel), fold_time(face)
+    x = self.sequence(mel, GENERATOR_AUDIO_ENCODER, 'audio_encoder', train)
+    self.sow('intermediates', 'audio_emb', x)
+    skips = []
+    f = face
+    for i, layers in enumerate(GENERATOR_FACE_ENCODER):
+      f = self.sequence(f, layers, f'face_encoder_blocks_{i}', train)
+      self.sow('intermediates', f'face_enc_{i}', f)
+      skips.append(f)
+    for i, layers in enumerate(GENERATOR_FACE_DECODER):
+      x = self.sequence(x, layers, f'face_decoder_blocks_{i}', train)
+      self.sow('intermediates', f'face_dec_{i}', x)
+      x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
+    x = self.block(GENERATOR_OUTPUT, 'output_block_0')(x, train)
+    x = nn.Conv(3, (1, 1), dtype=self.dtype, precision=self.precision, name='output_block_1')(x)
+    out = nn.sigmoid(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
+    return unfold_time(out, batch) if windowed else out
+
+
+class SyncNet(_Net):
+  """Expert lip-sync discriminator: returns L2-normalised (audio, face) embeddings.
+
+  face: (N, 48, 96, 15), the lower halves of 5 frames stacked on channels (3t + c).
+  """
+
+  @nn.compact
+  def __call__(self, mel, face, train: bool = False):
+    f = self.sequence(face, EXPERT_FACE_ENCODER, 'face_encoder', train)
+    a = self.sequence(mel, EXPERT_AUDIO_ENCODER, 'audio_encoder', train)
+    return _l2_normalize(a.reshape(a.shape[0], -1)), _l2_normalize(f.reshape(f.shape[0], -1))
+
+
+def _l2_normalize(x, eps=1e-12):
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class QualityDiscriminator(_Net):
+  """Visual quality discriminator on lower halves: (N,96,96,3) or (B,T,96,96,3) -> (N or T*B, 1)."""
+
+  @nn.compact
+  def __call__(self, face):
+    x = lower_half(fold_time(face) if face.ndim == 5 else face)
+    for i, layers in enumerate(DISC_FACE_ENCODER):
+      for j, layer in enumerate(layers):
+        x = LeakyConvBlock(self.scaled(layer), self.dtype, self.precision,
+                           name=f'face_encoder_blocks_{i}_{j}')(x)
+    x = nn.Conv(1, (1, 1), dtype=self.dtype, precision=self.precision, name='binary_pred_0')(x)
+    return nn.sigmoid(x.reshape(x.shape[0], -1).astype(jnp.promote_types(x.dtype, jnp.float32)))
+
+
+MODELS = {'wav2lip': Wav2Lip, 'expert': SyncNet, 'quality_disc': QualityDiscriminator}
+IMG_SIZE = 96
+MEL_SHAPE = (80, 16, 1)
+
+
+def build(name: str, width_divisor: int = 1, dtype=None, precision=None,
+          folded_bn: bool = False) -> nn.Module:
+  """Builds a network by name ('wav2lip', 'expert', 'quality_disc')."""
+  if name not in MODELS:
+    raise ValueError(f'unknown model {name!r}; expected one of {sorted(MODELS)}')
+  return MODELS[name](width_divisor=width_divisor, dtype=dtype, precision=precision,
+                      folded_bn=folded_bn)
+
+
+def example_inputs(name: str, n: int = 1, dtype=jnp.float32) -> tuple:
+  """Zero inputs of the right single-frame shapes, for init and tracing."""
+  mel = jnp.zeros((n,) + MEL_SHAPE, dtype)
+  if name == 'wav2lip':
+    return mel, jnp.zeros((n, IMG_SIZE, IMG_SIZE, 6), dtype)
+  if name == 'expert':
+    return mel, jnp.zeros((n, IMG_SIZE // 2, IMG_SIZE, 15), dtype)
+  return (jnp.zeros((n, IMG_SIZE, IMG_SIZE, 3), dtype),)
+
+
+def init(module: nn.Module, name: str, rng: jax.Array) -> dict:
+  """Fresh variables (params and, where present, batch_stats)."""
+  return module.init(rng, *example_inputs(name, 2))
