@@ -1,0 +1,54 @@
+"""Shared fixtures: the ../shared folder (parity vectors, media, face model) and helpers."""
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get('LIPSYNC_JAX_SHARED', ROOT.parent / 'shared'))
+PARITY = SHARED / 'parity'
+MEDIA = SHARED / 'media'
+FACE_MODEL = SHARED / 'models' / 'face_detection_yunet_2026may.onnx'
+
+
+def require(path: pathlib.Path) -> pathlib.Path:
+  if not path.exists():
+    pytest.skip(f'{path} not found (the ../shared fixtures are absent on this machine)')
+  return path
+
+
+def load_parity_weights(name: str) -> dict:
+  """The parity README's loader: int8 q * 2**-exp per float tensor, exact in float32."""
+  z = np.load(require(PARITY / f'{name}_weights.npz'))
+  state_dict = {}
+  for key in z.files:
+    if key.endswith('::q'):
+      k = key[:-3]
+      state_dict[k] = z[key].astype(np.float32) * 2.0 ** (-int(z[k + '::exp']))
+    elif not key.endswith('::exp'):
+      state_dict[key] = z[key]
+  return state_dict
+
+
+def parity_io(name: str):
+  return np.load(require(PARITY / f'{name}_io.npz'))
+
+
+def rel_l2(x, ref) -> float:
+  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+  return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
+
+
+def nchw_to_nhwc(x):
+  return np.moveaxis(np.asarray(x), 1, -1)
+
+
+def windows_to_nhwc(faces):
+  """torch (B, C, T, H, W) -> ours (B, T, H, W, C)."""
+  return np.moveaxis(np.asarray(faces), 1, -1)
+
+
+def mels_to_nhwc(mels):
+  """torch (B, T, 1, 80, 16) or (N, 1, 80, 16) -> ours (..., 80, 16, 1)."""
+  return np.moveaxis(np.asarray(mels), -3, -1)

@@ -1,0 +1,123 @@
+"""Forward passes against the original PyTorch models (../shared/parity).
+
+Each check runs in float32 at the tolerances the parity README measured for torch's own float32,
+and in float64 at 1e-10, which catches any convention slip (padding, BN, layout, folding).
+"""
+import jax
+import numpy as np
+import pytest
+
+from conftest import (load_parity_weights, mels_to_nhwc, nchw_to_nhwc, parity_io, rel_l2,
+                      windows_to_nhwc)
+from lipsync_jax import convert, models
+from lipsync_jax.losses import bce, cosine_similarity
+
+PRECISIONS = [pytest.param(np.float32, id='f32'), pytest.param(np.float64, id='f64')]
+
+
+def _tol(dtype, f32_tol):
+  return 1e-10 if dtype == np.float64 else f32_tol
+
+
+def _model(name, dtype):
+  module = models.build(name)
+  variables = convert.variables_from_state_dict(load_parity_weights(
+      {'wav2lip': 'wav2lip', 'expert': 'syncnet', 'quality_disc': 'disc'}[name]),
+      module, name, dtype)
+  return module, variables
+
+
+def _check_running_stats(updates, io, dtype, tol):
+  stats = {k: v for k, v in convert.state_dict_from_variables(updates).items()
+           if '.running_' in k}
+  assert len(stats) == len([k for k in io.files if k.startswith('f64/bn_after_train/')])
+  worst = max(rel_l2(v, io[f'f64/bn_after_train/{k}']) for k, v in stats.items())
+  assert worst < tol, worst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('dtype', PRECISIONS)
+def test_generator(dtype):
+  io = parity_io('wav2lip')
+  with jax.enable_x64(dtype == np.float64):
+    module, variables = _model('wav2lip', dtype)
+    apply = jax.jit(module.apply, static_argnames='train', static_argnums=())
+    out4 = apply(variables, mels_to_nhwc(io['in/mel_4d']).astype(dtype),
+                 nchw_to_nhwc(io['in/face_4d']).astype(dtype))
+    assert rel_l2(np.moveaxis(out4, -1, 1), io['f64/eval_4d']) < _tol(dtype, 1e-5)
+    mels = mels_to_nhwc(io['in/mel_5d']).astype(dtype)
+    faces = windows_to_nhwc(io['in/face_5d']).astype(dtype)
+    out5 = apply(variables, mels, faces)
+    assert out5.shape == (2, 5, 96, 96, 3)
+    assert rel_l2(np.moveaxis(out5, -1, 1), io['f64/eval_5d']) < _tol(dtype, 1e-5)
+    out_t, updates = jax.jit(lambda v, m, f: module.apply(v, m, f, train=True,
+                                                          mutable=['batch_stats']))(
+                                                              variables, mels, faces)
+    assert rel_l2(np.moveaxis(out_t, -1, 1), io['f64/train_5d']) < _tol(dtype, 1e-4)
+    _check_running_stats(updates, io, dtype, _tol(dtype, 1e-4))
+
+
+@pytest.mark.slow
+def test_generator_intermediate_features():
+  io = parity_io('wav2lip')
+  module, variables = _model('wav2lip', np.float32)
+  out, state = module.apply(variables, mels_to_nhwc(io['in/mel_4d'][:1]),
+                            nchw_to_nhwc(io['in/face_4d'][:1]),
+                            mutable=['intermediates'])
+  feats = {k: v[0] for k, v in state['intermediates'].items()}
+  feats['out'] = out
+  names = [k[len('feat/'):] for k in io.files if k.startswith('feat/')]
+  assert len(names) == 16
+  for name in names:
+    assert rel_l2(feats[name], nchw_to_nhwc(io[f'feat/{name}'])) < 3e-5, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('dtype', PRECISIONS)
+def test_expert(dtype):
+  io = parity_io('syncnet')
+  with jax.enable_x64(dtype == np.float64):
+    module, variables = _model('expert', dtype)
+    mel = mels_to_nhwc(io['in/mel']).astype(dtype)
+    face = nchw_to_nhwc(io['in/face']).astype(dtype)
+    y = io['in/y'].astype(dtype)
+    a, v = jax.jit(module.apply)(variables, mel, face)
+    cos = cosine_similarity(a, v)
+    emb_tol = _tol(dtype, 3e-5)
+    assert rel_l2(a, io['f64/eval_audio_emb']) < emb_tol
+    assert rel_l2(v, io['f64/eval_face_emb']) < emb_tol
+    assert rel_l2(cos, io['f64/eval_cos']) < emb_tol
+    assert rel_l2(bce(cos, y), io['f64/eval_bce']) < emb_tol
+    (a, v), updates = jax.jit(lambda *args: module.apply(*args, train=True,
+                                                         mutable=['batch_stats']))(
+                                                             variables, mel, face)
+    cos = cosine_similarity(a, v)
+    train_tol = _tol(dtype, 1e-4)
+    for key, value in [('audio_emb', a), ('face_emb', v), ('cos', cos), ('bce', bce(cos, y))]:
+      assert rel_l2(value, io[f'f64/train_{key}']) < train_tol, key
+    _check_running_stats(updates, io, dtype, train_tol)
+
+
+@pytest.mark.parametrize('dtype', PRECISIONS)
+def test_quality_discriminator(dtype):
+  io = parity_io('disc')
+  with jax.enable_x64(dtype == np.float64):
+    module, variables = _model('quality_disc', dtype)
+    pred = jax.jit(module.apply)(variables, windows_to_nhwc(io['in/face_5d']).astype(dtype))
+    assert pred.shape == (10, 1)
+    tol = _tol(dtype, 1e-5)
+    assert rel_l2(pred, io['f64/eval_pred']) < tol
+    assert rel_l2(bce(pred, 1.0), io['f64/eval_bce_real']) < tol
+    assert rel_l2(bce(pred, 0.0), io['f64/eval_bce_fake']) < tol
+
+
+def test_single_frames_match_windows():
+  """Frames are independent in eval mode: a window equals its frames run one by one."""
+  module = models.build('wav2lip', width_divisor=16)
+  variables = models.init(module, 'wav2lip', jax.random.key(0))
+  rng = np.random.default_rng(0)
+  faces = rng.random((2, 5, 96, 96, 6), np.float32)
+  mels = rng.uniform(-4, 4, (2, 5, 80, 16, 1)).astype(np.float32)
+  windows = module.apply(variables, mels, faces)
+  frames = module.apply(variables, mels.reshape(10, 80, 16, 1), faces.reshape(10, 96, 96, 6))
+  np.testing.assert_allclose(windows.reshape(10, 96, 96, 3), frames, atol=3e-5)
