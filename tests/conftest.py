@@ -31,8 +31,8 @@ def load_parity_weights(name: str) -> dict:
   return state_dict
 
 
-def parity_io(name: str):
-  return np.load(require(PARITY / f'{name}_io.npz'))
+def parity(name: str):
+  return np.load(require(PARITY / f'{name}.npz'))
 
 
 def rel_l2(x, ref) -> float:

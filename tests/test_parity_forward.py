@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import (load_parity_weights, mels_to_nhwc, nchw_to_nhwc, parity_io, rel_l2,
+from conftest import (load_parity_weights, mels_to_nhwc, nchw_to_nhwc, parity, rel_l2,
                       windows_to_nhwc)
 from lipsync_jax import convert, models
 from lipsync_jax.losses import bce, cosine_similarity
@@ -75,7 +75,7 @@ def test_generator_intermediate_features():
 @pytest.mark.slow
 @pytest.mark.parametrize('dtype', PRECISIONS)
 def test_expert(dtype):
-  io = parity_io('syncnet')
+  io = parity('syncnet_io')
   with jax.enable_x64(dtype == np.float64):
     module, variables = _model('expert', dtype)
     mel = mels_to_nhwc(io['in/mel']).astype(dtype)
@@ -100,7 +100,7 @@ def test_expert(dtype):
 
 @pytest.mark.parametrize('dtype', PRECISIONS)
 def test_quality_discriminator(dtype):
-  io = parity_io('disc')
+  io = parity('disc_io')
   with jax.enable_x64(dtype == np.float64):
     module, variables = _model('quality_disc', dtype)
     pred = jax.jit(module.apply)(variables, windows_to_nhwc(io['in/face_5d']).astype(dtype))
