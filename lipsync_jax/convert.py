@@ -8,7 +8,11 @@ Torch names map mechanically onto ours: `<prefix>.conv_block.0.weight` -> params
 batch_stats/<prefix>/bn/{mean,var}; a bare conv `<prefix>.{weight,bias}` -> params/<prefix>.
 """
 import argparse
+import os
+import pickle
 import sys
+import zipfile
+from struct import error as struct_error
 from typing import Dict, Tuple
 
 import jax
@@ -16,7 +20,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from lipsync_jax import models, torch_pickle
+from lipsync_jax import checkpoint, models, summary, torch_pickle
 
 
 class ConversionError(ValueError):
@@ -106,3 +110,57 @@ def state_dict_from_variables(variables: dict) -> Dict[str, np.ndarray]:
   flat = traverse_util.flatten_dict(variables)
   return {key: to_torch_layout(np.asarray(flat[path]), path[-2] == 'conv_t')
           for key, path in torch_key_map(variables).items() if path in flat}
+
+
+def load_official(path: str) -> Tuple[str, nn.Module, dict]:
+  """Reads an official Wav2Lip .pth (legacy or zip format; bare state dict or a dict with
+  'state_dict'; keys with or without 'module.').
+
+  Returns (model name, flax module, variables) ready for `module.apply(variables, ...)` in NHWC:
+  'wav2lip' (wav2lip.pth, wav2lip_gan.pth), 'expert' (lipsync_expert.pth) or 'quality_disc'
+  (visual_quality_disc.pth).
+  """
+  if not os.path.isfile(path):
+    raise ConversionError(f'{path}: no such file')
+  try:
+    loaded = torch_pickle.load(path)
+  except torch_pickle.UnsafeCheckpointError:
+    raise
+  except (OSError, EOFError, ValueError, KeyError, StopIteration, struct_error,
+          zipfile.BadZipFile, pickle.UnpicklingError) as e:
+    raise ConversionError(f'{path}: not a readable PyTorch checkpoint ({e})') from e
+  try:
+    state_dict = strip_module_prefix(torch_pickle.find_state_dict(loaded))
+    name = detect_model(state_dict)
+    module = models.build(name)
+    return name, module, variables_from_state_dict(state_dict, module, name)
+  except ValueError as e:
+    raise ConversionError(f'{path}: {e}') from e
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m lipsync_jax.convert',
+      description='Convert an official Wav2Lip PyTorch checkpoint (wav2lip.pth, '
+      'wav2lip_gan.pth, lipsync_expert.pth, visual_quality_disc.pth) into an orbax checkpoint '
+      'directory usable by lipsync_jax.infer and lipsync_jax.train. The model kind is detected '
+      'from the weights. torch is not needed and no pickled code is ever executed.')
+  parser.add_argument('checkpoint', help='the .pth file (legacy or zip PyTorch format)')
+  parser.add_argument('out_dir', help='output orbax checkpoint directory (created)')
+  args = parser.parse_args(argv)
+  try:
+    name, module, variables = load_official(args.checkpoint)
+  except (ConversionError, torch_pickle.UnsafeCheckpointError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  if os.path.exists(args.out_dir) and os.listdir(args.out_dir):
+    print(f'error: {args.out_dir} exists and is not empty', file=sys.stderr)
+    return 1
+  saved = checkpoint.save_model(args.out_dir, name, variables)
+  print(summary.summarize(module, name, variables)[0])
+  print(f'wrote {name} checkpoint to {saved}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -13,7 +13,7 @@ from flax import linen as nn
 Pair = Union[int, Sequence[int]]
 
 
-def _pair(v: Pair) -> tuple:
+def pair(v: Pair) -> tuple:
   return (v, v) if isinstance(v, int) else tuple(v)
 
 
@@ -82,15 +82,15 @@ class ConvTranspose(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kh, kw = _pair(self.kernel_size)
+    kh, kw = pair(self.kernel_size)
     kernel = self.param('kernel', he_normal(), (kh, kw, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     dtype = self.dtype or x.dtype
     pads = [(k - 1 - p, k - 1 - p + self.output_padding)
-            for k, p in zip((kh, kw), _pair(self.padding))]
+            for k, p in zip((kh, kw), pair(self.padding))]
     y = jax.lax.conv_general_dilated(
         x.astype(dtype), jnp.flip(kernel, (0, 1)).astype(dtype), window_strides=(1, 1),
-        padding=pads, lhs_dilation=_pair(self.strides),
+        padding=pads, lhs_dilation=pair(self.strides),
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=self.precision)
     return y + bias.astype(dtype)
 
@@ -99,8 +99,8 @@ def _conv(layer: Layer, name: str, dtype, precision):
   if layer.transpose:
     return ConvTranspose(layer.features, layer.kernel, layer.stride, layer.padding,
                          layer.output_padding, dtype=dtype, precision=precision, name=name)
-  return nn.Conv(layer.features, _pair(layer.kernel), _pair(layer.stride),
-                 padding=[(p, p) for p in _pair(layer.padding)], kernel_init=he_normal(),
+  return nn.Conv(layer.features, pair(layer.kernel), pair(layer.stride),
+                 padding=[(p, p) for p in pair(layer.padding)], kernel_init=he_normal(),
                  dtype=dtype, precision=precision, name=name)
 
 

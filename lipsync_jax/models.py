@@ -194,4 +194,4 @@ def example_inputs(name: str, n: int = 1, dtype=jnp.float32) -> tuple:
 
 def init(module: nn.Module, name: str, rng: jax.Array) -> dict:
   """Fresh variables (params and, where present, batch_stats)."""
-  return module.init(rng, *example_inputs(name, 2))
+  return jax.jit(module.init)(rng, *example_inputs(name, 2))

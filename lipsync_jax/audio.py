@@ -1,0 +1,126 @@
+"""Audio front end: any ffmpeg-readable file -> 16 kHz mono -> the reference's mel spectrogram,
+and the index maths that ties mel frames (80 per second) to video frames.
+
+The mel follows the reference exactly: pre-emphasis 0.97, STFT (n_fft 800, hop 200, Hann 800,
+centred with REFLECT padding as librosa 0.7 did), magnitude, slaney mel filterbank (80 bands,
+55-7600 Hz), 20 log10(max(1e-5, x)) - 20, then clip(8 (S + 100) / 100 - 4, -4, 4).
+"""
+import functools
+import json
+import os
+import subprocess
+
+import librosa
+import numpy as np
+import scipy.signal
+
+SAMPLE_RATE = 16000
+N_FFT = 800
+HOP = 200
+WIN = 800
+N_MELS = 80
+FMIN, FMAX = 55, 7600
+PREEMPHASIS = 0.97
+MIN_LEVEL_DB, REF_LEVEL_DB, MAX_ABS = -100.0, 20.0, 4.0
+MEL_FPS = SAMPLE_RATE / HOP  # 80 mel frames per second
+MEL_STEP = 16  # mel frames per model input (0.2 s)
+TRAIN_FPS = 25  # the reference's training index maths assumes 25 fps video
+
+
+class AudioError(ValueError):
+  """Audio that cannot be used; the message names the file and the problem."""
+
+
+def probe_audio(path: str) -> dict:
+  """Sample rate and channel count of the first audio stream (AudioError if there is none)."""
+  if not os.path.isfile(path):
+    raise AudioError(f'{path}: no such file')
+  proc = subprocess.run(
+      ['ffprobe', '-v', 'error', '-select_streams', 'a:0', '-show_entries',
+       'stream=sample_rate,channels', '-of', 'json', path], capture_output=True, text=True)
+  if proc.returncode != 0:
+    raise AudioError(f'{path}: unreadable by ffmpeg ({proc.stderr.strip()[:200]})')
+  streams = json.loads(proc.stdout or '{}').get('streams', [])
+  if not streams:
+    raise AudioError(f'{path}: has no audio stream')
+  return {'sample_rate': int(streams[0]['sample_rate']), 'channels': int(streams[0]['channels'])}
+
+
+def load_audio(path: str) -> np.ndarray:
+  """Decodes any ffmpeg-readable file to float32 mono at 16 kHz, as librosa.load(sr=16000):
+  channels averaged, then soxr 'HQ' resampling."""
+  info = probe_audio(path)
+  proc = subprocess.run(
+      ['ffmpeg', '-v', 'error', '-nostdin', '-i', path, '-map', '0:a:0', '-f', 'f32le',
+       '-acodec', 'pcm_f32le', '-'], capture_output=True)
+  if proc.returncode != 0:
+    raise AudioError(f'{path}: cannot decode audio ({proc.stderr.decode()[-200:].strip()})')
+  wav = np.frombuffer(proc.stdout, np.float32)
+  wav = wav[:wav.size - wav.size % info['channels']].reshape(-1, info['channels']).mean(axis=1)
+  if wav.size == 0:
+    raise AudioError(f'{path}: the audio stream is empty')
+  if np.isnan(wav).any():
+    raise AudioError(f'{path}: the audio contains NaN samples')
+  if info['sample_rate'] != SAMPLE_RATE:
+    wav = librosa.resample(wav, orig_sr=info['sample_rate'], target_sr=SAMPLE_RATE,
+                           res_type='soxr_hq')
+  return wav.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def mel_basis() -> np.ndarray:
+  """(80, 401) float32 slaney filterbank."""
+  return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)
+
+
+def melspectrogram(wav: np.ndarray) -> np.ndarray:
+  """(80, 1 + n_samples // 200) float32 in [-4, 4]."""
+  emphasised = scipy.signal.lfilter([1, -PREEMPHASIS], [1], wav)
+  spec = librosa.stft(emphasised.astype(np.float32), n_fft=N_FFT, hop_length=HOP,
+                      win_length=WIN, window='hann', center=True, pad_mode='reflect')
+  mel = np.dot(mel_basis(), np.abs(spec))
+  db = 20 * np.log10(np.maximum(10 ** (MIN_LEVEL_DB / 20), mel)) - REF_LEVEL_DB
+  return np.clip(2 * MAX_ABS * (db - MIN_LEVEL_DB) / -MIN_LEVEL_DB - MAX_ABS,
+                 -MAX_ABS, MAX_ABS).astype(np.float32)
+
+
+def load_mel(path: str) -> np.ndarray:
+  """load_audio + melspectrogram, refusing audio shorter than one 16-frame (0.2 s) window."""
+  mel = melspectrogram(load_audio(path))
+  if mel.shape[1] < MEL_STEP:
+    raise AudioError(f'{path}: too short ({mel.shape[1]} mel frames; at least {MEL_STEP}, '
+                     'i.e. 0.2 s, are needed)')
+  if np.isnan(mel).any():
+    raise AudioError(f'{path}: the mel spectrogram has NaN values')
+  return mel
+
+
+def inference_chunk_starts(n_mel_frames: int, fps: float) -> np.ndarray:
+  """The reference's inference chunking: start = int(i * 80/fps) while the 16-frame chunk fits,
+  then one final chunk at n_mel_frames - 16 (which may repeat the previous start)."""
+  if n_mel_frames < MEL_STEP:
+    raise AudioError(f'{n_mel_frames} mel frames is shorter than one {MEL_STEP}-frame window')
+  step = MEL_FPS / fps
+  starts = []
+  i = 0
+  while int(i * step) + MEL_STEP <= n_mel_frames:
+    starts.append(int(i * step))
+    i += 1
+  starts.append(n_mel_frames - MEL_STEP)
+  return np.asarray(starts, np.int64)
+
+
+def mel_chunks(mel: np.ndarray, starts: np.ndarray) -> np.ndarray:
+  """(len(starts), 80, 16, 1) model inputs from a (80, F) mel."""
+  return np.stack([mel[:, s:s + MEL_STEP] for s in starts])[..., None]
+
+
+def expert_window_start(frame: int) -> int:
+  """Mel start of the 5-frame window beginning at video frame `frame` (training, 25 fps)."""
+  return int(MEL_FPS * (frame / TRAIN_FPS))
+
+
+def generator_frame_start(frame: int) -> int:
+  """Mel start of video frame `frame` (>= 1) for the generator in training: one frame earlier
+  than the inference convention, as the reference does."""
+  return int(MEL_FPS * ((frame - 1) / TRAIN_FPS))

@@ -1,0 +1,76 @@
+"""The one checkpoint layer: orbax CheckpointManager directories holding named items.
+
+Every checkpoint (a converted official model or a training workdir) has the items
+`meta` (JSON: model name, width divisor, ...) and `variables` (the main model's params and
+batch_stats). Training adds its own items (optimizer state, data iterator, ...) beside them, so
+`load_model` reads a converted .pth and a training run alike.
+"""
+import os
+from typing import Optional, Tuple
+
+import jax
+import orbax.checkpoint as ocp
+from flax import linen as nn
+
+from lipsync_jax import models
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that is missing, incomplete or not what was asked for."""
+
+
+def manager(directory: str, max_to_keep: Optional[int] = None, best_metric: str = None,
+            async_saves: bool = False, create: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_saves,
+      best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode='min',
+      keep_checkpoints_without_metrics=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save_model(directory: str, name: str, variables: dict, width_divisor: int = 1,
+               step: int = 0) -> str:
+  """Writes a model-only checkpoint (what `python -m lipsync_jax.convert` produces)."""
+  meta = {'model': name, 'width_divisor': width_divisor}
+  with manager(directory) as mngr:
+    mngr.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta),
+                                            variables=ocp.args.StandardSave(variables)))
+    mngr.wait_until_finished()
+  return os.path.join(os.path.abspath(directory), str(step))
+
+
+def latest_step(directory: str) -> int:
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'{directory}: no such checkpoint directory')
+  step = manager(directory, create=False).latest_step()
+  if step is None:
+    raise CheckpointError(f'{directory}: holds no finished checkpoint')
+  return step
+
+
+def load_meta(directory: str, step: Optional[int] = None) -> dict:
+  step = latest_step(directory) if step is None else step
+  try:
+    restored = manager(directory, create=False).restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  except Exception as e:  # orbax raises many types for damaged files
+    raise CheckpointError(f'{directory}: step {step} has no readable meta ({e})') from e
+  return dict(restored.meta)
+
+
+def load_model(directory: str, expect: Optional[str] = None, step: Optional[int] = None,
+               item: str = 'variables') -> Tuple[str, nn.Module, dict]:
+  """(model name, module, variables) of the latest (or given) step of a checkpoint dir."""
+  step = latest_step(directory) if step is None else step
+  meta = load_meta(directory, step)
+  name = meta['model'] if item == 'variables' else meta[f'{item}_model']
+  if expect is not None and name != expect:
+    raise CheckpointError(f'{directory}: holds a {name!r} model, but a {expect!r} is needed')
+  module = models.build(name, meta.get('width_divisor', 1))
+  abstract = jax.eval_shape(lambda: models.init(module, name, jax.random.key(0)))
+  try:
+    restored = manager(directory, create=False).restore(
+        step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)}))
+  except Exception as e:
+    raise CheckpointError(f'{directory}: cannot restore {item} of step {step} ({e})') from e
+  return name, module, restored[item]
