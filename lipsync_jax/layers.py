@@ -4,10 +4,11 @@ Every block keeps the reference's structure so that official weights map one to 
 `ConvBlock` = conv (or transposed conv) -> BatchNorm -> [+ input] -> ReLU, and
 `LeakyConvBlock` = conv -> LeakyReLU(0.01) without normalisation.
 """
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 Pair = Union[int, Sequence[int]]
@@ -67,10 +68,41 @@ class BatchNorm(nn.Module):
     return y.astype(x.dtype)
 
 
+class _Phase(NamedTuple):
+  offset: int  # first output index of this phase
+  size: int  # its number of outputs
+  pad: Tuple[int, int]  # zero padding of the input
+  start: int  # first padded input row used
+  taps: Tuple[int, ...]  # kernel indices, in input order
+
+
+def _phases(in_len: int, kernel: int, stride: int, padding: int, output_padding: int):
+  """1-D sub-pixel decomposition of a transposed conv: output o = stride*i - padding + k.
+
+  The outputs o = stride*m + r of phase r are a plain correlation over the input,
+  y_r[m] = sum_{d in [d_lo, base]} x[m + d] * w[q + stride*(base - d)].
+  Returns (output length, phases with at least one tap and one output).
+  """
+  out_len = (in_len - 1) * stride - 2 * padding + kernel + output_padding
+  phases = []
+  for r in range(stride):
+    q, base = (r + padding) % stride, (r + padding) // stride
+    n_taps, n_out = len(range(q, kernel, stride)), len(range(r, out_len, stride))
+    if n_taps and n_out:
+      d_lo = base - n_taps + 1
+      taps = tuple(q + stride * (base - d) for d in range(d_lo, base + 1))
+      pad = (max(0, -d_lo), max(0, n_out - 1 + base - (in_len - 1)))
+      phases.append(_Phase(r, n_out, pad, max(0, d_lo), taps))
+  return out_len, phases
+
+
 class ConvTranspose(nn.Module):
-  """ConvTranspose2d with torch's padding / output_padding, as a dilated convolution.
+  """ConvTranspose2d with torch's padding / output_padding.
 
   The kernel is stored (kh, kw, Cin, Cout), i.e. torch's (Cin, Cout, kh, kw) moved to the back.
+  Strided ones run as stride x stride plain convolutions whose outputs interleave (sub-pixel
+  form): XLA's CPU kernels for input-dilated convolutions are slow, and their weight gradient
+  is ~30x slower than this.
   """
   features: int
   kernel_size: Pair
@@ -86,12 +118,19 @@ class ConvTranspose(nn.Module):
     kernel = self.param('kernel', he_normal(), (kh, kw, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     dtype = self.dtype or x.dtype
-    pads = [(k - 1 - p, k - 1 - p + self.output_padding)
-            for k, p in zip((kh, kw), pair(self.padding))]
-    y = jax.lax.conv_general_dilated(
-        x.astype(dtype), jnp.flip(kernel, (0, 1)).astype(dtype), window_strides=(1, 1),
-        padding=pads, lhs_dilation=pair(self.strides),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=self.precision)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    (sh, sw), (ph, pw) = pair(self.strides), pair(self.padding)
+    out_h, rows = _phases(x.shape[1], kh, sh, ph, self.output_padding)
+    out_w, cols = _phases(x.shape[2], kw, sw, pw, self.output_padding)
+    y = jnp.zeros((x.shape[0], out_h, out_w, self.features), dtype)
+    for row in rows:
+      for col in cols:
+        xs = jnp.pad(x, ((0, 0), row.pad, col.pad, (0, 0)))[:, row.start:, col.start:]
+        k = kernel[np.array(row.taps)][:, np.array(col.taps)]
+        phase = jax.lax.conv_general_dilated(
+            xs, k, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+            precision=self.precision)
+        y = y.at[:, row.offset::sh, col.offset::sw].set(phase[:, :row.size, :col.size])
     return y + bias.astype(dtype)
 
 

@@ -1,0 +1,99 @@
+"""Model throughput on this machine: jitted, warm, float32.
+
+    python benchmarks/bench_models.py [--batches 1 16 128] [--repeats 3] [--skip_train]
+
+Prints generator frames/s (BatchNorm folded into the convolutions, as inference runs it) and the
+GFLOP/s that implies, expert samples/s, and the time of one generator + GAN training step on
+16 windows x 5 frames.
+"""
+import argparse
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lipsync_jax import models, steps, summary  # noqa: E402
+from lipsync_jax.layers import fold_batchnorm  # noqa: E402
+
+
+def timed(fn, *args, repeats):
+  jax.block_until_ready(fn(*args))  # compile + warm-up
+  start = time.perf_counter()
+  for _ in range(repeats):
+    jax.block_until_ready(fn(*args))
+  return (time.perf_counter() - start) / repeats
+
+
+def gflop_per_frame(name):
+  module = models.build(name)
+  variables = jax.eval_shape(lambda: models.init(module, name, jax.random.key(0)))
+  return summary.summarize(module, name, variables)[2]
+
+
+def bench_generator(batches, repeats):
+  module = models.build('wav2lip')
+  folded = models.build('wav2lip', folded_bn=True)
+  variables = fold_batchnorm(models.init(module, 'wav2lip', jax.random.key(0)))
+  apply = jax.jit(folded.apply)
+  gflop = gflop_per_frame('wav2lip')
+  for batch in batches:
+    mel, face = models.example_inputs('wav2lip', batch)
+    seconds = timed(apply, variables, mel, face, repeats=repeats)
+    print(f'generator  batch {batch:4d}: {batch / seconds:7.1f} frames/s  '
+          f'{gflop * batch / seconds:6.1f} GFLOP/s  ({seconds * 1e3:.0f} ms/batch)')
+
+
+def bench_expert(batch, repeats):
+  module = models.build('expert')
+  variables = models.init(module, 'expert', jax.random.key(0))
+  mel, face = models.example_inputs('expert', batch)
+  seconds = timed(jax.jit(module.apply), variables, mel, face, repeats=repeats)
+  print(f'expert     batch {batch:4d}: {batch / seconds:7.1f} samples/s (eval)')
+
+
+def bench_gan_step(windows=16, frames=5, repeats=1):
+  gen, expert, disc = (models.build(n) for n in ('wav2lip', 'expert', 'quality_disc'))
+  keys = jax.random.split(jax.random.key(0), 3)
+  gen_vars = models.init(gen, 'wav2lip', keys[0])
+  expert_vars = models.init(expert, 'expert', keys[1])
+  disc_params = models.init(disc, 'quality_disc', keys[2])['params']
+  tx = optax.adam(1e-4, b1=0.5)
+  state = steps.GeneratorState(
+      step=jnp.zeros((), jnp.int32), params=gen_vars['params'],
+      batch_stats=gen_vars['batch_stats'], opt_state=tx.init(gen_vars['params']),
+      disc_params=disc_params, disc_opt_state=tx.init(disc_params))
+  rng = np.random.default_rng(0)
+  batch = {'faces': rng.random((windows, frames, 96, 96, 6), np.float32),
+           'mels': rng.uniform(-4, 4, (windows, frames, 80, 16, 1)).astype(np.float32),
+           'mel_window': rng.uniform(-4, 4, (windows, 80, 16, 1)).astype(np.float32),
+           'gt': rng.random((windows, frames, 96, 96, 3), np.float32)}
+  step = jax.jit(steps.generator_step(gen, expert, tx, disc, tx))
+  seconds = timed(lambda s: step(s, expert_vars, batch, 0.03, 0.07), state, repeats=repeats)
+  print(f'generator + GAN training step ({windows} windows x {frames} frames): {seconds:.2f} s')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--batches', type=int, nargs='+', default=[1, 16, 128],
+                      help='generator batch sizes to time')
+  parser.add_argument('--repeats', type=int, default=3, help='timed calls per measurement')
+  parser.add_argument('--skip_train', action='store_true', help='skip the training step')
+  args = parser.parse_args()
+  print(f'# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
+        f'jax {jax.__version__} on {jax.devices()[0].platform}')
+  print('# reproduce: python benchmarks/bench_models.py ' + ' '.join(sys.argv[1:]))
+  bench_generator(args.batches, args.repeats)
+  bench_expert(64, args.repeats)
+  if not args.skip_train:
+    bench_gan_step()
+
+
+if __name__ == '__main__':
+  main()
