@@ -64,3 +64,43 @@ def summarize(module: nn.Module, name: str, variables: dict) -> Tuple[str, int, 
   for block in params:
     lines.append(f'  {block:28s} {params[block]:>12,} {flops.get(block, 0) / 1e9:>8.3f}')
   return '\n'.join(lines), sum(params.values()), sum(flops.values()) / 1e9
+
+
+def models_of(config) -> Dict[str, int]:
+  """Model name -> width divisor for the networks a training config involves."""
+  divisor = config.model.width_divisor
+  if config.model.name == 'expert':
+    return {'expert': divisor}
+  names = {'wav2lip': divisor, 'expert': divisor}
+  if config.get('disc_wt', 0) > 0:
+    names['quality_disc'] = divisor
+  return names
+
+
+def print_summaries(config=None) -> None:
+  """Summaries of the models a config trains, or of the three full-size reference models."""
+  names = models_of(config) if config else {n: 1 for n in models.MODELS}
+  for name, divisor in names.items():
+    module = models.build(name, divisor)
+    variables = jax.eval_shape(lambda m=module, n=name: models.init(m, n, jax.random.key(0)))
+    print(summarize(module, name, variables)[0])
+
+
+def _cli():
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  config_flag = config_flags.DEFINE_config_file(
+      'config', None, 'optional training config (e.g. configs/wav2lip_gan.py:tiny); without it '
+      'the full-size reference models are summarised. Fields can be overridden, e.g. '
+      '--config.model.width_divisor=4')
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    print_summaries(config_flag.value)
+
+  app.run(main)
+
+
+if __name__ == '__main__':
+  _cli()
