@@ -110,11 +110,6 @@ def inference_chunk_starts(n_mel_frames: int, fps: float) -> np.ndarray:
   return np.asarray(starts, np.int64)
 
 
-def mel_chunks(mel: np.ndarray, starts: np.ndarray) -> np.ndarray:
-  """(len(starts), 80, 16, 1) model inputs from a (80, F) mel."""
-  return np.stack([mel[:, s:s + MEL_STEP] for s in starts])[..., None]
-
-
 def expert_window_start(frame: int) -> int:
   """Mel start of the 5-frame window beginning at video frame `frame` (training, 25 fps)."""
   return int(MEL_FPS * (frame / TRAIN_FPS))

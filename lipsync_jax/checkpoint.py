@@ -19,12 +19,8 @@ class CheckpointError(RuntimeError):
   """A checkpoint that is missing, incomplete or not what was asked for."""
 
 
-def manager(directory: str, max_to_keep: Optional[int] = None, best_metric: str = None,
-            async_saves: bool = False, create: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_saves,
-      best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode='min',
-      keep_checkpoints_without_metrics=True)
+def manager(directory: str, create: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(create=create, enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -58,19 +54,19 @@ def load_meta(directory: str, step: Optional[int] = None) -> dict:
   return dict(restored.meta)
 
 
-def load_model(directory: str, expect: Optional[str] = None, step: Optional[int] = None,
-               item: str = 'variables') -> Tuple[str, nn.Module, dict]:
+def load_model(directory: str, expect: Optional[str] = None,
+               step: Optional[int] = None) -> Tuple[str, nn.Module, dict]:
   """(model name, module, variables) of the latest (or given) step of a checkpoint dir."""
   step = latest_step(directory) if step is None else step
   meta = load_meta(directory, step)
-  name = meta['model'] if item == 'variables' else meta[f'{item}_model']
+  name = meta['model']
   if expect is not None and name != expect:
     raise CheckpointError(f'{directory}: holds a {name!r} model, but a {expect!r} is needed')
   module = models.build(name, meta.get('width_divisor', 1))
   abstract = jax.eval_shape(lambda: models.init(module, name, jax.random.key(0)))
   try:
     restored = manager(directory, create=False).restore(
-        step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)}))
-  except Exception as e:
-    raise CheckpointError(f'{directory}: cannot restore {item} of step {step} ({e})') from e
-  return name, module, restored[item]
+        step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)))
+  except Exception as e:  # orbax raises many types for damaged files
+    raise CheckpointError(f'{directory}: cannot restore the variables of step {step} ({e})') from e
+  return name, module, restored['variables']

@@ -1,4 +1,4 @@
-"""Pure, jittable training steps (expert; generator with optional quality discriminator).
+"""Pure, jittable training step of the generator, with the optional quality discriminator.
 
 States are flax PyTreeNodes so they shard, checkpoint and jit as plain pytrees.
 """
@@ -12,13 +12,6 @@ from flax import struct
 from lipsync_jax import losses
 
 
-class ExpertState(struct.PyTreeNode):
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-
-
 class GeneratorState(struct.PyTreeNode):
   step: jax.Array
   params: Any
@@ -26,23 +19,6 @@ class GeneratorState(struct.PyTreeNode):
   opt_state: Any
   disc_params: Any = None  # None without the quality discriminator
   disc_opt_state: Any = None
-
-
-def expert_step(expert: nn.Module, tx: optax.GradientTransformation) -> Callable:
-  """(state, batch{mel_window, face, label}) -> (state, metrics)."""
-
-  def step(state: ExpertState, batch):
-    grad_fn = jax.value_and_grad(losses.expert_loss, has_aux=True)
-    (loss, (cos, stats)), grads = grad_fn(state.params, state.batch_stats, expert,
-                                          batch['mel_window'], batch['face'], batch['label'],
-                                          True)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    accuracy = ((cos > 0.5) == (batch['label'] > 0.5)).mean()
-    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        batch_stats=stats, opt_state=opt_state)
-    return new, {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(grads)}
-
-  return step
 
 
 def generator_step(generator: nn.Module, expert: nn.Module, tx: optax.GradientTransformation,
@@ -61,7 +37,7 @@ def generator_step(generator: nn.Module, expert: nn.Module, tx: optax.GradientTr
         expert_variables=expert_variables, syncnet_wt=syncnet_wt, disc=disc,
         disc_params=state.disc_params, disc_wt=disc_wt, expert_train_mode=expert_train_mode)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    metrics = dict(aux.losses, grad_norm=optax.global_norm(grads))
+    metrics = dict(aux.losses, grad_norm=optax.tree.norm(grads))
     new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                         batch_stats=aux.batch_stats, opt_state=opt_state)
     if disc is not None:
