@@ -1,0 +1,135 @@
+"""The one face pipeline, shared by preprocessing and inference.
+
+OpenCV's YuNet detector (cv2.FaceDetectorYN) on each frame, keeping the largest face; boxes
+smoothed over time as the reference does (mean of each box and the next 4); padded by
+(top, bottom, left, right); cropped and resized to 96x96. A frame without a face yields None,
+never an exception.
+
+The detector model comes from an explicit path, else $LIPSYNC_JAX_FACE_MODEL, else the cache
+folder ($LIPSYNC_JAX_CACHE or ~/.cache/lipsync_jax), else it is downloaded once from the OpenCV
+model zoo into that cache and checked against its sha256.
+"""
+import hashlib
+import os
+import pathlib
+import tempfile
+import urllib.request
+from typing import List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+MODEL_NAME = 'face_detection_yunet_2026may.onnx'
+MODEL_SHA256 = 'ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0'
+MODEL_URL = ('https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/'
+             + MODEL_NAME)
+FACE_SIZE = 96
+DETECT_MAX_SIDE = 640  # larger frames are downscaled for detection only
+
+
+class FaceModelError(RuntimeError):
+  """The detector model file is missing, corrupt or cannot be fetched."""
+
+
+def cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get('LIPSYNC_JAX_CACHE',
+                                     pathlib.Path.home() / '.cache' / 'lipsync_jax'))
+
+
+def _sha256(path: pathlib.Path) -> str:
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def resolve_model(path: Optional[str] = None, url: str = MODEL_URL) -> str:
+  """The detector model path: `path`, $LIPSYNC_JAX_FACE_MODEL, the cache, or a verified download."""
+  explicit = path or os.environ.get('LIPSYNC_JAX_FACE_MODEL')
+  if explicit:
+    if not os.path.isfile(explicit):
+      raise FaceModelError(f'{explicit}: face detector model not found')
+    return explicit
+  cached = cache_dir() / MODEL_NAME
+  if cached.is_file() and _sha256(cached) == MODEL_SHA256:
+    return str(cached)
+  cached.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix='.part')
+  os.close(fd)
+  try:
+    urllib.request.urlretrieve(url, tmp)  # nosec: fixed URL, verified below
+    if _sha256(pathlib.Path(tmp)) != MODEL_SHA256:
+      raise FaceModelError(f'{url}: downloaded file fails its sha256 check')
+    os.replace(tmp, cached)
+  except OSError as e:
+    raise FaceModelError(f'cannot download the face detector from {url} ({e}); pass a model '
+                         'path or set LIPSYNC_JAX_FACE_MODEL') from e
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return str(cached)
+
+
+class FaceDetector:
+  """Largest-face boxes (x1, y1, x2, y2) in pixels, or None, for BGR frames."""
+
+  def __init__(self, model_path: Optional[str] = None, score_threshold: float = 0.6):
+    self._detector = cv2.FaceDetectorYN.create(resolve_model(model_path), '', (320, 320),
+                                               score_threshold, 0.3, 50)
+    self._size = None
+
+  def detect(self, frame: np.ndarray) -> Optional[np.ndarray]:
+    if frame.ndim == 2:
+      frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    h, w = frame.shape[:2]
+    scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
+    small = cv2.resize(frame, (round(w * scale), round(h * scale)),
+                       interpolation=cv2.INTER_AREA) if scale < 1 else frame
+    size = (small.shape[1], small.shape[0])
+    if size != self._size:
+      self._detector.setInputSize(size)
+      self._size = size
+    _, faces = self._detector.detect(small)
+    if faces is None or len(faces) == 0:
+      return None
+    x, y, bw, bh = faces[np.argmax(faces[:, 2] * faces[:, 3]), :4] / scale
+    return np.array([x, y, x + bw, y + bh], np.float64)
+
+  def detect_batch(self, frames: Sequence[np.ndarray]) -> List[Optional[np.ndarray]]:
+    return [self.detect(f) for f in frames]
+
+
+def smooth_boxes(boxes: Sequence[Optional[np.ndarray]], window: int = 5) -> list:
+  """Each detected box becomes the mean of itself and the next window-1 detected boxes (the
+  last ones reuse the final full window), as the reference; missing boxes stay None."""
+  found = [i for i, b in enumerate(boxes) if b is not None]
+  out = [None] * len(boxes)
+  if not found:
+    return out
+  stacked = np.stack([boxes[i] for i in found])
+  for k, i in enumerate(found):
+    start = min(k, max(len(found) - window, 0))
+    out[i] = stacked[start:start + window].mean(axis=0)
+  return out
+
+
+def pad_box(box: np.ndarray, pads: Sequence[int], frame_shape) -> np.ndarray:
+  """Integer (x1, y1, x2, y2) grown by pads = (top, bottom, left, right), clamped to the frame."""
+  top, bottom, left, right = pads
+  h, w = frame_shape[:2]
+  x1, y1, x2, y2 = box
+  return np.array([max(0, int(x1) - left), max(0, int(y1) - top),
+                   min(w, int(x2) + right), min(h, int(y2) + bottom)], np.int64)
+
+
+def face_boxes(boxes: Sequence[Optional[np.ndarray]], pads: Sequence[int], frame_shape,
+               smooth: bool = True) -> list:
+  """Detector boxes -> padded, clamped, optionally smoothed integer boxes (None stays None),
+  in the reference's order: pad and clamp, smooth, truncate."""
+  padded = [None if b is None else pad_box(b, pads, frame_shape) for b in boxes]
+  if smooth:
+    padded = smooth_boxes(padded)
+  return [None if b is None else b.astype(np.int64) for b in padded]
+
+
+def crop(frame: np.ndarray, box: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
+  """The box's pixels resized to size x size (aspect not preserved, as the reference)."""
+  x1, y1, x2, y2 = box
+  return cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)

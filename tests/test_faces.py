@@ -1,0 +1,82 @@
+"""The shared face pipeline: model resolution, detection on real clips, smoothing, crops."""
+import cv2
+import numpy as np
+import pytest
+
+from conftest import FACE_MODEL, MEDIA, require
+from lipsync_jax import faces
+
+
+@pytest.fixture(scope='module')
+def detector():
+  return faces.FaceDetector(str(require(FACE_MODEL)))
+
+
+def _frames(name, limit=None):
+  cap = cv2.VideoCapture(str(require(MEDIA / name)))
+  frames = []
+  while limit is None or len(frames) < limit:
+    ok, frame = cap.read()
+    if not ok:
+      break
+    frames.append(frame)
+  return frames
+
+
+@pytest.mark.parametrize('name', ['talking_head_512_25fps.mp4', 'speech_850x480_30fps.mp4'])
+def test_faces_found_in_real_clips(detector, name):
+  frames = _frames(name)
+  boxes = detector.detect_batch(frames)
+  assert sum(b is not None for b in boxes) >= 0.95 * len(frames)
+  h, w = frames[0].shape[:2]
+  for box in boxes:
+    if box is not None:
+      x1, y1, x2, y2 = box
+      assert 0 <= x1 < x2 <= w * 1.05 and 0 <= y1 < y2 <= h * 1.05
+      assert (x2 - x1) > 0.1 * w  # a face, not a speck
+
+
+def test_no_face_gives_none_and_grayscale_works(detector):
+  assert detector.detect(np.zeros((240, 320, 3), np.uint8)) is None
+  photo = cv2.imread(str(require(MEDIA / 'face_photo.png')))
+  assert detector.detect(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)) is not None
+  big = cv2.resize(photo, (1920, 1920))  # downscaled for detection, box scaled back
+  small_box, big_box = detector.detect(photo), detector.detect(big)
+  np.testing.assert_allclose(big_box / 7.5, small_box, atol=8)  # detections at 640 vs 256 px
+
+
+def test_smoothing_follows_the_reference():
+  boxes = [np.array([i, 0, 10 + i, 10], float) for i in range(7)]
+  boxes.insert(3, None)
+  out = faces.smooth_boxes(boxes)
+  assert out[3] is None
+  assert out[0][0] == np.mean([0, 1, 2, 3, 4])  # itself and the next 4 detected boxes
+  assert out[-1][0] == np.mean([2, 3, 4, 5, 6])  # the last ones reuse the final window
+  padded = faces.face_boxes([np.array([5.7, 5.2, 50.9, 60.1])], (0, 10, 0, 0), (64, 48))
+  np.testing.assert_array_equal(padded[0], [5, 5, 48, 64])  # pad, clamp to the frame
+
+
+def test_crop_is_96_square():
+  frame = np.random.default_rng(0).integers(0, 255, (200, 300, 3), np.uint8)
+  assert faces.crop(frame, np.array([10, 20, 110, 180])).shape == (96, 96, 3)
+
+
+def test_model_resolution(tmp_path, monkeypatch):
+  monkeypatch.setenv('LIPSYNC_JAX_CACHE', str(tmp_path / 'cache'))
+  monkeypatch.delenv('LIPSYNC_JAX_FACE_MODEL', raising=False)
+  with pytest.raises(faces.FaceModelError, match='not found'):
+    faces.resolve_model(str(tmp_path / 'nope.onnx'))
+  model = require(FACE_MODEL)
+  monkeypatch.setenv('LIPSYNC_JAX_FACE_MODEL', str(model))
+  assert faces.resolve_model() == str(model)
+  monkeypatch.delenv('LIPSYNC_JAX_FACE_MODEL')
+  # the download path, from a local URL: verified by sha256, then cached
+  cached = faces.resolve_model(url=model.as_uri())
+  assert cached.startswith(str(tmp_path / 'cache'))
+  assert faces.resolve_model(url='file:///nonexistent') == cached  # no second fetch
+  (tmp_path / 'cache' / faces.MODEL_NAME).unlink()
+  bad = tmp_path / 'bad.onnx'
+  bad.write_bytes(b'corrupt')
+  with pytest.raises(faces.FaceModelError, match='sha256'):
+    faces.resolve_model(url=bad.as_uri())
+  assert list((tmp_path / 'cache').iterdir()) == []  # nothing partial left behind
