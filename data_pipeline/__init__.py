@@ -1,4 +1,4 @@
-"""Corpus preprocessing (raw videos -> face crops + mels -> TFDS ArrayRecord shards).
+"""Corpus tools: `synthetic` writes a synthetic talking-face corpus (LRS2 layout).
 
-Not implemented yet: tracked as the Data issue; this package holds it when it lands.
+Preprocessing into TFDS ArrayRecord shards and the grain loaders are not written yet.
 """

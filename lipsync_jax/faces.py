@@ -75,7 +75,9 @@ class FaceDetector:
                                                score_threshold, 0.3, 50)
     self._size = None
 
-  def detect(self, frame: np.ndarray) -> Optional[np.ndarray]:
+  def detect(self, frame: np.ndarray, with_landmarks: bool = False):
+    """Box of the largest face or None; with_landmarks also returns its 5 (x, y) landmarks
+    (right eye, left eye, nose tip, right and left mouth corners)."""
     if frame.ndim == 2:
       frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     h, w = frame.shape[:2]
@@ -88,9 +90,11 @@ class FaceDetector:
       self._size = size
     _, faces = self._detector.detect(small)
     if faces is None or len(faces) == 0:
-      return None
-    x, y, bw, bh = faces[np.argmax(faces[:, 2] * faces[:, 3]), :4] / scale
-    return np.array([x, y, x + bw, y + bh], np.float64)
+      return (None, None) if with_landmarks else None
+    best = faces[np.argmax(faces[:, 2] * faces[:, 3])].astype(np.float64) / scale
+    x, y, bw, bh = best[:4]
+    box = np.array([x, y, x + bw, y + bh])
+    return (box, best[4:14].reshape(5, 2)) if with_landmarks else box
 
   def detect_batch(self, frames: Sequence[np.ndarray]) -> List[Optional[np.ndarray]]:
     return [self.detect(f) for f in frames]
