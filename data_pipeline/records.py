@@ -1,0 +1,46 @@
+"""The clip record: one TFDS ArrayRecord example per clip.
+
+Why one record per clip and not one per window: every training sample needs, from ONE clip, a
+5-frame target window, its mel window, five per-frame mels, a reference window at another
+position and (for the expert) an off-sync window at a distance of at least `min_offset` frames.
+With the whole clip in one record (96x96 JPEG face crops, ~3-4 KB each, plus the clip's 80 x F
+mel), a loader draws all of them from a single read, with any offset the config asks for, and
+negatives/references stay as diverse as the clip allows; per-window records would either fix
+those choices at preprocessing time or need several reads per sample. LRS2-style clips
+(<= ~10 s, 250 frames) stay well under 1 MB per record.
+"""
+import numpy as np
+import tensorflow_datasets as tfds
+
+FPS = 25  # preprocessing resamples every video to the training frame rate
+VERSION = '1.0.0'
+
+
+def features() -> tfds.features.FeaturesDict:
+  return tfds.features.FeaturesDict({
+      'clip': tfds.features.Text(),  # 'speaker/clip'
+      'frames': tfds.features.Tensor(shape=(None,), dtype=np.object_),  # JPEG bytes, BGR crop
+      'has_face': tfds.features.Tensor(shape=(None,), dtype=np.bool_),
+      'mel': tfds.features.Tensor(shape=(80, None), dtype=np.float32),
+  })
+
+
+class ClipDataset(tfds.core.GeneratorBasedBuilder):
+  """Preprocessed talking-face clips; built by data_pipeline.preprocess, read with
+  `tfds.builder_from_directory(dir).as_data_source(split)` (no TensorFlow needed)."""
+  VERSION = tfds.core.Version(VERSION)
+
+  def __init__(self, *, split_examples=None, **kwargs):
+    self._split_examples = split_examples or {}
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=features())
+
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(loaders)
+            for split, loaders in self._split_examples.items() if loaders}
+
+  def _generate_examples(self, loaders):
+    for key, load in loaders:
+      yield key, load()
