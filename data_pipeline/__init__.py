@@ -1,4 +1,2 @@
-"""Corpus tools: `synthetic` writes a synthetic talking-face corpus (LRS2 layout).
-
-Preprocessing into TFDS ArrayRecord shards and the grain loaders are not written yet.
-"""
+"""Corpus tools: `synthetic` (a synthetic LRS2-layout corpus), `preprocess` (videos -> TFDS
+ArrayRecord clip records), `records` (the record format) and `loaders` (grain batches)."""

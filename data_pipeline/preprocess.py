@@ -46,6 +46,10 @@ def _init_worker(model_path):
 def process_clip(path: str, cache_path: str) -> str:
   """Writes the clip's cache .npz; returns '' on success or the reason it was skipped."""
   try:
+    video.probe_video(path)
+  except video.VideoError as e:
+    return f'unreadable: {e}'
+  try:
     mel = audio.melspectrogram(audio.load_audio(path))
   except audio.AudioError as e:
     return 'no audio' if 'no audio stream' in str(e) else f'bad audio: {e}'

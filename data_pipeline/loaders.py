@@ -1,0 +1,104 @@
+"""grain loaders over the clip records: expert batches and generator batches.
+
+Each element is a clip drawn at random (shuffled, repeated), from which one sample is cut with
+the element's own RNG, so a (seed, step) pair always gives the same batch, the iterator state
+is a small dict that orbax can checkpoint, and each JAX process reads only its own shard of
+clips (`shard=(jax.process_index(), jax.process_count())`).
+
+Batches (NHWC, BGR in [0, 1], mels in [-4, 4]):
+* expert: `mel_window` (B,80,16,1), `face` (B,48,96,15) lower halves of 5 frames (channel
+  3t+c), `label` (B,) 1 = in sync, 0 = off sync. Negatives come from the same clip at least
+  `min_offset` frames away; the mel is always cut at the positive window, as the reference.
+* generator: `faces` (B,5,96,96,6) = target window with rows 48.. zeroed | reference window
+  from elsewhere in the clip, `mels` (B,5,80,16,1) per-frame mels (training convention, one
+  frame earlier than inference), `mel_window` (B,80,16,1), `gt` (B,5,96,96,3).
+"""
+import functools
+from typing import Optional, Tuple
+
+import cv2
+import grain
+from absl import flags
+import numpy as np
+import tensorflow_datasets as tfds
+
+from lipsync_jax import audio
+
+T = 5  # frames per window
+
+
+def clip_source(data_dir: str, split: str):
+  """Random-access sequence of clip records (a TFDS ArrayRecord data source)."""
+  return tfds.builder_from_directory(data_dir).as_data_source(split)
+
+
+def _decode(jpegs) -> np.ndarray:
+  return np.stack([cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)
+                   for j in jpegs]).astype(np.float32) / 255.0
+
+
+def valid_starts(has_face: np.ndarray, n_mel: int, generator: bool) -> np.ndarray:
+  """Window starts whose 5 frames have faces and whose mels fit inside the clip."""
+  n = len(has_face)
+  starts = []
+  for s in range(1 if generator else 0, n - T + 1):
+    if not has_face[s:s + T].all():
+      continue
+    last_mel = (audio.generator_frame_start(s + T - 1) if generator
+                else audio.expert_window_start(s))
+    if max(last_mel, audio.expert_window_start(s)) + audio.MEL_STEP <= n_mel:
+      starts.append(s)
+  return np.asarray(starts)
+
+
+def _mel_at(mel: np.ndarray, start: int) -> np.ndarray:
+  return mel[:, start:start + audio.MEL_STEP, None]
+
+
+def expert_sample(record: dict, rng: np.random.Generator, min_offset: int) -> dict:
+  mel = record['mel']
+  starts = valid_starts(record['has_face'], mel.shape[1], generator=False)
+  s = int(rng.choice(starts))
+  far = starts[np.abs(starts - s) >= min_offset]
+  label = 1.0 if (rng.random() < 0.5 or far.size == 0) else 0.0
+  face_start = s if label else int(rng.choice(far))
+  window = _decode(record['frames'][face_start:face_start + T])[:, 48:]
+  return {'mel_window': _mel_at(mel, audio.expert_window_start(s)),
+          'face': np.concatenate(list(window), axis=-1), 'label': np.float32(label)}
+
+
+def generator_sample(record: dict, rng: np.random.Generator) -> dict:
+  mel = record['mel']
+  starts = valid_starts(record['has_face'], mel.shape[1], generator=True)
+  s = int(rng.choice(starts))
+  others = starts[starts != s]
+  r = int(rng.choice(others)) if others.size else s
+  gt = _decode(record['frames'][s:s + T])
+  masked = gt.copy()
+  masked[:, 48:] = 0
+  reference = _decode(record['frames'][r:r + T])
+  return {'faces': np.concatenate([masked, reference], axis=-1),
+          'mels': np.stack([_mel_at(mel, audio.generator_frame_start(k))
+                            for k in range(s, s + T)]),
+          'mel_window': _mel_at(mel, audio.expert_window_start(s)), 'gt': gt}
+
+
+def make_dataset(data_dir: str, split: str, kind: str, batch_size: int, seed: int,
+                 min_offset: int = 3, workers: int = 0,
+                 shard: Tuple[int, int] = (0, 1)) -> grain.IterDataset:
+  """An endless, deterministic IterDataset of batches ('expert' or 'generator')."""
+  index, count = shard
+  ds = grain.MapDataset.source(clip_source(data_dir, split))[index::count]
+  if kind == 'expert':
+    sample = functools.partial(expert_sample, min_offset=min_offset)
+  elif kind == 'generator':
+    sample = generator_sample
+  else:
+    raise ValueError(f'unknown batch kind {kind!r}')
+  ds = ds.seed(seed).shuffle().repeat(None).random_map(lambda r, rng: sample(r, rng))
+  it = ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
+  if workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; libraries may not parse
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return it

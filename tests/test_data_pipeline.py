@@ -1,0 +1,158 @@
+"""Synthetic mp4 corpus -> preprocess -> TFDS ArrayRecord -> grain batches."""
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import FACE_MODEL, MEDIA, ROOT, require
+from data_pipeline import loaders
+
+
+def _run(module, *args):
+  proc = subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True,
+                        cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+  root = tmp_path_factory.mktemp('corpus')
+  model = str(require(FACE_MODEL))
+  _run('data_pipeline.synthetic', '--out', str(root / 'raw'), '--speakers', '5',
+       '--clips_per_speaker', '3', '--face_model', model)
+  out = _run('data_pipeline.preprocess', '--data_root', str(root / 'raw'), '--out',
+             str(root / 'pre'), '--filelists', str(root / 'raw'), '--face_model', model)
+  assert 'train 9 clips' in out and 'skipped' not in out
+  return str(root / 'pre' / 'clip_dataset' / '1.0.0'), root
+
+
+def _mouth_area(frames):
+  """Dark-red mouth-interior pixels in the lower halves (B, T, 48.., 96, 3) of BGR crops."""
+  lower = frames[:, :, 48:]
+  b, g, r = lower[..., 0], lower[..., 1], lower[..., 2]
+  return ((r > 1.8 * g) & (g < 0.2) & (r < 0.6)).sum(axis=(2, 3))
+
+
+def _energy(mel, frame_offset):
+  """Mean mel energy of the 40 ms of audio `frame_offset` video frames into a 16-column mel."""
+  c = int(round(3.2 * frame_offset))
+  return mel[:, :, c + 1:c + 4].mean(axis=(1, 2)) if 0 <= c + 1 and c + 4 <= 16 else None
+
+
+def _alignment(areas, mel_of, offset_of):
+  """corr(mouth area of frame j, mel energy `shift` frames after frame j's own audio) for
+  shifts -1..2; mel_of(j) are the (N, 80, 16) mels holding frame j, offset_of(j) its place in
+  them, in frames."""
+  fit = {}
+  for shift in (-1, 0, 1, 2):
+    pairs = [(areas[:, j], _energy(mel_of(j), offset_of(j) + shift)) for j in range(5)]
+    pairs = [(a, e) for a, e in pairs if e is not None]
+    fit[shift] = np.corrcoef(np.concatenate([a for a, _ in pairs]),
+                             np.concatenate([e for _, e in pairs]))[0, 1]
+  return fit
+
+
+def test_generator_batches(dataset):
+  data_dir, _ = dataset
+  it = iter(loaders.make_dataset(data_dir, 'train', 'generator', 16, seed=0))
+  batches = [next(it) for _ in range(8)]
+  b = batches[0]
+  assert b['faces'].shape == (16, 5, 96, 96, 6) and b['gt'].shape == (16, 5, 96, 96, 3)
+  assert b['mels'].shape == (16, 5, 80, 16, 1) and b['mel_window'].shape == (16, 80, 16, 1)
+  assert all(v.dtype == np.float32 for v in b.values())
+  assert 0 <= b['faces'].min() and b['faces'].max() <= 1 and b['gt'].max() > 0.5
+  assert -4 <= b['mels'].min() and b['mels'].max() <= 4
+  assert (b['faces'][:, :, 48:, :, :3] == 0).all()  # target lower half masked
+  np.testing.assert_array_equal(b['faces'][:, :, :48, :, :3], b['gt'][:, :, :48])
+  areas = np.concatenate([_mouth_area(x['gt']) for x in batches])
+  windows = np.concatenate([x['mel_window'][..., 0] for x in batches])
+  per_frame = np.concatenate([x['mels'][..., 0] for x in batches])
+  # Frame j's own audio sits 3.2 j columns into the window and 3.2 columns (one frame: the
+  # training convention starts it one frame early) into its per-frame mel.
+  window_fit = _alignment(areas, lambda j: windows, lambda j: j)
+  frame_fit = _alignment(areas, lambda j: per_frame[:, j], lambda j: 1)
+  for fit in (window_fit, frame_fit):
+    assert max(fit, key=fit.get) == 0 and fit[0] > 0.5, fit
+
+
+def test_expert_batches_balanced_and_in_sync(dataset):
+  data_dir, _ = dataset
+  it = iter(loaders.make_dataset(data_dir, 'train', 'expert', 32, seed=1, min_offset=3))
+  batches = [next(it) for _ in range(8)]
+  assert batches[0]['face'].shape == (32, 48, 96, 15)
+  labels = np.concatenate([b['label'] for b in batches])
+  assert 0.35 < labels.mean() < 0.65
+  faces = np.concatenate([b['face'] for b in batches])
+  frames = np.stack(np.split(faces, 5, axis=-1), axis=1)  # (N, 5, 48, 96, 3)
+  areas = _mouth_area(np.pad(frames, ((0, 0), (0, 0), (48, 0), (0, 0), (0, 0))))
+  mels = np.concatenate([b['mel_window'][..., 0] for b in batches])
+  fits = {}
+  for label in (0, 1):
+    keep = labels == label
+    fits[label] = _alignment(areas[keep], lambda j, k=keep: mels[k], lambda j: j)[0]
+  assert fits[1] > 0.5 and fits[0] < fits[1] - 0.25, fits
+
+
+def test_determinism_state_and_sharding(dataset):
+  data_dir, _ = dataset
+  make = lambda **kw: iter(loaders.make_dataset(data_dir, 'train', 'expert', 4, seed=7, **kw))
+  a, b = make(), make()
+  first = next(a)
+  np.testing.assert_array_equal(first['face'], next(b)['face'])
+  state = a.get_state()
+  expected = next(a)
+  c = make()
+  c.set_state(state)
+  np.testing.assert_array_equal(next(c)['face'], expected['face'])
+  source = loaders.clip_source(data_dir, 'train')
+  shards = [{source[i]['clip'] for i in range(len(source))[k::2]} for k in range(2)]
+  assert shards[0] and shards[1] and not shards[0] & shards[1]
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_batches(dataset):
+  data_dir, _ = dataset
+  plain = iter(loaders.make_dataset(data_dir, 'train', 'generator', 4, seed=3))
+  workers = iter(loaders.make_dataset(data_dir, 'train', 'generator', 4, seed=3, workers=2))
+  for _ in range(3):
+    np.testing.assert_array_equal(next(plain)['gt'], next(workers)['gt'])
+
+
+def test_resume_skips_finished_clips_and_reports_skips(dataset, tmp_path):
+  _, root = dataset
+  raw = tmp_path / 'raw'
+  shutil.copytree(root / 'raw', raw)
+  (raw / 'spk000' / 'broken.mp4').write_bytes(b'not a video')
+  out = tmp_path / 'pre'
+  shutil.copytree(root / 'pre' / '_clips', out / '_clips')
+  stamps = {p.name: p.stat().st_mtime_ns for p in (out / '_clips').iterdir()}
+  log = _run('data_pipeline.preprocess', '--data_root', str(raw), '--out', str(out),
+             '--face_model', str(require(FACE_MODEL)))
+  assert 'spk000/broken: unreadable' in log, log
+  assert all((out / '_clips' / n).stat().st_mtime_ns == t for n, t in stamps.items())
+  builder = tfds.builder_from_directory(str(out / 'clip_dataset' / '1.0.0'))
+  total = sum(len(builder.as_data_source(s)) for s in builder.info.splits)
+  assert total == 15  # hash-split, every good clip kept
+
+
+@pytest.mark.slow
+def test_real_clips_preprocess(tmp_path):
+  raw = tmp_path / 'raw' / 'real'
+  raw.mkdir(parents=True)
+  for name in ('talking_head_512_25fps.mp4', 'speech_850x480_30fps.mp4',
+               'phone_600x480_25fps.mp4'):
+    shutil.copy(require(MEDIA / name), raw / name)
+  out = _run('data_pipeline.preprocess', '--data_root', str(tmp_path / 'raw'), '--out',
+             str(tmp_path / 'pre'), '--face_model', str(require(FACE_MODEL)))
+  assert 'skipped' not in out
+  builder = tfds.builder_from_directory(str(tmp_path / 'pre' / 'clip_dataset' / '1.0.0'))
+  records = {r['clip'].decode(): r for s in builder.info.splits
+             for r in builder.as_data_source(s)}
+  for clip, seconds in [('talking_head_512_25fps', 8.0), ('speech_850x480_30fps', 7.0)]:
+    record = records[f'real/{clip}']
+    assert abs(len(record['frames']) - 25 * seconds) <= 8  # resampled to 25 fps
+    assert record['has_face'].mean() >= 0.95
