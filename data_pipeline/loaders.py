@@ -5,7 +5,8 @@ the element's own RNG, so a (seed, step) pair always gives the same batch, the i
 is a small dict that orbax can checkpoint, and each JAX process reads only its own shard of
 clips (`shard=(jax.process_index(), jax.process_count())`).
 
-Batches (NHWC, BGR in [0, 1], mels in [-4, 4]):
+Batches (NHWC; images BGR uint8, 4x less to move between workers than float32: `to_float`
+scales them to [0, 1]; mels float32 in [-4, 4]):
 * expert: `mel_window` (B,80,16,1), `face` (B,48,96,15) lower halves of 5 frames (channel
   3t+c), `label` (B,) 1 = in sync, 0 = off sync. Negatives come from the same clip at least
   `min_offset` frames away; the mel is always cut at the positive window, as the reference.
@@ -33,8 +34,13 @@ def clip_source(data_dir: str, split: str):
 
 
 def _decode(jpegs) -> np.ndarray:
-  return np.stack([cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)
-                   for j in jpegs]).astype(np.float32) / 255.0
+  return np.stack([cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in jpegs])
+
+
+def to_float(batch: dict) -> dict:
+  """uint8 images -> float32 in [0, 1] (done on the device, inside the jitted step)."""
+  return {k: v.astype(np.float32) / np.float32(255) if v.dtype == np.uint8 else v
+          for k, v in batch.items()}
 
 
 def valid_starts(has_face: np.ndarray, n_mel: int, generator: bool) -> np.ndarray:

@@ -63,12 +63,16 @@ def test_generator_batches(dataset):
   b = batches[0]
   assert b['faces'].shape == (16, 5, 96, 96, 6) and b['gt'].shape == (16, 5, 96, 96, 3)
   assert b['mels'].shape == (16, 5, 80, 16, 1) and b['mel_window'].shape == (16, 80, 16, 1)
-  assert all(v.dtype == np.float32 for v in b.values())
-  assert 0 <= b['faces'].min() and b['faces'].max() <= 1 and b['gt'].max() > 0.5
+  assert b['faces'].dtype == b['gt'].dtype == np.uint8
+  assert b['mels'].dtype == b['mel_window'].dtype == np.float32
+  assert b['gt'].max() > 128
+  scaled = loaders.to_float(b)
+  assert scaled['gt'].dtype == np.float32 and 0.5 < scaled['gt'].max() <= 1.0
+  np.testing.assert_array_equal(scaled['gt'] * 255, b['gt'])
   assert -4 <= b['mels'].min() and b['mels'].max() <= 4
   assert (b['faces'][:, :, 48:, :, :3] == 0).all()  # target lower half masked
   np.testing.assert_array_equal(b['faces'][:, :, :48, :, :3], b['gt'][:, :, :48])
-  areas = np.concatenate([_mouth_area(x['gt']) for x in batches])
+  areas = np.concatenate([_mouth_area(loaders.to_float(x)['gt']) for x in batches])
   windows = np.concatenate([x['mel_window'][..., 0] for x in batches])
   per_frame = np.concatenate([x['mels'][..., 0] for x in batches])
   # Frame j's own audio sits 3.2 j columns into the window and 3.2 columns (one frame: the
@@ -86,7 +90,7 @@ def test_expert_batches_balanced_and_in_sync(dataset):
   assert batches[0]['face'].shape == (32, 48, 96, 15)
   labels = np.concatenate([b['label'] for b in batches])
   assert 0.35 < labels.mean() < 0.65
-  faces = np.concatenate([b['face'] for b in batches])
+  faces = np.concatenate([b['face'] for b in batches]) / 255.0
   frames = np.stack(np.split(faces, 5, axis=-1), axis=1)  # (N, 5, 48, 96, 3)
   areas = _mouth_area(np.pad(frames, ((0, 0), (0, 0), (48, 0), (0, 0), (0, 0))))
   mels = np.concatenate([b['mel_window'][..., 0] for b in batches])
