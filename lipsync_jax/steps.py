@@ -1,4 +1,5 @@
-"""Pure, jittable training step of the generator, with the optional quality discriminator.
+"""Pure, jittable training steps: the expert, and the generator with the optional quality
+discriminator.
 
 States are flax PyTreeNodes so they shard, checkpoint and jit as plain pytrees.
 """
@@ -12,6 +13,13 @@ from flax import struct
 from lipsync_jax import losses
 
 
+class ExpertState(struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
 class GeneratorState(struct.PyTreeNode):
   step: jax.Array
   params: Any
@@ -19,6 +27,28 @@ class GeneratorState(struct.PyTreeNode):
   opt_state: Any
   disc_params: Any = None  # None without the quality discriminator
   disc_opt_state: Any = None
+
+
+def expert_step(expert: nn.Module, tx: optax.GradientTransformation) -> Callable:
+  """(state, batch{mel_window, face, label}) -> (state, metrics)."""
+
+  def step(state: ExpertState, batch):
+    grad_fn = jax.value_and_grad(losses.expert_loss, has_aux=True)
+    (loss, (cos, stats)), grads = grad_fn(state.params, state.batch_stats, expert,
+                                          batch['mel_window'], batch['face'], batch['label'],
+                                          True)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        batch_stats=stats, opt_state=opt_state)
+    return new, {'loss': loss, 'accuracy': expert_accuracy(cos, batch['label']),
+                 'grad_norm': optax.tree.norm(grads)}
+
+  return step
+
+
+def expert_accuracy(cos, label):
+  """The expert calls a pair in sync when the cosine similarity exceeds 0.5."""
+  return ((cos > 0.5) == (label > 0.5)).mean()
 
 
 def generator_step(generator: nn.Module, expert: nn.Module, tx: optax.GradientTransformation,

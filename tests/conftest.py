@@ -1,6 +1,8 @@
 """Shared fixtures: the ../shared folder (parity vectors, media, face model) and helpers."""
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -52,3 +54,24 @@ def windows_to_nhwc(faces):
 def mels_to_nhwc(mels):
   """torch (B, T, 1, 80, 16) or (N, 1, 80, 16) -> ours (..., 80, 16, 1)."""
   return np.moveaxis(np.asarray(mels), -3, -1)
+
+
+def run_module(module: str, *args: str, env=None) -> str:
+  """Runs `python -m module args` from the repository root; fails the test on a non-zero exit."""
+  proc = subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True,
+                        cwd=ROOT, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+@pytest.fixture(scope='session')
+def synthetic_dataset(tmp_path_factory):
+  """(TFDS data dir, corpus root): 5 synthetic speakers x 3 clips, preprocessed."""
+  root = tmp_path_factory.mktemp('corpus')
+  model = str(require(FACE_MODEL))
+  run_module('data_pipeline.synthetic', '--out', str(root / 'raw'), '--speakers', '5',
+             '--clips_per_speaker', '3', '--face_model', model)
+  out = run_module('data_pipeline.preprocess', '--data_root', str(root / 'raw'), '--out',
+                   str(root / 'pre'), '--filelists', str(root / 'raw'), '--face_model', model)
+  assert 'train 9 clips' in out and 'skipped' not in out
+  return str(root / 'pre' / 'clip_dataset' / '1.0.0'), root

@@ -1,33 +1,17 @@
 """Synthetic mp4 corpus -> preprocess -> TFDS ArrayRecord -> grain batches."""
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import FACE_MODEL, MEDIA, ROOT, require
+from conftest import FACE_MODEL, MEDIA, require, run_module as _run
 from data_pipeline import loaders
 
 
-def _run(module, *args):
-  proc = subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True,
-                        cwd=ROOT)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc.stdout
-
-
 @pytest.fixture(scope='module')
-def dataset(tmp_path_factory):
-  root = tmp_path_factory.mktemp('corpus')
-  model = str(require(FACE_MODEL))
-  _run('data_pipeline.synthetic', '--out', str(root / 'raw'), '--speakers', '5',
-       '--clips_per_speaker', '3', '--face_model', model)
-  out = _run('data_pipeline.preprocess', '--data_root', str(root / 'raw'), '--out',
-             str(root / 'pre'), '--filelists', str(root / 'raw'), '--face_model', model)
-  assert 'train 9 clips' in out and 'skipped' not in out
-  return str(root / 'pre' / 'clip_dataset' / '1.0.0'), root
+def dataset(synthetic_dataset):
+  return synthetic_dataset
 
 
 def _mouth_area(frames):

@@ -1,0 +1,264 @@
+"""Training: the expert, or the generator (+ visual quality discriminator), on a device mesh.
+
+    python -m lipsync_jax.train --config configs/expert.py:tiny --workdir runs/expert \\
+        --config.data.dir=data/pre/clip_dataset/1.0.0
+
+Data parallel over all devices ('data' mesh axis; parameters replicated). Launched as several
+processes, set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or run where
+jax.distributed.initialize() detects them): each process reads its own shard of clips and the
+global batch is assembled with jax.make_array_from_process_local_data.
+
+Checkpoints (orbax, `workdir/checkpoints`, every `checkpoint_every` steps, the last
+`keep_checkpoints` kept; the best eval model also in `workdir/best`) hold the train state, the
+grain iterator state and the schedule together, so a resumed run continues exactly. SIGTERM saves
+a checkpoint and exits 0; a NaN or Inf loss stops the run with an error, keeping the last good
+checkpoint.
+"""
+import os
+import signal
+import sys
+import time
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
+
+from data_pipeline import loaders
+from lipsync_jax import checkpoint, convert, losses, models, steps
+
+
+class TrainingError(RuntimeError):
+  pass
+
+
+def maybe_initialize_distributed() -> None:
+  if 'JAX_COORDINATOR_ADDRESS' in os.environ and jax.process_count() == 1:
+    jax.distributed.initialize(os.environ['JAX_COORDINATOR_ADDRESS'],
+                               int(os.environ['JAX_NUM_PROCESSES']),
+                               int(os.environ['JAX_PROCESS_ID']))
+
+
+def make_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()), ('data',))
+
+
+def global_batch(local: dict, sharding: NamedSharding) -> dict:
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def load_expert(config) -> dict:
+  """Frozen expert variables from an expert workdir/checkpoint dir or an official .pth."""
+  path = config.expert_checkpoint
+  if not path:
+    raise TrainingError('config.expert_checkpoint is empty: the generator needs a trained expert')
+  if path.endswith('.pth'):
+    name, module, variables = convert.load_official(path)
+  else:
+    path = os.path.join(path, 'checkpoints') if os.path.isdir(
+        os.path.join(path, 'checkpoints')) else path
+    name, module, variables = checkpoint.load_model(path, expect='expert')
+  if module.width_divisor != config.model.width_divisor or name != 'expert':
+    raise TrainingError(f'{path}: an expert of width divisor {module.width_divisor} cannot '
+                        f'judge a generator of width divisor {config.model.width_divisor}')
+  return variables
+
+
+class Run:
+  """Everything one training job needs: models, states, jitted steps, data, checkpoints."""
+
+  def __init__(self, config, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.kind = 'expert' if config.model.name == 'expert' else 'generator'
+    self.mesh = make_mesh()
+    self.data_sharding = NamedSharding(self.mesh, P('data'))
+    self.replicated = NamedSharding(self.mesh, P())
+    n_dev = jax.device_count()
+    if config.batch_size % n_dev:
+      raise TrainingError(f'batch_size {config.batch_size} is not a multiple of the {n_dev} '
+                          'devices')
+    dtype = jnp.dtype(config.model.dtype)
+    build = lambda name: models.build(name, config.model.width_divisor, dtype)
+    keys = jax.random.split(jax.random.key(config.seed), 2)
+    tx = optax.adam(config.learning_rate, config.adam_b1, config.adam_b2)
+    self.model = build(config.model.name)
+    variables = models.init(self.model, config.model.name, keys[0])
+    zero = jnp.zeros((), jnp.int32)
+    if self.kind == 'expert':
+      state = steps.ExpertState(zero, variables['params'], variables['batch_stats'],
+                                tx.init(variables['params']))
+      step = steps.expert_step(self.model, tx)
+      self.expert_variables = None
+    else:
+      self.expert = build('expert')
+      self.expert_variables = jax.device_put(load_expert(config), self.replicated)
+      disc = disc_tx = disc_params = None
+      if config.disc_wt > 0:
+        disc = self.disc = build('quality_disc')
+        disc_params = models.init(disc, 'quality_disc', keys[1])['params']
+        disc_tx = optax.adam(config.disc_learning_rate, config.adam_b1, config.adam_b2)
+      state = steps.GeneratorState(
+          zero, variables['params'], variables['batch_stats'], tx.init(variables['params']),
+          disc_params, disc_tx.init(disc_params) if disc else None)
+      step = steps.generator_step(self.model, self.expert, tx, disc, disc_tx,
+                                  config.expert_train_mode)
+    self.state = jax.device_put(state, self.replicated)
+    self.syncnet_wt = config.get('syncnet_wt', 0.0)
+    self._step = jax.jit(self._wrap(step), donate_argnums=0)
+    self._eval = jax.jit(self._eval_fn)
+    local_batch = config.batch_size // jax.process_count()
+    self.train_iter = iter(loaders.make_dataset(
+        config.data.dir, 'train', self.kind, local_batch, config.data.seed,
+        config.data.min_offset, config.data.workers,
+        (jax.process_index(), jax.process_count())))
+    self.local_batch = local_batch
+    self.ckpt = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, 'checkpoints')),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
+                                             enable_async_checkpointing=True))
+    self.best = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'best')),
+                                      options=ocp.CheckpointManagerOptions(max_to_keep=1))
+    self.best_loss = float('inf')
+
+  def _wrap(self, step):
+    if self.kind == 'expert':
+      return lambda state, batch, *_: step(state, loaders.to_float(batch))
+    disc_wt = self.config.disc_wt
+    return lambda state, batch, expert_vars, syncnet_wt: step(
+        state, expert_vars, loaders.to_float(batch), syncnet_wt, disc_wt)
+
+  def _eval_fn(self, state, batch, expert_vars):
+    batch = loaders.to_float(batch)
+    if self.kind == 'expert':
+      loss, (cos, _) = losses.expert_loss(state.params, state.batch_stats, self.model,
+                                          batch['mel_window'], batch['face'], batch['label'],
+                                          False)
+      return {'loss': loss, 'accuracy': steps.expert_accuracy(cos, batch['label'])}
+    generated = self.model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                                 batch['mels'], batch['faces'])
+    sync, _ = losses.sync_loss(self.expert, expert_vars, batch['mel_window'], generated,
+                               self.config.expert_train_mode)
+    return {'l1': jnp.mean(jnp.abs(generated - batch['gt'])), 'sync': sync}
+
+  def train_step(self):
+    batch = global_batch(next(self.train_iter), self.data_sharding)
+    self.state, metrics = self._step(self.state, batch, self.expert_variables,
+                                     jnp.float32(self.syncnet_wt))
+    return metrics
+
+  def evaluate(self) -> dict:
+    it = iter(loaders.make_dataset(self.config.data.dir, 'val', self.kind, self.local_batch,
+                                   seed=1234, min_offset=self.config.data.min_offset,
+                                   shard=(jax.process_index(), jax.process_count())))
+    totals = [self._eval(self.state, global_batch(next(it), self.data_sharding),
+                         self.expert_variables) for _ in range(self.config.eval_batches)]
+    return {f'eval_{k}': float(np.mean([t[k] for t in totals])) for k in totals[0]}
+
+  # -- checkpoints ---------------------------------------------------------------------------
+  def _meta(self) -> dict:
+    return {'model': self.config.model.name, 'width_divisor': self.config.model.width_divisor,
+            'syncnet_wt': self.syncnet_wt, 'best_loss': self.best_loss}
+
+  def save(self, step: int, eval_metrics: dict = None) -> None:
+    variables = {'params': self.state.params, 'batch_stats': self.state.batch_stats}
+    self.ckpt.save(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonSave(self._meta()), variables=ocp.args.StandardSave(variables),
+        state=ocp.args.StandardSave(self.state),
+        data=grain.checkpoint.CheckpointSave(self.train_iter)), force=True)
+    loss = (eval_metrics or {}).get('eval_loss', (eval_metrics or {}).get('eval_sync'))
+    if loss is not None and loss < self.best_loss:
+      self.best_loss = loss
+      self.best.save(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonSave(self._meta()), variables=ocp.args.StandardSave(variables)),
+                     force=True)
+
+  def restore_latest(self) -> int:
+    step = self.ckpt.latest_step()
+    if step is None:
+      return 0
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), self.state)
+    try:
+      restored = self.ckpt.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore(), state=ocp.args.StandardRestore(abstract),
+          data=grain.checkpoint.CheckpointRestore(self.train_iter)))
+    except Exception as e:  # orbax raises many types for damaged files
+      raise checkpoint.CheckpointError(
+          f'{self.workdir}: checkpoint {step} cannot be restored ({e}); move it away to '
+          'resume from an earlier one') from e
+    self.state = restored.state
+    self.syncnet_wt = restored.meta['syncnet_wt']
+    self.best_loss = restored.meta['best_loss']
+    return step
+
+
+def train(config, workdir: str, stop_after: int = None) -> dict:
+  """Runs (or resumes) a job until config.total_steps (or `stop_after` more steps)."""
+  maybe_initialize_distributed()
+  run = Run(config, workdir)
+  step = run.restore_latest()
+  if step:
+    print(f'resumed from step {step}', flush=True)
+  preempted = []
+  previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  end = config.total_steps if stop_after is None else min(config.total_steps, step + stop_after)
+  metrics, start = {}, time.perf_counter()
+  try:
+    while step < end:
+      metrics = run.train_step()
+      step += 1
+      loss = float(metrics['loss' if run.kind == 'expert' else 'total'])
+      if not np.isfinite(loss):
+        raise TrainingError(f'loss is {loss} at step {step}; stopping. The last good '
+                            f'checkpoint is step {run.ckpt.latest_step()} in {workdir}')
+      eval_metrics = None
+      if step % config.eval_every == 0 or step == end:
+        eval_metrics = run.evaluate()
+        if (run.kind == 'generator' and run.syncnet_wt == config.syncnet_wt
+            and eval_metrics['eval_sync'] < config.sync_threshold):
+          run.syncnet_wt = config.syncnet_wt_after
+        print(f'step {step}: ' + ' '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()),
+              flush=True)
+      if step % config.log_every == 0:
+        rate = config.log_every / (time.perf_counter() - start)
+        start = time.perf_counter()
+        print(f'step {step}: {rate:.2f} steps/s ' + ' '.join(
+            f'{k} {float(v):.4f}' for k, v in metrics.items()), flush=True)
+      if step % config.checkpoint_every == 0 or step == end or preempted:
+        run.save(step, eval_metrics)
+      if preempted:
+        print(f'SIGTERM: checkpoint saved at step {step}; exiting', flush=True)
+        break
+  finally:
+    run.ckpt.wait_until_finished()
+    signal.signal(signal.SIGTERM, previous)
+  return {'step': step, 'state': run.state, **{k: float(v) for k, v in metrics.items()}}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  config = _CONFIG.value
+  if not config.data.dir:
+    raise app.UsageError('set --config.data.dir to a dataset written by data_pipeline.preprocess')
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  with open(os.path.join(_WORKDIR.value, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  try:
+    train(config, _WORKDIR.value)
+  except (TrainingError, checkpoint.CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'training config file')
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'run folder (checkpoints, logs)')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)
