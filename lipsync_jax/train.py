@@ -75,6 +75,8 @@ class Run:
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
     self.kind = 'expert' if config.model.name == 'expert' else 'generator'
+    # Fail fast (before any compilation) on a missing or mismatched expert.
+    expert_variables = load_expert(config) if self.kind == 'generator' else None
     self.mesh = make_mesh()
     self.data_sharding = NamedSharding(self.mesh, P('data'))
     self.replicated = NamedSharding(self.mesh, P())
@@ -96,7 +98,7 @@ class Run:
       self.expert_variables = None
     else:
       self.expert = build('expert')
-      self.expert_variables = jax.device_put(load_expert(config), self.replicated)
+      self.expert_variables = jax.device_put(expert_variables, self.replicated)
       disc = disc_tx = disc_params = None
       if config.disc_wt > 0:
         disc = self.disc = build('quality_disc')
