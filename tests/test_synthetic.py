@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import FACE_MODEL, ROOT, require
+from conftest import FACE_MODEL, MEDIA, ROOT, require
 from data_pipeline import synthetic
 from lipsync_jax import audio, faces
 
@@ -84,3 +84,22 @@ def test_face_found_in_99_percent_of_frames(corpus):
   frames = np.concatenate([_frames(p) for p in sorted((corpus / 'sync').glob('*/*.mp4'))])
   found = sum(detector.detect(f) is not None for f in frames)
   assert found >= 0.99 * len(frames), found / len(frames)
+
+
+def test_clips_from_given_audio_and_photos(tmp_path):
+  speech = require(MEDIA / 'speech_en_16k_stereo.wav')
+  photo = require(MEDIA / 'face_portrait.png')
+  proc = subprocess.run([sys.executable, '-m', 'data_pipeline.synthetic', '--out',
+                         str(tmp_path), '--speakers', '2', '--clips_per_speaker', '1',
+                         '--audio', str(speech), '--photos', str(photo), '--face_model',
+                         str(require(FACE_MODEL))], capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr
+  metas = [json.loads(p.read_text()) for p in sorted(tmp_path.glob('*/*.json'))]
+  assert [m['look']['identity'] for m in metas] == [0, 1]  # astronaut, then the given photo
+  assert all(m['audio_file'] == str(speech) for m in metas)
+  assert all(2.5 <= m['n_frames'] / 25 <= 4.0 + 0.7 for m in metas)  # segment + silences
+  bad = subprocess.run([sys.executable, '-m', 'data_pipeline.synthetic', '--out',
+                        str(tmp_path / 'x'), '--photos', str(tmp_path / 'missing.png'),
+                        '--face_model', str(require(FACE_MODEL))],
+                       capture_output=True, text=True, cwd=ROOT)
+  assert bad.returncode == 1 and 'missing.png: not a readable image' in bad.stderr
