@@ -15,7 +15,7 @@ scales them to [0, 1]; mels float32 in [-4, 4]):
   frame earlier than inference), `mel_window` (B,80,16,1), `gt` (B,5,96,96,3).
 """
 import functools
-from typing import Optional, Tuple
+from typing import Tuple
 
 import cv2
 import grain

@@ -17,7 +17,7 @@ def dataset(synthetic_dataset):
 def _mouth_area(frames):
   """Dark-red mouth-interior pixels in the lower halves (B, T, 48.., 96, 3) of BGR crops."""
   lower = frames[:, :, 48:]
-  b, g, r = lower[..., 0], lower[..., 1], lower[..., 2]
+  g, r = lower[..., 1], lower[..., 2]
   return ((r > 1.8 * g) & (g < 0.2) & (r < 0.6)).sum(axis=(2, 3))
 
 
