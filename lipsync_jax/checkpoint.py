@@ -24,13 +24,17 @@ def manager(directory: str, create: bool = True) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def model_items(meta: dict, variables: dict) -> dict:
+  """The orbax save args of the items every checkpoint holds (what `load_model` reads)."""
+  return {'meta': ocp.args.JsonSave(meta), 'variables': ocp.args.StandardSave(variables)}
+
+
 def save_model(directory: str, name: str, variables: dict, width_divisor: int = 1,
                step: int = 0) -> str:
   """Writes a model-only checkpoint (what `python -m lipsync_jax.convert` produces)."""
   meta = {'model': name, 'width_divisor': width_divisor}
   with manager(directory) as mngr:
-    mngr.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta),
-                                            variables=ocp.args.StandardSave(variables)))
+    mngr.save(step, args=ocp.args.Composite(**model_items(meta, variables)))
     mngr.wait_until_finished()
   return os.path.join(os.path.abspath(directory), str(step))
 

@@ -101,7 +101,7 @@ class Run:
       self.expert_variables = jax.device_put(expert_variables, self.replicated)
       disc = disc_tx = disc_params = None
       if config.disc_wt > 0:
-        disc = self.disc = build('quality_disc')
+        disc = build('quality_disc')
         disc_params = models.init(disc, 'quality_disc', keys[1])['params']
         disc_tx = optax.adam(config.disc_learning_rate, config.adam_b1, config.adam_b2)
       state = steps.GeneratorState(
@@ -169,15 +169,14 @@ class Run:
   def save(self, step: int, eval_metrics: dict = None) -> None:
     variables = {'params': self.state.params, 'batch_stats': self.state.batch_stats}
     self.ckpt.save(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonSave(self._meta()), variables=ocp.args.StandardSave(variables),
+        **checkpoint.model_items(self._meta(), variables),
         state=ocp.args.StandardSave(self.state),
         data=grain.checkpoint.CheckpointSave(self.train_iter)), force=True)
     loss = (eval_metrics or {}).get('eval_loss', (eval_metrics or {}).get('eval_sync'))
     if loss is not None and loss < self.best_loss:
       self.best_loss = loss
       self.best.save(step, args=ocp.args.Composite(
-          meta=ocp.args.JsonSave(self._meta()), variables=ocp.args.StandardSave(variables)),
-                     force=True)
+          **checkpoint.model_items(self._meta(), variables)), force=True)
 
   def restore_latest(self) -> int:
     step = self.ckpt.latest_step()
