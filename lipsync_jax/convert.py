@@ -138,6 +138,20 @@ def load_official(path: str) -> Tuple[str, nn.Module, dict]:
     raise ConversionError(f'{path}: {e}') from e
 
 
+def load_checkpoint(path: str, expect: str) -> Tuple[nn.Module, dict]:
+  """The `expect` model from an official .pth (converted on the fly), an orbax checkpoint
+  directory, or a training workdir (its latest checkpoint); any other model is an error."""
+  if path.endswith('.pth'):
+    name, module, variables = load_official(path)
+  else:
+    nested = os.path.join(path, 'checkpoints')
+    path = nested if os.path.isdir(nested) else path
+    name, module, variables = checkpoint.load_model(path)
+  if name != expect:
+    raise ConversionError(f'{path}: holds a {name!r} model, but a {expect!r} is needed')
+  return module, variables
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m lipsync_jax.convert',

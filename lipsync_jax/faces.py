@@ -9,12 +9,13 @@ The detector model comes from an explicit path, else $LIPSYNC_JAX_FACE_MODEL, el
 folder ($LIPSYNC_JAX_CACHE or ~/.cache/lipsync_jax), else it is downloaded once from the OpenCV
 model zoo into that cache and checked against its sha256.
 """
+import collections
 import hashlib
 import os
 import pathlib
 import tempfile
 import urllib.request
-from typing import List, Optional, Sequence
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -71,6 +72,8 @@ class FaceDetector:
   """Largest-face boxes (x1, y1, x2, y2) in pixels, or None, for BGR frames."""
 
   def __init__(self, model_path: Optional[str] = None, score_threshold: float = 0.6):
+    # OpenCV 5 warns on every detector creation that targets are unsupported; irrelevant here.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     self._detector = cv2.FaceDetectorYN.create(resolve_model(model_path), '', (320, 320),
                                                score_threshold, 0.3, 50)
     self._size = None
@@ -100,18 +103,47 @@ class FaceDetector:
     return [self.detect(f) for f in frames]
 
 
+def _smoothed(box, window: list):
+  """Mean of the present boxes in `window`, in `box`'s dtype (so integer boxes truncate, as the
+  reference's in-place assignment into an int array does); a missing box stays missing."""
+  if box is None:
+    return None
+  return np.mean([b for b in window if b is not None], axis=0).astype(box.dtype)
+
+
+def smooth_stream(pairs: Iterable[Tuple[Any, Optional[np.ndarray]]],
+                  window: int = 5) -> Iterator[Tuple[Any, Optional[np.ndarray]]]:
+  """(item, box) pairs -> the same pairs with smoothed boxes, streamed (lookahead window-1).
+
+  The reference (inference.py) replaces box i, in place, by the mean of boxes i..i+4; the last
+  four all use the final window boxes[n-5:], so they also see the already smoothed boxes before
+  them. Missing boxes (None) stay None and are left out of the means.
+  """
+  pending = collections.deque()  # not yet emitted: original boxes
+  done = collections.deque(maxlen=window)  # last emitted: smoothed boxes
+  n = 0
+  for pair in pairs:
+    n += 1
+    pending.append(pair)
+    if len(pending) == window:
+      item, box = pending.popleft()
+      box = _smoothed(box, [box] + [b for _, b in pending])
+      done.append(box)
+      yield item, box
+  # Stream ended: the pending items all take the final window, boxes[n - window:] in Python
+  # slicing (for n < window a negative start counts from the end, as in the reference).
+  state = list(done) + [b for _, b in pending]
+  offset = n - len(state)  # global index of state[0]
+  start = n - window if n >= window else max(0, 2 * n - window)
+  for k, (item, box) in enumerate(pending):
+    i = len(done) + k
+    state[i] = _smoothed(box, state[start - offset:])
+    yield item, state[i]
+
+
 def smooth_boxes(boxes: Sequence[Optional[np.ndarray]], window: int = 5) -> list:
-  """Each detected box becomes the mean of itself and the next window-1 detected boxes (the
-  last ones reuse the final full window), as the reference; missing boxes stay None."""
-  found = [i for i, b in enumerate(boxes) if b is not None]
-  out = [None] * len(boxes)
-  if not found:
-    return out
-  stacked = np.stack([boxes[i] for i in found])
-  for k, i in enumerate(found):
-    start = min(k, max(len(found) - window, 0))
-    out[i] = stacked[start:start + window].mean(axis=0)
-  return out
+  """`smooth_stream` over a list of boxes."""
+  return [b for _, b in smooth_stream(enumerate(boxes), window)]
 
 
 def pad_box(box: np.ndarray, pads: Sequence[int], frame_shape) -> np.ndarray:
@@ -133,7 +165,9 @@ def face_boxes(boxes: Sequence[Optional[np.ndarray]], pads: Sequence[int], frame
   return [None if b is None else b.astype(np.int64) for b in padded]
 
 
-def crop(frame: np.ndarray, box: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
-  """The box's pixels resized to size x size (aspect not preserved, as the reference)."""
+def crop(frame: np.ndarray, box: np.ndarray, size: int = FACE_SIZE,
+         interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+  """The box's pixels resized to size x size (aspect not preserved, as the reference). Area
+  interpolation by default; the reference's inference resizes bilinearly (cv2's default)."""
   x1, y1, x2, y2 = box
-  return cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
+  return cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=interpolation)

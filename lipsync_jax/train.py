@@ -57,13 +57,8 @@ def load_expert(config) -> dict:
   path = config.expert_checkpoint
   if not path:
     raise TrainingError('config.expert_checkpoint is empty: the generator needs a trained expert')
-  if path.endswith('.pth'):
-    name, module, variables = convert.load_official(path)
-  else:
-    path = os.path.join(path, 'checkpoints') if os.path.isdir(
-        os.path.join(path, 'checkpoints')) else path
-    name, module, variables = checkpoint.load_model(path, expect='expert')
-  if module.width_divisor != config.model.width_divisor or name != 'expert':
+  module, variables = convert.load_checkpoint(path, 'expert')
+  if module.width_divisor != config.model.width_divisor:
     raise TrainingError(f'{path}: an expert of width divisor {module.width_divisor} cannot '
                         f'judge a generator of width divisor {config.model.width_divisor}')
   return variables
@@ -253,7 +248,7 @@ def main(argv):
     f.write(config.to_json_best_effort(indent=2))
   try:
     train(config, _WORKDIR.value)
-  except (TrainingError, checkpoint.CheckpointError) as e:
+  except (TrainingError, checkpoint.CheckpointError, convert.ConversionError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
 

@@ -45,13 +45,28 @@ def test_no_face_gives_none_and_grayscale_works(detector):
   np.testing.assert_allclose(big_box / 7.5, small_box, atol=8)  # detections at 640 vs 256 px
 
 
-def test_smoothing_follows_the_reference():
+def reference_smoothing(boxes, T=5):
+  """The reference's get_smoothened_boxes, transcribed: in place, on an integer array."""
+  boxes = np.array(boxes)
+  for i in range(len(boxes)):
+    window = boxes[len(boxes) - T:] if i + T > len(boxes) else boxes[i:i + T]
+    boxes[i] = np.mean(window, axis=0)
+  return boxes
+
+
+@pytest.mark.parametrize('n', [1, 2, 3, 4, 5, 6, 9, 23])
+def test_smoothing_matches_the_reference(n):
+  rng = np.random.default_rng(n)
+  boxes = list(rng.integers(0, 500, (n, 4)))
+  np.testing.assert_array_equal(np.stack(faces.smooth_boxes(boxes)), reference_smoothing(boxes))
+
+
+def test_smoothing_skips_missing_boxes_and_pads():
   boxes = [np.array([i, 0, 10 + i, 10], float) for i in range(7)]
   boxes.insert(3, None)
   out = faces.smooth_boxes(boxes)
   assert out[3] is None
-  assert out[0][0] == np.mean([0, 1, 2, 3, 4])  # itself and the next 4 detected boxes
-  assert out[-1][0] == np.mean([2, 3, 4, 5, 6])  # the last ones reuse the final window
+  assert out[0][0] == np.mean([0, 1, 2, 3])  # frames 0-4 of which frame 3 has no face
   padded = faces.face_boxes([np.array([5.7, 5.2, 50.9, 60.1])], (0, 10, 0, 0), (64, 48))
   np.testing.assert_array_equal(padded[0], [5, 5, 48, 64])  # pad, clamp to the frame
 

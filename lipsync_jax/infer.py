@@ -1,0 +1,454 @@
+"""Lip-sync a video (or a still image) to speech.
+
+    python -m lipsync_jax.infer --checkpoint_path wav2lip_gan.pth --face in.mp4 \\
+        --audio speech.wav --outfile out.mp4
+
+The reference's flags keep their meaning. By default it does better than the reference: the
+generated mouth is blended in with a feathered mask (--paste hard: the reference's box), frames
+without a face pass through unchanged (--on_missing_face abort: the reference's abort), the
+video covers the whole audio (the reference stops up to 0.2 s early), frames and output are
+streamed (bounded memory for long videos), and decoding + face detection run in a thread beside
+generation. `--reference` reproduces the reference's pipeline exactly (see `reference_mode`).
+"""
+import argparse
+import collections
+import contextlib
+import dataclasses
+import itertools
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Callable, Iterator, List, NamedTuple, Optional
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from lipsync_jax import audio, checkpoint, convert, faces, models, torch_pickle, video
+from lipsync_jax.layers import fold_batchnorm
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+SILENCE_PEAK = 10 ** (-60 / 20)  # audio whose loudest sample is below -60 dBFS has no speech
+SILENT_MEL = -audio.MAX_ABS  # the normalised mel of silence
+
+
+class InferenceError(RuntimeError):
+  """Input that cannot be lip-synced; the message names the file and the problem."""
+
+
+class Stages(collections.Counter):
+  """Seconds spent per stage (decode, detect, generate, paste, encode), and the count of
+  frames with a face under 'faces'."""
+
+  @contextlib.contextmanager
+  def time(self, stage: str):
+    start = time.perf_counter()
+    yield
+    self[stage] += time.perf_counter() - start
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def load_generator(path: str, dtype: str):
+  """(jitted generate(mels, uint8 crops) -> [0, 1] faces) for a .pth or orbax checkpoint."""
+  try:
+    module, variables = convert.load_checkpoint(path, 'wav2lip')
+  except (convert.ConversionError, checkpoint.CheckpointError,
+          torch_pickle.UnsafeCheckpointError) as e:
+    raise InferenceError(str(e)) from e
+  folded = models.build('wav2lip', module.width_divisor, jnp.dtype(dtype), folded_bn=True)
+  params = jax.device_put(fold_batchnorm(variables))
+  half = models.IMG_SIZE // 2
+
+  @jax.jit
+  def generate(params, mels, crops):
+    crops = crops.astype(jnp.float32) / 255.0
+    masked = crops.at[:, half:].set(0.0)  # the reference: lower half hidden, same frame as pose
+    faces_in = jnp.concatenate([masked, crops], axis=-1)
+    return folded.apply(params, mels.astype(folded.dtype or jnp.float32),
+                        faces_in.astype(folded.dtype or jnp.float32)).astype(jnp.float32)
+
+  return lambda mels, crops: generate(params, mels, crops)
+
+
+def load_speech(path: str):
+  """(waveform, mel) of the audio; silent audio is refused (nothing to lip-sync)."""
+  wav = audio.load_audio(path)
+  if float(np.max(np.abs(wav))) < SILENCE_PEAK:
+    raise InferenceError(f'{path}: the audio is silent (peak below -60 dBFS); no speech to '
+                         'lip-sync')
+  mel = audio.melspectrogram(wav)
+  if mel.shape[1] < audio.MEL_STEP:
+    raise InferenceError(f'{path}: the audio lasts {len(wav) / audio.SAMPLE_RATE:.3f} s; at '
+                         'least 0.2 s (one 16-frame mel window) is needed')
+  return wav, mel
+
+
+def mel_windows(mel: np.ndarray, n_samples: int, fps: float, reference: bool) -> np.ndarray:
+  """(n_frames, 80, 16, 1): the mel window of each output frame, starting at int(i * 80/fps).
+
+  Reference: windows while they fit, plus one last window on the final 16 mel frames (so the
+  video ends up to 0.2 s before the audio). Default: one frame per 1/fps of audio, rounded up,
+  with silence past the end of the mel, so the video covers the whole audio.
+  """
+  if reference:
+    starts = audio.inference_chunk_starts(mel.shape[1], fps)
+  else:
+    n_frames = math.ceil(n_samples / audio.SAMPLE_RATE * fps - 1e-6)
+    starts = (np.arange(n_frames) * (audio.MEL_FPS / fps)).astype(np.int64)
+    tail = int(starts[-1]) + audio.MEL_STEP - mel.shape[1]
+    if tail > 0:
+      mel = np.pad(mel, ((0, 0), (0, tail)), constant_values=SILENT_MEL)
+  return np.stack([mel[:, s:s + audio.MEL_STEP] for s in starts])[..., None]
+
+
+class FaceSource(NamedTuple):
+  fps: float
+  width: int
+  height: int
+  static: bool
+  open: Callable[[], Iterator[np.ndarray]]  # a fresh iterator over the (transformed) frames
+
+
+def transform(frame: np.ndarray, args) -> np.ndarray:
+  """The reference's order: integer downscale, rotate 90 degrees clockwise, crop."""
+  if args.resize_factor > 1:
+    h, w = frame.shape[:2]
+    frame = cv2.resize(frame, (w // args.resize_factor, h // args.resize_factor))
+  if args.rotate:
+    frame = cv2.rotate(frame, cv2.ROTATE_90_CLOCKWISE)
+  y1, y2, x1, x2 = args.crop
+  h, w = frame.shape[:2]
+  frame = frame[y1:(h if y2 == -1 else y2), x1:(w if x2 == -1 else x2)]
+  if frame.size == 0:
+    raise InferenceError(f'--crop {args.crop} leaves an empty frame of a {w}x{h} input')
+  return np.ascontiguousarray(frame)
+
+
+def open_face(args, stages: Stages) -> FaceSource:
+  """The face input as a re-openable stream of frames, with its rate and (output) size."""
+  path = args.face
+  if not os.path.isfile(path):
+    raise InferenceError(f'{path}: no such file')
+  if path.lower().endswith(IMAGE_EXTENSIONS):
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+      raise InferenceError(f'{path}: not a readable image (corrupt or unsupported format)')
+    frame = transform(image, args)
+    return FaceSource(args.fps, frame.shape[1], frame.shape[0], True, lambda: iter([frame]))
+  try:
+    info = video.probe_video(path)
+  except video.VideoError as e:
+    raise InferenceError(str(e)) from e
+  # A variable frame rate is resampled to the nominal one: one mel window per output frame.
+  rate = info.fps if info.variable_rate and not args.reference else None
+
+  def frames():
+    decoded = video.read_frames(path, rate)
+    while True:
+      with stages.time('decode'):
+        frame = next(decoded, None)
+      if frame is None:
+        return
+      yield transform(frame, args)
+
+  first = next(frames(), None)
+  if first is None:
+    raise InferenceError(f'{path}: the video has no frames')
+  opener = (lambda: iter([first])) if args.static else frames
+  return FaceSource(info.fps, first.shape[1], first.shape[0], args.static, opener)
+
+
+# -- face boxes -----------------------------------------------------------------------------------
+def detected(frames: Iterator[np.ndarray], args, detector, stages: Stages):
+  """(frame, padded integer box or None), in chunks of --face_det_batch_size frames."""
+  if args.box[0] != -1:
+    y1, y2, x1, x2 = args.box  # the reference: a fixed box, no pads, no smoothing
+    box = np.array([x1, y1, x2, y2], np.int64)
+    yield from ((frame, box) for frame in frames)
+    return
+  while True:
+    chunk = list(itertools.islice(frames, args.face_det_batch_size))
+    if not chunk:
+      return
+    with stages.time('detect'):
+      boxes = detector.detect_batch(chunk)
+    yield from ((f, None if b is None else faces.pad_box(b, args.pads, f.shape))
+                for f, b in zip(chunk, boxes))
+
+
+def frames_with_boxes(source: FaceSource, n_out: int, args, detector, stages: Stages):
+  """n_out (frame, box) pairs: the video's frames, truncated or looped (forward, as the
+  reference) to the audio's length; boxes are found (and smoothed) once per source frame."""
+  pairs = detected(itertools.islice(source.open(), n_out), args, detector, stages)
+  if args.box[0] == -1 and not args.nosmooth:
+    pairs = faces.smooth_stream(pairs)
+  boxes = []
+  for frame, box in pairs:
+    boxes.append(box)
+    yield frame, box
+  while len(boxes) < n_out and source.static:
+    boxes.append(box)
+    yield frame, box
+  count = len(boxes)
+  while count < n_out:
+    for frame, box in zip(source.open(), boxes):
+      if count == n_out:
+        return
+      count += 1
+      yield frame, box
+
+
+# -- paste-back -----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Paster:
+  """Puts generated 96x96 faces back into frames, hard (the reference) or feathered."""
+  mode: str
+  truncate: bool  # the reference's uint8 truncation instead of rounding
+  _masks: dict = dataclasses.field(default_factory=dict)
+
+  def mask(self, h: int, w: int) -> np.ndarray:
+    """(h, w, 1) weights: 1 on the mouth and jaw, easing to 0 towards the box edges and above
+    the middle of the face, where the generator only reproduces its input (blurred)."""
+    if (h, w) not in self._masks:
+      def ramp(n, lo, hi, fall):
+        t = (np.arange(n) + 0.5) / n
+        up = np.clip((t - lo) / (hi - lo), 0, 1)
+        down = np.clip((1 - t) / fall, 0, 1)
+        return (3 - 2 * up) * up ** 2 * (3 - 2 * down) * down ** 2  # smoothstep
+      rows, cols = ramp(h, 0.35, 0.6, 0.12), ramp(w, 0.0, 0.15, 0.15)
+      self._masks[(h, w)] = (rows[:, None] * cols[None, :])[..., None].astype(np.float32)
+    return self._masks[(h, w)]
+
+  def __call__(self, frame: np.ndarray, box: np.ndarray, face: np.ndarray) -> np.ndarray:
+    x1, y1, x2, y2 = (int(v) for v in box)
+    if x2 <= x1 or y2 <= y1:
+      return frame
+    scaled = face * 255.0
+    scaled = scaled.astype(np.uint8) if self.truncate else np.clip(
+        np.rint(scaled), 0, 255).astype(np.uint8)
+    patch = cv2.resize(scaled, (x2 - x1, y2 - y1))
+    out = frame.copy()
+    if self.mode == 'hard':
+      out[y1:y2, x1:x2] = patch
+    else:
+      alpha = self.mask(y2 - y1, x2 - x1)
+      region = out[y1:y2, x1:x2].astype(np.float32)
+      out[y1:y2, x1:x2] = np.rint(region + alpha * (patch - region)).astype(np.uint8)
+    return out
+
+
+# -- the run --------------------------------------------------------------------------------------
+class Report(NamedTuple):
+  frames: int
+  frames_with_face: int
+  fps: float
+  seconds: float
+  stages: dict
+
+
+def prefetch(iterator: Iterator, size: int) -> Iterator:
+  """Runs `iterator` in a thread (decoding and face detection overlap generation); its
+  exceptions are re-raised here."""
+  buffer: queue.Queue = queue.Queue(maxsize=size)
+  end = object()
+  stop = threading.Event()
+
+  def work():
+    try:
+      for item in iterator:
+        if stop.is_set():
+          return
+        buffer.put(item)
+      buffer.put(end)
+    except BaseException as e:  # handed to the consumer
+      buffer.put(e)
+
+  thread = threading.Thread(target=work, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = buffer.get()
+      if item is end:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    while thread.is_alive():  # unblock a producer waiting on a full queue
+      with contextlib.suppress(queue.Empty):
+        buffer.get(timeout=0.05)
+
+
+def lipsync_frames(args, generate, detector, stages: Stages, windows: np.ndarray,
+                   source: FaceSource) -> Iterator[np.ndarray]:
+  """The output frames, in order; counts frames with a face in stages['faces']."""
+  reference = args.reference
+  paste = Paster('hard' if reference else args.paste, truncate=reference)
+  interpolation = cv2.INTER_LINEAR if reference else cv2.INTER_AREA
+  abort = reference or args.on_missing_face == 'abort'
+  n_out = len(windows)
+  batch_size = min(args.wav2lip_batch_size, n_out)
+
+  def items():
+    for i, (frame, box) in enumerate(frames_with_boxes(source, n_out, args, detector, stages)):
+      if box is None and (abort or source.static):
+        raise InferenceError(f'{args.face}: no face in frame {i} ({i / source.fps:.2f} s)' + (
+            '' if source.static else '; drop --on_missing_face abort to pass such frames '
+            'through'))
+      yield frame, box, None if box is None else faces.crop(frame, box, interpolation=interpolation)
+
+  def finish(batch, generated):
+    with stages.time('generate'):
+      generated = None if generated is None else np.asarray(generated)
+    for k, (frame, box, _) in enumerate(batch):
+      if box is None:
+        yield frame
+      else:
+        with stages.time('paste'):
+          yield paste(frame, box, generated[k])
+
+  pending, start = None, 0
+  stream = prefetch(items(), size=2 * batch_size)
+  while start < n_out:
+    batch = list(itertools.islice(stream, batch_size))
+    crops = np.zeros((batch_size, models.IMG_SIZE, models.IMG_SIZE, 3), np.uint8)
+    mels = np.zeros((batch_size,) + windows.shape[1:], np.float32)
+    mels[:len(batch)] = windows[start:start + len(batch)]
+    for k, (_, _, face) in enumerate(batch):
+      if face is not None:
+        crops[k] = face
+    stages['faces'] += sum(face is not None for _, _, face in batch)
+    with stages.time('generate'):  # asynchronous: runs while the previous batch is pasted
+      generated = generate(mels, crops) if any(f is not None for _, _, f in batch) else None
+    if pending is not None:
+      yield from finish(*pending)
+    pending, start = (batch, generated), start + len(batch)
+  if pending is not None:
+    yield from finish(*pending)
+
+
+def run(args, progress: bool = True) -> Report:
+  """Checks every input, then lip-syncs; writes args.outfile atomically."""
+  began = time.perf_counter()
+  stages = Stages()
+  try:
+    video.check_writable(args.outfile)
+  except video.VideoError as e:
+    raise InferenceError(str(e)) from e
+  try:
+    wav, mel = load_speech(args.audio)
+  except audio.AudioError as e:
+    raise InferenceError(str(e)) from e
+  source = open_face(args, stages)
+  generate = load_generator(args.checkpoint_path, args.dtype)
+  detector = None
+  if args.box[0] == -1:
+    try:
+      detector = faces.FaceDetector(args.face_model)
+    except faces.FaceModelError as e:
+      raise InferenceError(str(e)) from e
+  windows = mel_windows(mel, len(wav), source.fps, args.reference)
+  frames = lipsync_frames(args, generate, detector, stages, windows, source)
+  with video.VideoWriter(args.outfile, args.audio, source.width, source.height, source.fps,
+                          stages) as writer:
+    for frame in tqdm(frames, total=len(windows), unit='frame', desc='lip-sync',
+                      disable=not progress):
+      writer.write(frame)
+    if not stages['faces']:
+      raise InferenceError(f'{args.face}: no face found in any frame')
+  seconds = time.perf_counter() - began
+  return Report(len(windows), int(stages.pop('faces')), source.fps, seconds, dict(stages))
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+  def flag(value: str) -> bool:  # the reference's `--static True`, or a bare `--static`
+    if value.lower() in ('1', 'true', 'yes', 'on'):
+      return True
+    if value.lower() in ('0', 'false', 'no', 'off'):
+      return False
+    raise argparse.ArgumentTypeError(f'{value!r} is not a boolean')
+
+  p = argparse.ArgumentParser(
+      prog='python -m lipsync_jax.infer',
+      description='Lip-sync the face in a video or image to an audio track (Wav2Lip).')
+  p.add_argument('--checkpoint_path', required=True,
+                 help='generator weights: an official wav2lip.pth / wav2lip_gan.pth (converted '
+                 'on the fly), an orbax checkpoint directory, or a training workdir')
+  p.add_argument('--face', required=True, help='video or image (jpg, png, ...) with a face')
+  p.add_argument('--audio', required=True,
+                 help='speech: any file ffmpeg reads (wav, mp3, the audio track of a video)')
+  p.add_argument('--outfile', default='results/result_voice.mp4',
+                 help='output video, H.264 + AAC (default: %(default)s)')
+  p.add_argument('--static', type=flag, nargs='?', const=True, default=False,
+                 help='use only the first video frame (images are always static)')
+  p.add_argument('--fps', type=float, default=25.0,
+                 help='frame rate of the output for an image input (default: %(default)s); '
+                 'videos keep their own rate')
+  p.add_argument('--pads', type=int, nargs=4, default=[0, 10, 0, 0],
+                 metavar=('TOP', 'BOTTOM', 'LEFT', 'RIGHT'),
+                 help='pixels added around the detected face; include the chin (default: 0 10 0 0)')
+  p.add_argument('--face_det_batch_size', type=int, default=16,
+                 help='frames decoded and searched for faces per step (default: %(default)s)')
+  p.add_argument('--wav2lip_batch_size', type=int, default=16,
+                 help='frames per generator call (default: %(default)s, the fastest on CPU; '
+                 'the reference uses 128, better on GPU/TPU)')
+  p.add_argument('--resize_factor', type=int, default=1,
+                 help='divide the frame size by this integer first (e.g. 2 for 1080p input); '
+                 'the output is smaller too')
+  p.add_argument('--crop', type=int, nargs=4, default=[0, -1, 0, -1],
+                 metavar=('TOP', 'BOTTOM', 'LEFT', 'RIGHT'),
+                 help='keep only this region (after resize and rotate); -1 = the full extent')
+  p.add_argument('--box', type=int, nargs=4, default=[-1, -1, -1, -1],
+                 metavar=('Y1', 'Y2', 'X1', 'X2'),
+                 help='a fixed face box for every frame, skipping detection (no pads, no '
+                 'smoothing)')
+  p.add_argument('--rotate', action='store_true',
+                 help='rotate frames 90 degrees clockwise first (phone videos)')
+  p.add_argument('--nosmooth', action='store_true',
+                 help='do not average face boxes over 5 frames (fast-moving faces)')
+  p.add_argument('--paste', choices=('feather', 'hard'), default='feather',
+                 help='blend the mouth in with a soft mask (default) or overwrite the whole '
+                 'box as the reference does')
+  p.add_argument('--on_missing_face', choices=('pass', 'abort'), default='pass',
+                 help='frames without a face: pass through unchanged (default) or stop with an '
+                 'error as the reference does')
+  p.add_argument('--reference', action='store_true',
+                 help="reproduce the reference exactly: its mel chunking (the video may end up "
+                 "to 0.2 s before the audio), bilinear crops, uint8 truncation, hard paste, "
+                 "abort on a frame without a face, no frame-rate resampling")
+  p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                 help='generator compute type; bfloat16 is for GPU/TPU')
+  p.add_argument('--face_model', default=None,
+                 help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, the cache, '
+                 'or a one-time verified download)')
+  p.add_argument('--quiet', action='store_true', help='no progress bar')
+  args = p.parse_args(argv)
+  for name in ('face_det_batch_size', 'wav2lip_batch_size', 'resize_factor'):
+    if getattr(args, name) < 1:
+      p.error(f'--{name} must be at least 1')
+  if args.fps <= 0:
+    p.error('--fps must be positive')
+  return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  args = parse_args(argv)
+  try:
+    report = run(args, progress=not args.quiet)
+  except (InferenceError, video.VideoError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'wrote {args.outfile}: {report.frames} frames at {report.fps:g} fps, '
+        f'{report.frames_with_face} with a face, in {report.seconds:.1f} s '
+        f'({report.frames / report.seconds:.1f} frames/s)')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
