@@ -14,6 +14,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -53,8 +54,19 @@ class Stages(collections.Counter):
 
 
 # -- inputs ---------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnums=0)
+def _generate(module, params, mels, crops):
+  """[0, 1] faces for uint8 crops; jitted once per module and batch shape, even across runs."""
+  compute = module.dtype or jnp.float32
+  crops = crops.astype(jnp.float32) / 255.0
+  masked = crops.at[:, models.IMG_SIZE // 2:].set(0.0)  # the reference: lower half hidden,
+  faces_in = jnp.concatenate([masked, crops], axis=-1)  # the same frame as pose reference
+  return module.apply(params, mels.astype(compute), faces_in.astype(compute)).astype(jnp.float32)
+
+
 def load_generator(path: str, dtype: str):
-  """(jitted generate(mels, uint8 crops) -> [0, 1] faces) for a .pth or orbax checkpoint."""
+  """generate(mels, uint8 crops) -> [0, 1] faces, BatchNorm folded, from a .pth or orbax
+  checkpoint."""
   try:
     module, variables = convert.load_checkpoint(path, 'wav2lip')
   except (convert.ConversionError, checkpoint.CheckpointError,
@@ -62,17 +74,7 @@ def load_generator(path: str, dtype: str):
     raise InferenceError(str(e)) from e
   folded = models.build('wav2lip', module.width_divisor, jnp.dtype(dtype), folded_bn=True)
   params = jax.device_put(fold_batchnorm(variables))
-  half = models.IMG_SIZE // 2
-
-  @jax.jit
-  def generate(params, mels, crops):
-    crops = crops.astype(jnp.float32) / 255.0
-    masked = crops.at[:, half:].set(0.0)  # the reference: lower half hidden, same frame as pose
-    faces_in = jnp.concatenate([masked, crops], axis=-1)
-    return folded.apply(params, mels.astype(folded.dtype or jnp.float32),
-                        faces_in.astype(folded.dtype or jnp.float32)).astype(jnp.float32)
-
-  return lambda mels, crops: generate(params, mels, crops)
+  return functools.partial(_generate, folded, params)
 
 
 def load_speech(path: str):

@@ -33,6 +33,20 @@ def load_parity_weights(name: str) -> dict:
   return state_dict
 
 
+def save_pth(path, state_dict, legacy, wrap=None, prefix=''):
+  """Writes a state dict as torch.save does (legacy or zip format), optionally wrapped like a
+  training checkpoint with optimizer entries. Needs torch (a test-only dependency)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  tensors = {prefix + k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
+  obj = tensors
+  if wrap == 'state_dict':
+    opt_state = {0: {'step': torch.tensor(3.0), 'exp_avg': torch.zeros(4)}}
+    obj = {'state_dict': tensors, 'optimizer': {'state': opt_state, 'param_groups': []},
+           'global_step': 1234, 'global_epoch': 5}
+  torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+  return str(path)
+
+
 def parity(name: str):
   return np.load(require(PARITY / f'{name}.npz'))
 

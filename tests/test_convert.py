@@ -9,22 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_parity_weights, mels_to_nhwc, nchw_to_nhwc, parity, rel_l2
+from conftest import (ROOT, load_parity_weights, mels_to_nhwc, nchw_to_nhwc, parity, rel_l2,
+                      save_pth as _save_pth)
 from lipsync_jax import checkpoint, convert, torch_pickle
 
 torch = pytest.importorskip('torch')
 PARITY_NAME = {'wav2lip': 'wav2lip', 'expert': 'syncnet', 'quality_disc': 'disc'}
-
-
-def _save_pth(path, state_dict, legacy, wrap=None, prefix=''):
-  tensors = {prefix + k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
-  obj = tensors
-  if wrap == 'state_dict':
-    opt_state = {0: {'step': torch.tensor(3.0), 'exp_avg': torch.zeros(4)}}
-    obj = {'state_dict': tensors, 'optimizer': {'state': opt_state, 'param_groups': []},
-           'global_step': 1234, 'global_epoch': 5}
-  torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
-  return str(path)
 
 
 @pytest.mark.parametrize('legacy', [True, False], ids=['legacy', 'zip'])

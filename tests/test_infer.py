@@ -1,0 +1,310 @@
+"""python -m lipsync_jax.infer: the --reference pipeline against a transcription of the
+reference with the parity weights, default mode on the real clips, and every kind of bad input."""
+import json
+import os
+import subprocess
+
+import cv2
+import jax
+import librosa
+import numpy as np
+import pytest
+
+from conftest import FACE_MODEL, MEDIA, load_parity_weights, require, save_pth
+from lipsync_jax import audio, checkpoint, convert, faces, infer, models, video
+
+TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
+
+
+def ffmpeg(*args):
+  subprocess.run(['ffmpeg', '-y', '-v', 'error', *map(str, args)], check=True)
+
+
+def stream_info(path, kind):
+  out = subprocess.run(['ffprobe', '-v', 'error', '-select_streams', kind, '-show_entries',
+                        'stream=width,height,r_frame_rate,duration,nb_frames', '-of', 'json',
+                        str(path)], capture_output=True, text=True, check=True).stdout
+  return json.loads(out)['streams'][0]
+
+
+def random_checkpoint(path, name, width_divisor=8):
+  """An untrained model (He-normal kernels, unit BatchNorm), drawn in numpy: no compilation."""
+  abstract = jax.eval_shape(lambda: models.init(models.build(name, width_divisor), name,
+                                                jax.random.key(0)))
+  rng = np.random.default_rng(0)
+
+  def draw(path, leaf):
+    key = path[-1].key
+    if key == 'kernel':
+      return rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
+    return np.full(leaf.shape, 1.0 if key in ('scale', 'var') else 0.0, np.float32)
+
+  variables = jax.tree_util.tree_map_with_path(draw, abstract)
+  checkpoint.save_model(str(path), name, variables, width_divisor=width_divisor)
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def tiny_checkpoint(tmp_path_factory):
+  """An untrained tiny generator: its output differs from the input, which is what paste and
+  plumbing tests need."""
+  return random_checkpoint(tmp_path_factory.mktemp('ckpt') / 'tiny', 'wav2lip')
+
+
+@pytest.fixture(autouse=True)
+def face_model(monkeypatch):
+  monkeypatch.setenv('LIPSYNC_JAX_FACE_MODEL', str(require(FACE_MODEL)))
+
+
+def args_for(checkpoint_path, face, audio_path, outfile, *flags):
+  return infer.parse_args(['--checkpoint_path', str(checkpoint_path), '--face', str(face),
+                           '--audio', str(audio_path), '--outfile', str(outfile), '--quiet',
+                           *map(str, flags)])
+
+
+def pipeline_frames(args):
+  """The frames `run` would encode, without encoding them."""
+  stages = infer.Stages()
+  wav, mel = infer.load_speech(args.audio)
+  source = infer.open_face(args, stages)
+  generate = infer.load_generator(args.checkpoint_path, args.dtype)
+  windows = infer.mel_windows(mel, len(wav), source.fps, args.reference)
+  detector = faces.FaceDetector() if args.box[0] == -1 else None
+  return list(infer.lipsync_frames(args, generate, detector, stages, windows, source))
+
+
+# -- the reference, exactly ----------------------------------------------------------------------
+def reference_inference(video_path, audio_path, box, module, variables):
+  """inference.py with --box, transcribed: cv2 frames, librosa audio, chunks with the tail chunk,
+  frames truncated or looped, bilinear 96x96 crops, masked | same frame, batch 1, uint8
+  truncation, bilinear resize back, hard paste."""
+  cap = cv2.VideoCapture(str(video_path))
+  fps, frames = cap.get(cv2.CAP_PROP_FPS), []
+  while True:
+    ok, frame = cap.read()
+    if not ok:
+      break
+    frames.append(frame)
+  mel = audio.melspectrogram(librosa.load(str(audio_path), sr=16000)[0])
+  chunks, i = [], 0
+  while True:
+    start = int(i * 80.0 / fps)
+    if start + 16 > mel.shape[1]:
+      chunks.append(mel[:, -16:])
+      break
+    chunks.append(mel[:, start:start + 16])
+    i += 1
+  frames = frames[:len(chunks)]
+  y1, y2, x1, x2 = box
+  apply = jax.jit(module.apply)
+  out = []
+  for i, m in enumerate(chunks):
+    frame = frames[i % len(frames)].copy()
+    face = cv2.resize(frame[y1:y2, x1:x2], (96, 96))
+    masked = face.copy()
+    masked[48:] = 0
+    batch = np.concatenate([masked, face], axis=2)[None] / 255.0
+    pred = np.asarray(apply(variables, m[None, :, :, None].astype(np.float32),
+                            batch.astype(np.float32)))[0] * 255.0
+    frame[y1:y2, x1:x2] = cv2.resize(pred.astype(np.uint8), (x2 - x1, y2 - y1))
+    out.append(frame)
+  return out
+
+
+@pytest.fixture(scope='module')
+def parity_pth(tmp_path_factory):
+  pytest.importorskip('torch')
+  path = tmp_path_factory.mktemp('pth') / 'wav2lip.pth'
+  return save_pth(path, load_parity_weights('wav2lip'), legacy=True)
+
+
+@pytest.mark.parametrize('n_video_frames', [None, 5], ids=['truncated', 'looped'])
+def test_reference_mode_matches_the_reference(parity_pth, tmp_path, n_video_frames):
+  clip = require(TALKING_HEAD)
+  if n_video_frames:  # a video shorter than the audio: frames loop forward
+    clip = tmp_path / 'short.mp4'
+    ffmpeg('-i', TALKING_HEAD, '-frames:v', n_video_frames, '-an', '-c:v', 'libx264', '-crf',
+           '10', clip)
+  speech = tmp_path / 'speech.wav'
+  ffmpeg('-i', require(MEDIA / 'speech_en_16k_stereo.wav'), '-ss', '1', '-t', '0.6', '-ac',
+         '1', speech)
+  box = (150, 400, 130, 380)  # y1 y2 x1 x2
+  args = args_for(parity_pth, clip, speech, tmp_path / 'out.mp4', '--reference',
+                  '--wav2lip_batch_size', 8, '--box', *box)
+  ours = pipeline_frames(args)
+  module, variables = convert.load_checkpoint(parity_pth, 'wav2lip')
+  expected = reference_inference(clip, speech, box, module, variables)
+  assert len(ours) == len(expected) == 12  # 0.6 s: 11 chunks that fit + the tail chunk
+  for got, want in zip(ours, expected):
+    diff = np.abs(got.astype(int) - want)
+    assert diff.max() <= 1 and np.mean(diff > 0) < 1e-3  # float rounding at the truncation
+    y1, y2, x1, x2 = box
+    diff[y1:y2, x1:x2] = 0
+    assert not diff.any()  # nothing outside the box changes
+  # The CLI writes the same frames (up to H.264) and keeps the reference's short video.
+  assert infer.main(list(_argv(args))) == 0
+  decoded = list(video.read_frames(str(args.outfile)))
+  assert len(decoded) == 12
+  psnr = cv2.PSNR(np.concatenate(decoded), np.concatenate(ours))
+  assert psnr > 30  # H.264 at crf 18 with 4:2:0 chroma
+
+
+def _argv(args):
+  for flag in ('checkpoint_path', 'face', 'audio', 'outfile'):
+    yield from (f'--{flag}', str(getattr(args, flag)))
+  yield from ['--reference', '--quiet', '--wav2lip_batch_size', '8', '--box',
+              *map(str, args.box)]
+
+
+# -- default mode on real clips ------------------------------------------------------------------
+@pytest.mark.parametrize('clip,speech', [
+    ('talking_head_512_25fps.mp4', 'speech_48k_s24_stereo.wav'),  # audio shorter: truncated
+    ('speech_850x480_30fps.mp4', 'speech_850x480_30fps.mp4'),  # 30 fps, its own audio track
+    ('phone_600x480_25fps.mp4', 'speech_en_16k_stereo.wav'),  # audio longer: frames loop
+])
+def test_default_mode_on_real_clips(tiny_checkpoint, tmp_path, clip, speech):
+  clip, speech = require(MEDIA / clip), require(MEDIA / speech)
+  out = tmp_path / 'sub' / 'result.mp4'
+  assert infer.main([*_common(tiny_checkpoint, clip, speech, out)]) == 0
+  source, result = video.probe_video(str(clip)), video.probe_video(str(out))
+  assert (result.width, result.height) == (source.width, source.height)
+  assert result.fps == pytest.approx(source.fps)
+  seconds = len(audio.load_audio(str(speech))) / audio.SAMPLE_RATE
+  n_frames = sum(1 for _ in video.read_frames(str(out)))
+  assert abs(n_frames / source.fps - seconds) <= 1 / source.fps  # covers the whole audio
+  assert float(stream_info(out, 'a:0')['duration']) == pytest.approx(seconds, abs=0.05)
+  assert sorted(os.listdir(out.parent)) == ['result.mp4']  # no temporary files left
+
+
+def _common(ckpt, face, speech, out):
+  return ['--checkpoint_path', str(ckpt), '--face', str(face), '--audio', str(speech),
+          '--outfile', str(out), '--quiet']
+
+
+def test_hard_paste_changes_only_the_face_box(tiny_checkpoint, tmp_path):
+  speech = tmp_path / 'speech.wav'
+  ffmpeg('-i', require(MEDIA / 'speech_en_16k_stereo.wav'), '-t', '0.8', speech)
+  args = args_for(tiny_checkpoint, require(TALKING_HEAD), speech, tmp_path / 'o.mp4',
+                  '--paste', 'hard', '--nosmooth')
+  ours = pipeline_frames(args)
+  detector = faces.FaceDetector()
+  for got, frame in zip(ours, video.read_frames(str(TALKING_HEAD))):
+    x1, y1, x2, y2 = faces.pad_box(detector.detect(frame), args.pads, frame.shape)
+    changed = np.any(got != frame, axis=-1)
+    assert changed[y1:y2, x1:x2].mean() > 0.5  # the generated face is pasted...
+    changed[y1:y2, x1:x2] = False
+    assert not changed.any()  # ...and nothing else changes
+
+
+def test_feathered_paste_blends_into_the_frame(tiny_checkpoint, tmp_path):
+  """The feathered mask leaves the box edges and the upper face as they were."""
+  paster = infer.Paster('feather', truncate=False)
+  frame = np.full((200, 200, 3), 100, np.uint8)
+  out = paster(frame, np.array([50, 40, 150, 160]), np.ones((96, 96, 3), np.float32))
+  assert (out[40:160, 50:150] >= 100).all() and out[130, 100].min() > 240
+  for edge in (out[40, 50:150], out[159, 50:150], out[40:160, 50], out[40:160, 149],
+               out[40:70, 50:150].reshape(-1, 3)):
+    assert np.abs(edge.astype(int) - 100).max() <= 2
+  assert (out[:40] == 100).all() and (out[160:] == 100).all()
+
+
+def test_windows_cover_the_audio():
+  mel = np.zeros((80, 241), np.float32)  # 3.0 s
+  assert len(infer.mel_windows(mel, 48000, 25, reference=True)) == 72  # the reference: 2.88 s
+  windows = infer.mel_windows(mel, 48000, 25, reference=False)
+  assert windows.shape == (75, 80, 16, 1)
+  assert (windows[-1, :, 5:] == infer.SILENT_MEL).all()  # mel frames 241.. (past the end): silence
+  assert (windows[-1, :, :5] == 0).all()
+  assert len(infer.mel_windows(mel, 48000, 30, reference=False)) == 90
+
+
+# -- bad input -----------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def media(tmp_path_factory):
+  d = tmp_path_factory.mktemp('media')
+  head = require(TALKING_HEAD)
+  ffmpeg('-i', head, '-t', '1', '-an', d / 'mute.mp4')
+  ffmpeg('-f', 'lavfi', '-i', 'anullsrc=r=16000:cl=mono', '-t', '1', d / 'silent.wav')
+  ffmpeg('-i', require(MEDIA / 'speech_en_16k_stereo.wav'), '-t', '0.1', d / 'short.wav')
+  ffmpeg('-i', MEDIA / 'speech_en_16k_stereo.wav', '-ss', '1', '-t', '1', d / 'speech.wav')
+  ffmpeg('-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=25', '-t', '1', '-pix_fmt', 'yuv420p',
+         d / 'noface.mp4')
+  ffmpeg('-i', head, '-t', '1', '-vf', 'crop=301:255:100:120', d / 'odd.mkv')
+  ffmpeg('-i', head, '-t', '1', '-c:v', 'ffv1', '-pix_fmt', 'gray', d / 'gray.mkv')
+  ffmpeg('-i', head, '-t', '2', '-vf', "select='lt(n,25)+not(mod(n,3))'", '-fps_mode', 'vfr',
+         d / 'vfr.mp4')
+  (d / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + os.urandom(200))
+  (d / 'corrupt.pth').write_bytes(os.urandom(300))
+  cv2.imwrite(str(d / 'blank.png'), np.full((200, 200, 3), 128, np.uint8))
+  (d / 'a_file').write_text('x')
+  random_checkpoint(d / 'expert', 'expert')
+  return d
+
+
+@pytest.mark.parametrize('case,message', [
+    ('missing_face', 'nope.mp4: no such file'),
+    ('missing_audio', 'nope.wav'),
+    ('corrupt_image', 'corrupt.png: not a readable image'),
+    ('silent_audio', 'silent.wav: the audio is silent'),
+    ('short_audio', 'short.wav'),
+    ('video_without_audio', 'mute.mp4'),
+    ('no_face_image', 'blank.png: no face in frame 0'),
+    ('no_face_video', 'noface.mp4: no face found in any frame'),
+    ('unwritable_output', 'cannot write to the folder'),
+    ('wrong_model', "holds a 'expert' model"),
+    ('corrupt_checkpoint', 'corrupt.pth: not a readable PyTorch checkpoint'),
+])
+def test_bad_input_fails_cleanly(tiny_checkpoint, media, tmp_path, capsys, case, message):
+  face, speech, ckpt = media / 'mute.mp4', media / 'speech.wav', tiny_checkpoint
+  out = tmp_path / 'out' / 'result.mp4'
+  if case == 'missing_face':
+    face = media / 'nope.mp4'
+  elif case == 'missing_audio':
+    speech = media / 'nope.wav'
+  elif case == 'corrupt_image':
+    face = media / 'corrupt.png'
+  elif case in ('silent_audio', 'short_audio'):
+    speech = media / f'{case.split("_")[0]}.wav'
+  elif case == 'video_without_audio':
+    speech = media / 'mute.mp4'
+  elif case == 'no_face_image':
+    face = media / 'blank.png'
+  elif case == 'no_face_video':
+    face = media / 'noface.mp4'
+  elif case == 'unwritable_output':
+    out = media / 'a_file' / 'result.mp4'  # a folder that cannot exist
+  elif case == 'wrong_model':
+    ckpt = media / 'expert'
+  elif case == 'corrupt_checkpoint':
+    ckpt = media / 'corrupt.pth'
+  assert infer.main(_common(ckpt, face, speech, out)) == 1
+  assert message in capsys.readouterr().err
+  assert not out.exists()
+  assert not out.parent.is_dir() or os.listdir(out.parent) == []  # no partial output
+
+
+@pytest.mark.parametrize('name', ['odd.mkv', 'gray.mkv', 'vfr.mp4'])
+def test_awkward_videos_work(tiny_checkpoint, media, tmp_path, name):
+  out = tmp_path / 'result.mp4'
+  assert infer.main(_common(tiny_checkpoint, media / name, media / 'speech.wav', out)) == 0
+  info, source = video.probe_video(str(out)), video.probe_video(str(media / name))
+  assert (info.width, info.height) == (source.width + source.width % 2,
+                                       source.height + source.height % 2)
+  assert info.fps == pytest.approx(25) and not info.variable_rate
+  assert sum(1 for _ in video.read_frames(str(out))) == 25  # 1 s of audio
+
+
+def test_image_input_and_help(tiny_checkpoint, media, tmp_path, capsys):
+  out = tmp_path / 'still.mp4'
+  assert infer.main(_common(tiny_checkpoint, require(MEDIA / 'face_photo.png'),
+                            media / 'speech.wav', out) + ['--fps', '30']) == 0
+  assert video.probe_video(str(out)).fps == pytest.approx(30)
+  assert sum(1 for _ in video.read_frames(str(out))) == 30
+  with pytest.raises(SystemExit) as exit_:
+    infer.main(['--help'])
+  assert exit_.value.code == 0
+  text = capsys.readouterr().out
+  for flag in ('--static', '--fps', '--pads', '--face_det_batch_size', '--wav2lip_batch_size',
+               '--resize_factor', '--crop', '--box', '--rotate', '--nosmooth', '--paste',
+               '--on_missing_face', '--reference', '--dtype'):
+    assert flag in text
