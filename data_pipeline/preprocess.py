@@ -18,6 +18,7 @@ too short, show no face, or cannot be read.
 import argparse
 import collections
 import hashlib
+import multiprocessing
 import os
 import sys
 from concurrent import futures
@@ -133,7 +134,9 @@ def main(argv=None) -> int:
   cache_of = {c: os.path.join(cache, c.replace('/', '__') + '.npz') for c in splits}
   todo = [c for c in splits if not os.path.exists(cache_of[c])]
   skipped = {}
-  with futures.ProcessPoolExecutor(max(1, args.workers), initializer=_init_worker,
+  # spawn, not fork: a caller may already run threads (JAX, OpenCV), which fork would deadlock.
+  with futures.ProcessPoolExecutor(max(1, args.workers), multiprocessing.get_context('spawn'),
+                                   initializer=_init_worker,
                                    initargs=(model,)) as pool:
     jobs = {pool.submit(process_clip, os.path.join(args.data_root, c + '.mp4'), cache_of[c]): c
             for c in todo}

@@ -59,12 +59,23 @@ def mouth_track(wav: np.ndarray, n_frames: int) -> np.ndarray:
   return np.stack([np.clip(rms / scale, 0, 1), np.clip(centroid / 4000, 0, 1)], axis=1)
 
 
+MOUTH_COLOUR = (40, 25, 110)  # BGR of the mouth's interior, before the speaker's colour gains
+
+
+def mouth_area(frames: np.ndarray, gains, tolerance: float = 28) -> np.ndarray:
+  """Per-frame count of pixels within `tolerance` (per channel) of the mouth's interior colour
+  under the speaker's gains: a measurement of the opening from pixels alone, independent of
+  the renderer (used to check sync in corpus clips and in generated videos)."""
+  colour = np.array(MOUTH_COLOUR) * np.array(gains)
+  return (np.abs(frames.astype(np.float32) - colour).max(axis=-1) < tolerance).sum(axis=(-2, -1))
+
+
 def draw_mouth(image: np.ndarray, corners: np.ndarray, opening: float, width: float) -> None:
   d = float(np.linalg.norm(corners[1] - corners[0]))
   centre = corners.mean(axis=0)
   axes = (int(round(d * (0.42 + 0.16 * width))), int(round(d * (0.03 + 0.30 * opening))))
   angle = float(np.degrees(np.arctan2(*(corners[1] - corners[0])[::-1])))
-  cv2.ellipse(image, (int(centre[0]), int(centre[1])), axes, angle, 0, 360, (40, 25, 110), -1,
+  cv2.ellipse(image, (int(centre[0]), int(centre[1])), axes, angle, 0, 360, MOUTH_COLOUR, -1,
               cv2.LINE_AA)
   cv2.ellipse(image, (int(centre[0]), int(centre[1])), axes, angle, 0, 360, (70, 60, 170),
               max(1, int(d * 0.06)), cv2.LINE_AA)

@@ -10,21 +10,40 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from lipsync_jax.models import lower_half, stack_window_channels
+from lipsync_jax.models import lower_half, safe_norm, stack_window_channels
 
 
 def bce(p: jax.Array, y) -> jax.Array:
   """torch.nn.BCELoss: mean of -(y log p + (1-y) log(1-p)), each log clamped at -100."""
   p = p.reshape(-1)
   y = jnp.asarray(y, p.dtype)
-  y = jnp.broadcast_to(y.reshape(-1) if y.ndim else y, p.shape)
+  return _bce(p, jnp.broadcast_to(y.reshape(-1) if y.ndim else y, p.shape))
+
+
+@jax.custom_vjp
+def _bce(p, y):
   log_p = jnp.maximum(jnp.log(p), -100.0)
   log_1mp = jnp.maximum(jnp.log1p(-p), -100.0)
   return -jnp.mean(y * log_p + (1 - y) * log_1mp)
 
 
+def _bce_fwd(p, y):
+  return _bce(p, y), (p, y)
+
+
+def _bce_bwd(res, g):
+  # torch's gradient, (p - y) / max(p (1 - p), 1e-12): finite at p = 0 or 1, where the clamped
+  # logs' autodiff gives 0 * inf = NaN (an expert whose embedding is all zeros has cos = 0).
+  p, y = res
+  grad_p = (p - y) / jnp.maximum(p * (1 - p), 1e-12) / p.size
+  return g * grad_p, jnp.zeros_like(y)
+
+
+_bce.defvjp(_bce_fwd, _bce_bwd)
+
+
 def cosine_similarity(a: jax.Array, v: jax.Array, eps: float = 1e-8) -> jax.Array:
-  norms = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(v, axis=-1)
+  norms = safe_norm(a) * safe_norm(v)
   return jnp.sum(a * v, axis=-1) / jnp.maximum(norms, eps)
 
 

@@ -149,9 +149,17 @@ class SyncNet(_Net):
     return _l2_normalize(a.reshape(a.shape[0], -1)), _l2_normalize(f.reshape(f.shape[0], -1))
 
 
+def safe_norm(x: jax.Array, axis: int = -1, keepdims: bool = False) -> jax.Array:
+  """L2 norm whose gradient at 0 is 0, as torch's, not NaN (an expert embedding is all zeros
+  when every ReLU before it is off)."""
+  sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+  positive = sq > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
 def _l2_normalize(x, eps=1e-12):
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+  return x / jnp.maximum(safe_norm(x, keepdims=True), eps)
 
 
 class QualityDiscriminator(_Net):

@@ -4,9 +4,13 @@
         --config.data.dir=data/pre/clip_dataset/1.0.0
 
 Data parallel over all devices ('data' mesh axis; parameters replicated). Launched as several
-processes, set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or run where
-jax.distributed.initialize() detects them): each process reads its own shard of clips and the
-global batch is assembled with jax.make_array_from_process_local_data.
+processes, set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or
+LIPSYNC_JAX_DISTRIBUTED=auto where jax.distributed.initialize() detects them (TPU pods, Slurm;
+see launch/): each process reads its own shard of clips and the global batch is assembled with
+jax.make_array_from_process_local_data.
+
+Logs: console lines (losses, steps/s), TensorBoard events in `workdir/tensorboard`, and for the
+generator PNG sample grids (ground truth | generated | reference) in `workdir/samples`.
 
 Checkpoints (orbax, `workdir/checkpoints`, every `checkpoint_every` steps, the last
 `keep_checkpoints` kept; the best eval model also in `workdir/best`) hold the train state, the
@@ -30,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from data_pipeline import loaders
-from lipsync_jax import checkpoint, convert, losses, models, steps
+from lipsync_jax import checkpoint, convert, logs, losses, models, steps
 
 
 class TrainingError(RuntimeError):
@@ -38,10 +42,16 @@ class TrainingError(RuntimeError):
 
 
 def maybe_initialize_distributed() -> None:
-  if 'JAX_COORDINATOR_ADDRESS' in os.environ and jax.process_count() == 1:
+  """Joins a multi-process job: from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+  JAX_PROCESS_ID, or, with LIPSYNC_JAX_DISTRIBUTED=auto (TPU pods, Slurm), as jax detects it."""
+  if jax.distributed.is_initialized():
+    return
+  if 'JAX_COORDINATOR_ADDRESS' in os.environ:
     jax.distributed.initialize(os.environ['JAX_COORDINATOR_ADDRESS'],
                                int(os.environ['JAX_NUM_PROCESSES']),
                                int(os.environ['JAX_PROCESS_ID']))
+  elif os.environ.get('LIPSYNC_JAX_DISTRIBUTED') == 'auto':
+    jax.distributed.initialize()
 
 
 def make_mesh() -> Mesh:
@@ -130,17 +140,18 @@ class Run:
         state, expert_vars, loaders.to_float(batch), syncnet_wt, disc_wt)
 
   def _eval_fn(self, state, batch, expert_vars):
+    """(metrics, generated faces or None)."""
     batch = loaders.to_float(batch)
     if self.kind == 'expert':
       loss, (cos, _) = losses.expert_loss(state.params, state.batch_stats, self.model,
                                           batch['mel_window'], batch['face'], batch['label'],
                                           False)
-      return {'loss': loss, 'accuracy': steps.expert_accuracy(cos, batch['label'])}
+      return {'loss': loss, 'accuracy': steps.expert_accuracy(cos, batch['label'])}, None
     generated = self.model.apply({'params': state.params, 'batch_stats': state.batch_stats},
                                  batch['mels'], batch['faces'])
     sync, _ = losses.sync_loss(self.expert, expert_vars, batch['mel_window'], generated,
                                self.config.expert_train_mode)
-    return {'l1': jnp.mean(jnp.abs(generated - batch['gt'])), 'sync': sync}
+    return {'l1': jnp.mean(jnp.abs(generated - batch['gt'])), 'sync': sync}, generated
 
   def train_step(self):
     batch = global_batch(next(self.train_iter), self.data_sharding)
@@ -148,13 +159,22 @@ class Run:
                                      jnp.float32(self.syncnet_wt))
     return metrics
 
-  def evaluate(self) -> dict:
+  def evaluate(self):
+    """(mean eval metrics, this process's first-batch samples (gt, generated, reference) for
+    the generator, else None)."""
     it = iter(loaders.make_dataset(self.config.data.dir, 'val', self.kind, self.local_batch,
                                    seed=1234, min_offset=self.config.data.min_offset,
                                    shard=(jax.process_index(), jax.process_count())))
-    totals = [self._eval(self.state, global_batch(next(it), self.data_sharding),
-                         self.expert_variables) for _ in range(self.config.eval_batches)]
-    return {f'eval_{k}': float(np.mean([t[k] for t in totals])) for k in totals[0]}
+    totals, samples = [], None
+    for i in range(self.config.eval_batches):
+      local = next(it)
+      metrics, generated = self._eval(self.state, global_batch(local, self.data_sharding),
+                                      self.expert_variables)
+      totals.append(metrics)
+      if i == 0 and generated is not None:
+        mine = np.concatenate([s.data for s in generated.addressable_shards])[:len(local['gt'])]
+        samples = (local['gt'] / 255.0, mine, local['faces'][..., 3:] / 255.0)
+    return {f'eval_{k}': float(np.mean([t[k] for t in totals])) for k in totals[0]}, samples
 
   # -- checkpoints ---------------------------------------------------------------------------
   def _meta(self) -> dict:
@@ -204,6 +224,7 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
   previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
   end = config.total_steps if stop_after is None else min(config.total_steps, step + stop_after)
   metrics, start = {}, time.perf_counter()
+  logger = logs.Logger(workdir)
   try:
     while step < end:
       metrics = run.train_step()
@@ -214,23 +235,26 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
                             f'checkpoint is step {run.ckpt.latest_step()} in {workdir}')
       eval_metrics = None
       if step % config.eval_every == 0 or step == end:
-        eval_metrics = run.evaluate()
+        eval_metrics, samples = run.evaluate()
         if (run.kind == 'generator' and run.syncnet_wt == config.syncnet_wt
             and eval_metrics['eval_sync'] < config.sync_threshold):
           run.syncnet_wt = config.syncnet_wt_after
-        print(f'step {step}: ' + ' '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()),
-              flush=True)
+        logger.scalars(step, {**eval_metrics, **(
+            {'syncnet_wt': run.syncnet_wt} if run.kind == 'generator' else {})})
+        if samples is not None:
+          logger.samples(step, *samples)
       if step % config.log_every == 0:
         rate = config.log_every / (time.perf_counter() - start)
         start = time.perf_counter()
-        print(f'step {step}: {rate:.2f} steps/s ' + ' '.join(
-            f'{k} {float(v):.4f}' for k, v in metrics.items()), flush=True)
+        logger.scalars(step, {**metrics, 'steps_per_s': rate,
+                              'samples_per_s': rate * config.batch_size})
       if step % config.checkpoint_every == 0 or step == end or preempted:
         run.save(step, eval_metrics)
       if preempted:
         print(f'SIGTERM: checkpoint saved at step {step}; exiting', flush=True)
         break
   finally:
+    logger.close()
     run.ckpt.wait_until_finished()
     signal.signal(signal.SIGTERM, previous)
   return {'step': step, 'state': run.state, **{k: float(v) for k, v in metrics.items()}}

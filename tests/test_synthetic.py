@@ -22,12 +22,6 @@ def _frames(path):
     out.append(frame)
 
 
-def _mouth_area(frames, gains):
-  """Pixels of the drawn mouth's interior colour: a measurement, independent of the renderer."""
-  colour = np.array([40, 25, 110]) * np.array(gains)
-  return (np.abs(frames.astype(float) - colour).max(axis=-1) < 28).sum(axis=(1, 2))
-
-
 def _correlation_at_lag(area, opening, k):
   """corr(area[i], opening[i + k]): audio written k frames late shows up at lag k."""
   n = len(area)
@@ -70,7 +64,7 @@ def test_mouth_follows_the_audio_track(corpus, sub, offset):
   audio: correlated, and best aligned at the written offset."""
   for mp4 in sorted((corpus / sub).glob('*/*.mp4')):
     meta = json.loads(mp4.with_suffix('.json').read_text())
-    area = _mouth_area(_frames(mp4), meta['look']['gains'])
+    area = synthetic.mouth_area(_frames(mp4), meta['look']['gains'])
     opening = synthetic.mouth_track(audio.load_audio(str(mp4)), len(area))[:, 0]
     lags = list(range(-5, 6))
     corr = [_correlation_at_lag(area, opening, k) for k in lags]

@@ -1,6 +1,8 @@
 """Training loop: device-count invariance, exact resume, preemption, NaN and checkpoint errors."""
 import os
 import signal
+import socket
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +47,34 @@ def test_eight_devices_match_one(synthetic_dataset, tmp_path):
                           for k in set(results[1].files) - {'devices', 'loss'}])
   assert diffs.max() <= 2 * lr + 1e-6
   assert (diffs > 1e-5).mean() < 0.01, (diffs > 1e-5).mean()
+
+
+@pytest.mark.slow
+def test_two_processes_with_jax_distributed_agree(synthetic_dataset, tmp_path):
+  """Two processes on 127.0.0.1, one CPU device each, each reading its own shard of clips,
+  train 3 steps as one data-parallel job: both end with the same loss and parameters."""
+  data_dir, _ = synthetic_dataset
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i),
+               XLA_FLAGS='--xla_force_host_platform_device_count=1')
+    procs.append(subprocess.Popen(
+        [sys.executable, 'tests/train_one_step.py', data_dir, str(tmp_path / 'run'),
+         str(tmp_path / f'p{i}.npz'), '3'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True))
+  for proc in procs:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+  p0, p1 = np.load(tmp_path / 'p0.npz'), np.load(tmp_path / 'p1.npz')
+  assert int(p0['processes']) == 2 and int(p0['devices']) == 2 and int(p0['step']) == 3
+  assert float(p0['loss']) == float(p1['loss'])
+  for key in set(p0.files) - {'loss', 'devices', 'processes', 'step'}:
+    np.testing.assert_array_equal(p0[key], p1[key])
+  assert (tmp_path / 'run' / 'checkpoints' / '3').is_dir()
 
 
 @pytest.mark.slow
