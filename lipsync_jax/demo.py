@@ -13,6 +13,7 @@ About 10 minutes on 2 CPU cores with the defaults. Every stage is resumable: rer
 same --out reuses what is already there (delete the folder to start over).
 """
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -50,18 +51,24 @@ def build_corpus(out: str, args) -> str:
   return data_dir
 
 
+def eval_every(steps: int) -> int:
+  """About five evaluations (and checkpoints) per run, none more often than every 50 steps
+  (the last step always evaluates)."""
+  return max(50, steps // 5)
+
+
 def train_models(out: str, data_dir: str, args):
   expert_dir, generator_dir = os.path.join(out, 'expert'), os.path.join(out, 'generator')
   config = expert_config.get_config('tiny')
   config.data.dir, config.total_steps, config.learning_rate = data_dir, args.expert_steps, 1e-3
-  config.eval_every = config.checkpoint_every = max(1, args.expert_steps // 5)
+  config.eval_every = config.checkpoint_every = eval_every(args.expert_steps)
   config.log_every = 50
   stage(f'3/5 training the tiny expert ({args.expert_steps} steps)')
   train.train(config, expert_dir)
   config = wav2lip_config.get_config('tiny')
   config.data.dir, config.total_steps, config.learning_rate = data_dir, args.generator_steps, 1e-3
   config.expert_checkpoint = expert_dir
-  config.eval_every = config.checkpoint_every = max(1, args.generator_steps // 5)
+  config.eval_every = config.checkpoint_every = eval_every(args.generator_steps)
   config.log_every = 25
   stage(f'4/5 training the tiny generator ({args.generator_steps} steps)')
   train.train(config, generator_dir)
@@ -119,11 +126,14 @@ def expert_in_sync_rate(crops: np.ndarray, speech: str, expert_dir: str) -> floa
   return float(np.mean(np.sum(np.asarray(a) * np.asarray(v), axis=-1) > 0.5))
 
 
-def write_side_by_side(face: str, result: str, out_path: str) -> None:
-  subprocess.run(['ffmpeg', '-y', '-v', 'error', '-stream_loop', '-1', '-i', face, '-i', result,
-                  '-filter_complex', '[0:v][1:v]hstack=inputs=2[v]', '-map', '[v]', '-map',
-                  '1:a', '-shortest', '-c:v', 'libx264', '-preset', 'veryfast', '-crf', '18',
-                  '-pix_fmt', 'yuv420p', '-c:a', 'aac', out_path], check=True)
+def write_side_by_side(face: str, result: str, speech: str, out_path: str) -> None:
+  """input | result, frame by frame (the input looped or cut as inference does), with the
+  speech."""
+  info = video.probe_video(result)
+  inputs = itertools.cycle(list(video.read_frames(face)))  # a short synthetic clip
+  with video.VideoWriter(out_path, speech, 2 * info.width, info.height, info.fps) as writer:
+    for left, right in zip(inputs, video.read_frames(result)):
+      writer.write(np.concatenate([left, right], axis=1))
 
 
 def report(out: str, figures: dict, plots: list) -> str:
@@ -170,7 +180,7 @@ def main(argv=None) -> int:
              '--outfile', result] + (['--face_model', args.face_model] if args.face_model else [])
     if infer.main(flags):
       return 1
-    write_side_by_side(face, result, os.path.join(out, 'side_by_side.mp4'))
+    write_side_by_side(face, result, speech, os.path.join(out, 'side_by_side.mp4'))
     detector = faces.FaceDetector(args.face_model)
     result_crops, input_crops = face_crops(result, detector), face_crops(face, detector)
     opening = synthetic.mouth_track(audio.load_audio(speech), len(result_crops))[:, 0]

@@ -128,8 +128,14 @@ class Run:
         os.path.abspath(os.path.join(workdir, 'checkpoints')),
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
                                              enable_async_checkpointing=True))
-    self.best = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'best')),
-                                      options=ocp.CheckpointManagerOptions(max_to_keep=1))
+    # Its own barrier names: saved at the same step as `ckpt`, orbax's multi-process barriers
+    # (keyed by step) would otherwise collide.
+    self.best = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, 'best')),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, enable_async_checkpointing=False,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix='best')))
     self.best_loss = float('inf')
 
   def _wrap(self, step):

@@ -1,11 +1,21 @@
 """Shared fixtures: the ../shared folder (parity vectors, media, face model) and helpers."""
+import atexit
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
+
+# One XLA compilation cache for the session, shared with the subprocesses tests start: many
+# tests compile the same tiny train steps, and a cache hit takes seconds instead of ~30 s.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='lipsync_jax_xla_')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], True)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get('LIPSYNC_JAX_SHARED', ROOT.parent / 'shared'))

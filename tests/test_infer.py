@@ -308,3 +308,12 @@ def test_image_input_and_help(tiny_checkpoint, media, tmp_path, capsys):
                '--resize_factor', '--crop', '--box', '--rotate', '--nosmooth', '--paste',
                '--on_missing_face', '--reference', '--dtype'):
     assert flag in text
+
+
+def test_resize_rotate_and_crop_set_the_output_size(tiny_checkpoint, media, tmp_path):
+  out = tmp_path / 'small.mp4'
+  flags = ['--resize_factor', '2', '--rotate', '--crop', '10', '-1', '0', '200', '--nosmooth']
+  assert infer.main(_common(tiny_checkpoint, media / 'mute.mp4', media / 'speech.wav', out)
+                    + flags) == 0
+  info = video.probe_video(str(out))
+  assert (info.width, info.height) == (200, 246)  # 512 / 2 = 256, rotated, rows 10.., cols ..200

@@ -62,3 +62,29 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
   shutil.rmtree(directory / '0' / 'variables')
   with pytest.raises(checkpoint.CheckpointError, match='cannot restore'):
     checkpoint.load_model(str(directory))
+
+
+def test_bfloat16_expert_step_tracks_float32():
+  """config.model.dtype='bfloat16' (mixed precision for GPU/TPU): parameters and statistics
+  stay float32, the loss and the update follow the float32 step."""
+  rng = np.random.default_rng(0)
+  batch = {'mel_window': rng.uniform(-4, 4, (8, 80, 16, 1)).astype(np.float32),
+           'face': rng.random((8, 48, 96, 15), np.float32),
+           'label': np.tile(np.float32([0, 1]), 4)}
+  tx = optax.adam(1e-4)
+  results = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    module = models.build('expert', width_divisor=16, dtype=dtype)
+    variables = models.init(module, 'expert', jax.random.key(0))
+    state = steps.ExpertState(jnp.zeros((), jnp.int32), variables['params'],
+                              variables['batch_stats'], tx.init(variables['params']))
+    results[dtype] = jax.jit(steps.expert_step(module, tx))(state, batch)
+  (f32, f32_metrics), (bf16, bf16_metrics) = results[jnp.float32], results[jnp.bfloat16]
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((bf16.params, bf16.batch_stats)))
+  np.testing.assert_allclose(bf16_metrics['loss'], f32_metrics['loss'], rtol=0.05)
+  init = models.init(models.build('expert', width_divisor=16), 'expert', jax.random.key(0))
+  delta = lambda new: np.concatenate([np.ravel(n - o) for n, o in zip(
+      jax.tree.leaves(new.params), jax.tree.leaves(init['params']))])
+  d32, d16 = delta(f32), delta(bf16)
+  cosine = d32 @ d16 / np.linalg.norm(d32) / np.linalg.norm(d16)
+  assert cosine > 0.8, cosine  # the same update, up to bfloat16 rounding of the gradients

@@ -1,7 +1,7 @@
-"""Training loop: device-count invariance, exact resume, preemption, NaN and checkpoint errors."""
+"""Training loop: device-count invariance, two processes, exact resume, preemption, NaN and
+checkpoint errors."""
 import os
 import signal
-import socket
 import socket
 import subprocess
 import sys

@@ -1,0 +1,34 @@
+"""python -m lipsync_jax.demo end to end, on a minimal budget (3 speakers, a few steps): every
+stage runs, including generator training with the expert, and every promised file is written."""
+import os
+
+import cv2
+import pytest
+
+from conftest import FACE_MODEL, require, run_module
+from lipsync_jax import logs, video
+
+
+@pytest.mark.slow
+def test_demo_writes_videos_and_report(tmp_path):
+  out = tmp_path / 'demo'
+  stdout = run_module('lipsync_jax.demo', '--out', str(out), '--speakers', '3',
+                      '--clips_per_speaker', '2', '--expert_steps', '6', '--generator_steps', '4',
+                      '--face_model', str(require(FACE_MODEL)))
+  assert 'mouth opening vs the synthetic ground truth' in stdout
+  result, side = video.probe_video(str(out / 'result.mp4')), video.probe_video(
+      str(out / 'side_by_side.mp4'))
+  assert (side.width, side.height) == (2 * result.width, result.height)
+  n_result = sum(1 for _ in video.read_frames(str(out / 'result.mp4')))
+  assert n_result > 25 and abs(sum(1 for _ in video.read_frames(str(out / 'side_by_side.mp4')))
+                               - n_result) <= 1
+  report = (out / 'report.md').read_text()
+  for png in ('expert_loss.png', 'generator_l1.png', 'generator_sync.png'):
+    assert f'({png})' in report
+    assert cv2.imread(str(out / png)).shape == (360, 640, 3)
+  assert 'expert: result windows rated in sync' in report
+  # the generator really trained, with the expert's sync loss logged
+  generator = logs.read_scalars(str(out / 'generator'))
+  assert [s for s, _ in generator['l1']][-1] == 4 and 'eval_sync' in generator
+  assert any(f.endswith('.png') for f in os.listdir(out / 'generator' / 'samples'))
+  assert os.listdir(out / 'generator' / 'tensorboard')
