@@ -31,8 +31,12 @@ NEW_SENTENCE = ('please open the window we will meet again soon after lunch and 
                 'loudly while children dance')
 
 
+_STARTED = time.perf_counter()
+
+
 def stage(title: str):
-  print(f'\n== {title} ==', flush=True)
+  elapsed = int(time.perf_counter() - _STARTED)
+  print(f'\n== {title} ({elapsed // 60}:{elapsed % 60:02d} elapsed) ==', flush=True)
 
 
 def build_corpus(out: str, args) -> str:

@@ -1,5 +1,10 @@
 """python -m lipsync_jax.demo end to end, on a minimal budget (3 speakers, a few steps): every
-stage runs, including generator training with the expert, and every promised file is written."""
+stage runs, including generator training with the expert, and every promised file is written.
+
+It takes about 6 minutes on 2 cores (mostly compiling the train steps), which would take CI past
+its 20-minute budget, so it runs only when LIPSYNC_JAX_DEMO_TEST=1:
+    LIPSYNC_JAX_DEMO_TEST=1 python -m pytest -q tests/test_demo.py
+"""
 import os
 
 import cv2
@@ -10,6 +15,8 @@ from lipsync_jax import logs, video
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get('LIPSYNC_JAX_DEMO_TEST') != '1',
+                    reason='6 minutes; set LIPSYNC_JAX_DEMO_TEST=1 to run it')
 def test_demo_writes_videos_and_report(tmp_path):
   out = tmp_path / 'demo'
   stdout = run_module('lipsync_jax.demo', '--out', str(out), '--speakers', '3',
@@ -29,6 +36,6 @@ def test_demo_writes_videos_and_report(tmp_path):
   assert 'expert: result windows rated in sync' in report
   # the generator really trained, with the expert's sync loss logged
   generator = logs.read_scalars(str(out / 'generator'))
-  assert [s for s, _ in generator['l1']][-1] == 4 and 'eval_sync' in generator
+  assert [s for s, _ in generator['eval_l1']][-1] == 4 and 'eval_sync' in generator
   assert any(f.endswith('.png') for f in os.listdir(out / 'generator' / 'samples'))
   assert os.listdir(out / 'generator' / 'tensorboard')
