@@ -29,10 +29,10 @@ from lipsync_jax import audio, convert, demo, faces, infer, losses  # noqa: E402
 SPEECH_MEL = -2.5  # a mel window whose mean is above this (silence is -4) holds speech
 
 
-def expert_accuracy(data_dir: str, expert_dir: str, batches: int = 16) -> tuple:
+def expert_accuracy(data_dir: str, expert: tuple, batches: int = 16) -> tuple:
   """(accuracy over all test windows, over those whose audio window holds speech): a silent
   window is as silent 3 frames later, so some pairs cannot be told apart at all."""
-  module, variables = convert.load_checkpoint(expert_dir, 'expert')
+  module, variables = expert
   data = iter(loaders.make_dataset(data_dir, 'test', 'expert', 64, seed=7, min_offset=3))
   correct, speech = [], []
   for _ in range(batches):
@@ -60,7 +60,8 @@ def main():
   os.makedirs(out, exist_ok=True)
   data_dir = demo.build_corpus(out, args)
   expert_dir, generator_dir = demo.train_models(out, data_dir, args)
-  accuracy, speech_accuracy, speech_share = expert_accuracy(data_dir, expert_dir)
+  expert = convert.load_checkpoint(expert_dir, 'expert')
+  accuracy, speech_accuracy, speech_share = expert_accuracy(data_dir, expert)
 
   raw = os.path.join(out, 'corpus')
   with open(os.path.join(raw, 'test.txt')) as f:
@@ -77,9 +78,8 @@ def main():
     crops = demo.face_crops(result, detector)
     truth = synthetic.mouth_track(audio.load_audio(speech), len(crops))[:, 0]
     correlations.append(np.corrcoef(demo.mouth_darkness(crops), truth)[0, 1])
-    result_rates.append(demo.expert_in_sync_rate(crops, speech, expert_dir))
-    real_rates.append(demo.expert_in_sync_rate(demo.face_crops(clip, detector), clip,
-                                               expert_dir))
+    result_rates.append(demo.expert_in_sync_rate(crops, speech, expert))
+    real_rates.append(demo.expert_in_sync_rate(demo.face_crops(clip, detector), clip, expert))
   print(f'\nheld-out: {len(clips)} test clips of speakers never seen in training')
   print(f'expert accuracy, in-sync vs off-sync (offset >= 3 frames): {accuracy:.1%} over all '
         f'windows, {speech_accuracy:.1%} over the {speech_share:.0%} whose audio holds speech '

@@ -116,10 +116,11 @@ def mouth_darkness(crops: np.ndarray) -> np.ndarray:
   return (np.clip(skin - luma, 0, None) / np.maximum(skin, 1)).sum(axis=(1, 2))
 
 
-def expert_in_sync_rate(crops: np.ndarray, speech: str, expert_dir: str) -> float:
-  """Fraction of a video's 5-frame windows that the expert rates in sync (cosine > 0.5) with
-  the speech, at the training index maths."""
-  module, variables = convert.load_checkpoint(expert_dir, 'expert')
+def expert_in_sync_rate(crops: np.ndarray, speech: str, expert: tuple) -> float:
+  """Fraction of a video's 5-frame windows that the expert, (module, variables) from
+  convert.load_checkpoint, rates in sync (cosine > 0.5) with the speech, at the training index
+  maths."""
+  module, variables = expert
   mel = audio.melspectrogram(audio.load_audio(speech))
   starts = [s for s in range(len(crops) - 4)
             if audio.expert_window_start(s) + audio.MEL_STEP <= mel.shape[1]]
@@ -189,15 +190,16 @@ def main(argv=None) -> int:
     result_crops, input_crops = face_crops(result, detector), face_crops(face, detector)
     opening = synthetic.mouth_track(audio.load_audio(speech), len(result_crops))[:, 0]
     n = len(face_opening)
+    expert = convert.load_checkpoint(expert_dir, 'expert')
     figures = {
         'result: mouth opening vs the synthetic ground truth for the new speech (Pearson r)':
             f'{np.corrcoef(mouth_darkness(result_crops), opening)[0, 1]:.3f}',
         'input clip: the same measurement against its own ground truth (r)':
             f'{np.corrcoef(mouth_darkness(input_crops[:n]), face_opening[:n])[0, 1]:.3f}',
         'expert: result windows rated in sync with the new speech':
-            f'{expert_in_sync_rate(result_crops, speech, expert_dir):.1%}',
+            f'{expert_in_sync_rate(result_crops, speech, expert):.1%}',
         'expert: input clip windows rated in sync with their own audio':
-            f'{expert_in_sync_rate(input_crops, face, expert_dir):.1%}',
+            f'{expert_in_sync_rate(input_crops, face, expert):.1%}',
     }
     for name, workdir in (('expert', expert_dir), ('generator', generator_dir)):
       final = logs.read_scalars(workdir)

@@ -158,7 +158,9 @@ def open_face(args, stages: Stages) -> FaceSource:
         return
       yield transform(frame, args)
 
-  first = next(frames(), None)
+  probe = frames()
+  first = next(probe, None)
+  probe.close()  # stops its ffmpeg now rather than at garbage collection
   if first is None:
     raise InferenceError(f'{path}: the video has no frames')
   opener = (lambda: iter([first])) if args.static else frames

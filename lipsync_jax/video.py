@@ -1,5 +1,6 @@
 """Video through ffmpeg: decoding (any container/codec, optional frame-rate resampling) and
 encoding (H.264 + AAC, written atomically)."""
+import contextlib
 import json
 import os
 import subprocess
@@ -106,11 +107,9 @@ class VideoWriter:
     if frame.shape[1::-1] != self.size:
       raise VideoError(f'{self.outfile}: frame of {frame.shape[1]}x{frame.shape[0]} in a '
                        f'{self.size[0]}x{self.size[1]} video')
+    timing = self._timer.time('encode') if self._timer else contextlib.nullcontext()
     try:
-      if self._timer is not None:
-        with self._timer.time('encode'):
-          self._proc.stdin.write(frame.tobytes())
-      else:
+      with timing:
         self._proc.stdin.write(frame.tobytes())
     except BrokenPipeError:
       raise VideoError(f'{self.outfile}: ffmpeg stopped: {self._error()}') from None

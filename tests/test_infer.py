@@ -56,10 +56,14 @@ def face_model(monkeypatch):
   monkeypatch.setenv('LIPSYNC_JAX_FACE_MODEL', str(require(FACE_MODEL)))
 
 
+def _common(ckpt, face, speech, out):
+  return ['--checkpoint_path', str(ckpt), '--face', str(face), '--audio', str(speech),
+          '--outfile', str(out), '--quiet']
+
+
 def args_for(checkpoint_path, face, audio_path, outfile, *flags):
-  return infer.parse_args(['--checkpoint_path', str(checkpoint_path), '--face', str(face),
-                           '--audio', str(audio_path), '--outfile', str(outfile), '--quiet',
-                           *map(str, flags)])
+  return infer.parse_args(_common(checkpoint_path, face, audio_path, outfile)
+                          + list(map(str, flags)))
 
 
 def pipeline_frames(args):
@@ -129,8 +133,9 @@ def test_reference_mode_matches_the_reference(parity_pth, tmp_path, n_video_fram
   ffmpeg('-i', require(MEDIA / 'speech_en_16k_stereo.wav'), '-ss', '1', '-t', '0.6', '-ac',
          '1', speech)
   box = (150, 400, 130, 380)  # y1 y2 x1 x2
-  args = args_for(parity_pth, clip, speech, tmp_path / 'out.mp4', '--reference',
-                  '--wav2lip_batch_size', 8, '--box', *box)
+  argv = _common(parity_pth, clip, speech, tmp_path / 'out.mp4') + [
+      '--reference', '--wav2lip_batch_size', '8', '--box', *map(str, box)]
+  args = infer.parse_args(argv)
   ours = pipeline_frames(args)
   module, variables = convert.load_checkpoint(parity_pth, 'wav2lip')
   expected = reference_inference(clip, speech, box, module, variables)
@@ -142,18 +147,11 @@ def test_reference_mode_matches_the_reference(parity_pth, tmp_path, n_video_fram
     diff[y1:y2, x1:x2] = 0
     assert not diff.any()  # nothing outside the box changes
   # The CLI writes the same frames (up to H.264) and keeps the reference's short video.
-  assert infer.main(list(_argv(args))) == 0
+  assert infer.main(argv) == 0
   decoded = list(video.read_frames(str(args.outfile)))
   assert len(decoded) == 12
   psnr = cv2.PSNR(np.concatenate(decoded), np.concatenate(ours))
   assert psnr > 30  # H.264 at crf 18 with 4:2:0 chroma
-
-
-def _argv(args):
-  for flag in ('checkpoint_path', 'face', 'audio', 'outfile'):
-    yield from (f'--{flag}', str(getattr(args, flag)))
-  yield from ['--reference', '--quiet', '--wav2lip_batch_size', '8', '--box',
-              *map(str, args.box)]
 
 
 # -- default mode on real clips ------------------------------------------------------------------
@@ -174,11 +172,6 @@ def test_default_mode_on_real_clips(tiny_checkpoint, tmp_path, clip, speech):
   assert abs(n_frames / source.fps - seconds) <= 1 / source.fps  # covers the whole audio
   assert float(stream_info(out, 'a:0')['duration']) == pytest.approx(seconds, abs=0.05)
   assert sorted(os.listdir(out.parent)) == ['result.mp4']  # no temporary files left
-
-
-def _common(ckpt, face, speech, out):
-  return ['--checkpoint_path', str(ckpt), '--face', str(face), '--audio', str(speech),
-          '--outfile', str(out), '--quiet']
 
 
 def test_hard_paste_changes_only_the_face_box(tiny_checkpoint, tmp_path):
