@@ -115,7 +115,9 @@ def expert_window_start(frame: int) -> int:
   return int(MEL_FPS * (frame / TRAIN_FPS))
 
 
-def generator_frame_start(frame: int) -> int:
-  """Mel start of video frame `frame` (>= 1) for the generator in training: one frame earlier
-  than the inference convention, as the reference does."""
-  return int(MEL_FPS * ((frame - 1) / TRAIN_FPS))
+def generator_frame_start(frame, fps: float = TRAIN_FPS):
+  """Mel start of video frame `frame` for the generator as the reference trains it: one video
+  frame earlier than its inference convention, floor(80 (frame - 1) / fps). Negative for frame
+  0 (callers pad with silence). Accepts an int or an integer array."""
+  start = np.floor(MEL_FPS * ((np.asarray(frame) - 1) / fps)).astype(np.int64)
+  return int(start) if start.ndim == 0 else start

@@ -6,7 +6,9 @@
 The reference's flags keep their meaning. By default it does better than the reference: the
 generated mouth is blended in with a feathered mask (--paste hard: the reference's box), frames
 without a face pass through unchanged (--on_missing_face abort: the reference's abort), the
-video covers the whole audio (the reference stops up to 0.2 s early), frames and output are
+video covers the whole audio (the reference stops up to 0.2 s early), each frame gets the mel
+window the generator was trained with for it (the reference's inference window starts one frame
+later, so its mouths lead the audio by 40 ms), frames and output are
 streamed (bounded memory for long videos), and decoding + face detection run in a thread beside
 generation. `--reference` reproduces the reference's pipeline exactly (see `reference_mode`).
 """
@@ -91,20 +93,23 @@ def load_speech(path: str):
 
 
 def mel_windows(mel: np.ndarray, n_samples: int, fps: float, reference: bool) -> np.ndarray:
-  """(n_frames, 80, 16, 1): the mel window of each output frame, starting at int(i * 80/fps).
+  """(n_frames, 80, 16, 1): the mel window of each output frame.
 
-  Reference: windows while they fit, plus one last window on the final 16 mel frames (so the
-  video ends up to 0.2 s before the audio). Default: one frame per 1/fps of audio, rounded up,
-  with silence past the end of the mel, so the video covers the whole audio.
+  Reference: start = int(i * 80/fps) while the window fits, plus one last window on the final 16
+  mel frames (so the video ends up to 0.2 s before the audio). Default: the convention the
+  generator was trained with (audio.generator_frame_start, one frame earlier; the reference's
+  inference shows each mouth one frame early), one frame per 1/fps of audio rounded up, and
+  silence before the start and past the end of the mel, so the video covers the whole audio.
   """
   if reference:
     starts = audio.inference_chunk_starts(mel.shape[1], fps)
   else:
     n_frames = math.ceil(n_samples / audio.SAMPLE_RATE * fps - 1e-6)
-    starts = (np.arange(n_frames) * (audio.MEL_FPS / fps)).astype(np.int64)
-    tail = int(starts[-1]) + audio.MEL_STEP - mel.shape[1]
-    if tail > 0:
-      mel = np.pad(mel, ((0, 0), (0, tail)), constant_values=SILENT_MEL)
+    starts = audio.generator_frame_start(np.arange(n_frames), fps)
+    head = max(0, -int(starts[0]))
+    tail = max(0, int(starts[-1]) + audio.MEL_STEP - mel.shape[1])
+    mel = np.pad(mel, ((0, 0), (head, tail)), constant_values=SILENT_MEL)
+    starts = starts + head
   return np.stack([mel[:, s:s + audio.MEL_STEP] for s in starts])[..., None]
 
 
@@ -423,8 +428,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                  help='frames without a face: pass through unchanged (default) or stop with an '
                  'error as the reference does')
   p.add_argument('--reference', action='store_true',
-                 help="reproduce the reference exactly: its mel chunking (the video may end up "
-                 "to 0.2 s before the audio), bilinear crops, uint8 truncation, hard paste, "
+                 help="reproduce the reference exactly: its mel chunking (windows start at the "
+                 "frame, one frame later than in training; the video may end up to 0.2 s "
+                 "before the audio), bilinear crops, uint8 truncation, hard paste, "
                  "abort on a frame without a face, no frame-rate resampling")
   p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
                  help='generator compute type; bfloat16 is for GPU/TPU')

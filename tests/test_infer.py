@@ -10,7 +10,7 @@ import librosa
 import numpy as np
 import pytest
 
-from conftest import FACE_MODEL, MEDIA, load_parity_weights, require, save_pth
+from conftest import FACE_MODEL, MEDIA, load_parity_weights, parity, require, save_pth
 from lipsync_jax import audio, checkpoint, convert, faces, infer, models, video
 
 TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
@@ -202,13 +202,29 @@ def test_feathered_paste_blends_into_the_frame(tiny_checkpoint, tmp_path):
 
 
 def test_windows_cover_the_audio():
-  mel = np.zeros((80, 241), np.float32)  # 3.0 s
+  mel = np.random.default_rng(0).uniform(-3, 3, (80, 241)).astype(np.float32)  # 3.0 s
   assert len(infer.mel_windows(mel, 48000, 25, reference=True)) == 72  # the reference: 2.88 s
   windows = infer.mel_windows(mel, 48000, 25, reference=False)
   assert windows.shape == (75, 80, 16, 1)
-  assert (windows[-1, :, 5:] == infer.SILENT_MEL).all()  # mel frames 241.. (past the end): silence
-  assert (windows[-1, :, :5] == 0).all()
+  # frame 74's window starts at floor(3.2 * 73) = 233: mel frames 241.. (past the end) are silence
+  np.testing.assert_array_equal(windows[-1, :, :8, 0], mel[:, 233:])
+  assert (windows[-1, :, 8:] == infer.SILENT_MEL).all()
+  # frame 0's window starts at floor(-3.2) = -4: four frames of silence, then the mel
+  assert (windows[0, :, :4] == infer.SILENT_MEL).all()
+  np.testing.assert_array_equal(windows[0, :, 4:, 0], mel[:, :12])
   assert len(infer.mel_windows(mel, 48000, 30, reference=False)) == 90
+
+
+def test_default_windows_use_the_training_convention():
+  """Each frame gets the mel window the generator saw for it in training (the parity oracle's
+  per-frame starts), not the reference inference's one-frame-later window."""
+  io = parity('mel_io')
+  frames = int(io['train/perframe_frame'].max()) + 1
+  mel = np.random.default_rng(1).uniform(-3, 3, (80, (frames + 5) * 16 // 5)).astype(np.float32)
+  windows = infer.mel_windows(mel, frames * 640, 25, reference=False)
+  assert len(windows) == frames
+  for frame, start in zip(io['train/perframe_frame'], io['train/perframe_start']):
+    np.testing.assert_array_equal(windows[frame, ..., 0], mel[:, start:start + 16])
 
 
 # -- bad input -----------------------------------------------------------------------------------
