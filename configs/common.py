@@ -20,6 +20,7 @@ def base(model: str, variant: str = None) -> ml_collections.ConfigDict:
   ))
   c.seed = 0
   c.learning_rate = 1e-4
+  c.lr_schedule = 'constant'  # as the reference; 'cosine': decays to 0 at total_steps
   c.adam_b1, c.adam_b2 = 0.9, 0.999
   c.log_every = 10 if tiny else 100
   c.checkpoint_every = 100 if tiny else 3000

@@ -65,12 +65,14 @@ def train_models(out: str, data_dir: str, args):
   expert_dir, generator_dir = os.path.join(out, 'expert'), os.path.join(out, 'generator')
   config = expert_config.get_config('tiny')
   config.data.dir, config.total_steps, config.learning_rate = data_dir, args.expert_steps, 1e-3
+  config.lr_schedule = 'cosine'  # a short run ends better annealed
   config.eval_every = config.checkpoint_every = eval_every(args.expert_steps)
   config.log_every = 50
   stage(f'3/5 training the tiny expert ({args.expert_steps} steps)')
   train.train(config, expert_dir)
   config = wav2lip_config.get_config('tiny')
   config.data.dir, config.total_steps, config.learning_rate = data_dir, args.generator_steps, 1e-3
+  config.lr_schedule = 'cosine'
   config.expert_checkpoint = expert_dir
   config.eval_every = config.checkpoint_every = eval_every(args.generator_steps)
   config.log_every = 25

@@ -74,6 +74,15 @@ def load_expert(config) -> dict:
   return variables
 
 
+def learning_rate(config, base: float):
+  """The learning rate, or its schedule, for `config.lr_schedule`."""
+  if config.lr_schedule == 'constant':
+    return base
+  if config.lr_schedule == 'cosine':
+    return optax.cosine_decay_schedule(base, config.total_steps)
+  raise TrainingError(f'unknown lr_schedule {config.lr_schedule!r}; expected constant or cosine')
+
+
 class Run:
   """Everything one training job needs: models, states, jitted steps, data, checkpoints."""
 
@@ -92,7 +101,8 @@ class Run:
     dtype = jnp.dtype(config.model.dtype)
     build = lambda name: models.build(name, config.model.width_divisor, dtype)
     keys = jax.random.split(jax.random.key(config.seed), 2)
-    tx = optax.adam(config.learning_rate, config.adam_b1, config.adam_b2)
+    tx = optax.adam(learning_rate(config, config.learning_rate), config.adam_b1,
+                    config.adam_b2)
     self.model = build(config.model.name)
     variables = models.init(self.model, config.model.name, keys[0])
     zero = jnp.zeros((), jnp.int32)
@@ -108,7 +118,8 @@ class Run:
       if config.disc_wt > 0:
         disc = build('quality_disc')
         disc_params = models.init(disc, 'quality_disc', keys[1])['params']
-        disc_tx = optax.adam(config.disc_learning_rate, config.adam_b1, config.adam_b2)
+        disc_tx = optax.adam(learning_rate(config, config.disc_learning_rate),
+                             config.adam_b1, config.adam_b2)
       state = steps.GeneratorState(
           zero, variables['params'], variables['batch_stats'], tx.init(variables['params']),
           disc_params, disc_tx.init(disc_params) if disc else None)

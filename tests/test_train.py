@@ -80,7 +80,9 @@ def test_two_processes_with_jax_distributed_agree(synthetic_dataset, tmp_path):
 @pytest.mark.slow
 def test_resume_is_exact(synthetic_dataset, tmp_path):
   data_dir, _ = synthetic_dataset
-  config = _config(data_dir, total_steps=4, checkpoint_every=2, eval_every=2)
+  # the cosine schedule's position lives in the optimizer state: resume must restore it too
+  config = _config(data_dir, total_steps=4, checkpoint_every=2, eval_every=2,
+                   lr_schedule='cosine', learning_rate=1e-2)
   straight = train.train(config, str(tmp_path / 'straight'))
   first = train.train(config, str(tmp_path / 'resumed'), stop_after=2)
   assert first['step'] == 2
@@ -113,6 +115,17 @@ def test_sigterm_saves_and_exits_cleanly(synthetic_dataset, tmp_path):
   assert 'SIGTERM: checkpoint saved at step' in out
   step = int(out.split('SIGTERM: checkpoint saved at step ')[1].split(';')[0])
   assert checkpoint.latest_step(str(workdir / 'checkpoints')) == step >= 2
+
+
+def test_learning_rate_schedules():
+  config = _config('', total_steps=10, learning_rate=1e-3)
+  assert train.learning_rate(config, 1e-3) == 1e-3
+  config.lr_schedule = 'cosine'
+  schedule = train.learning_rate(config, 1e-3)
+  np.testing.assert_allclose([schedule(0), schedule(5), schedule(10)], [1e-3, 5e-4, 0], atol=1e-9)
+  config.lr_schedule = 'linear'
+  with pytest.raises(train.TrainingError, match="unknown lr_schedule 'linear'"):
+    train.learning_rate(config, 1e-3)
 
 
 def test_nan_loss_stops_with_a_clear_error(synthetic_dataset, tmp_path):
