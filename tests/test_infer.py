@@ -3,6 +3,7 @@ reference with the parity weights, default mode on the real clips, and every kin
 import json
 import os
 import subprocess
+import sys
 
 import cv2
 import jax
@@ -10,7 +11,7 @@ import librosa
 import numpy as np
 import pytest
 
-from conftest import FACE_MODEL, MEDIA, load_parity_weights, parity, require, save_pth
+from conftest import FACE_MODEL, MEDIA, ROOT, load_parity_weights, parity, require, save_pth
 from lipsync_jax import audio, checkpoint, convert, faces, infer, models, video
 
 TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
@@ -172,6 +173,27 @@ def test_default_mode_on_real_clips(tiny_checkpoint, tmp_path, clip, speech):
   assert abs(n_frames / source.fps - seconds) <= 1 / source.fps  # covers the whole audio
   assert float(stream_info(out, 'a:0')['duration']) == pytest.approx(seconds, abs=0.05)
   assert sorted(os.listdir(out.parent)) == ['result.mp4']  # no temporary files left
+
+
+@pytest.mark.slow
+def test_memory_is_bounded_on_long_1080p_video(tiny_checkpoint, tmp_path):
+  """Decode and encode stream: 4x more 1080p frames (6 MiB each) must not raise peak memory."""
+  peak_mib = {}
+  for seconds in (2, 8):
+    clip = tmp_path / f'{seconds}s.mp4'
+    ffmpeg('-i', require(TALKING_HEAD), '-t', seconds, '-vf', 'pad=1920:1080:704:284',
+           '-c:v', 'libx264', '-preset', 'ultrafast', '-c:a', 'aac', clip)
+    measure = ('import resource, sys\nfrom lipsync_jax import infer\nrc = infer.main(sys.argv[1:])'
+               '\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)')
+    proc = subprocess.run(
+        [sys.executable, '-c', measure, *_common(tiny_checkpoint, clip, clip,
+                                                 tmp_path / f'{seconds}s_out.mp4'),
+         '--wav2lip_batch_size', '16'], capture_output=True, text=True, cwd=ROOT, check=True)
+    peak_mib[seconds] = int(proc.stdout.split()[-1]) / 1024
+    assert video.probe_video(str(tmp_path / f'{seconds}s_out.mp4')).width == 1920
+  print(f"peak RSS (MiB) by clip seconds: {peak_mib}")
+  # holding the 150 extra frames would take 890 MiB; a batch of them about 100
+  assert peak_mib[8] - peak_mib[2] < 150, peak_mib
 
 
 def test_hard_paste_changes_only_the_face_box(tiny_checkpoint, tmp_path):
