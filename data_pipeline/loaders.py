@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 from lipsync_jax import audio
 
 T = 5  # frames per window
+PREFETCH_BATCHES = 2  # per process (each worker process too)
 
 
 def clip_source(data_dir: str, split: str):
@@ -102,7 +103,10 @@ def make_dataset(data_dir: str, split: str, kind: str, batch_size: int, seed: in
   else:
     raise ValueError(f'unknown batch kind {kind!r}')
   ds = ds.seed(seed).shuffle().repeat(None).random_map(lambda r, rng: sample(r, rng))
-  it = ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
+  # A few batches ahead, not grain's default 500 in 16 threads: that buffers gigabytes per
+  # process and steals the cores the training step runs on.
+  it = ds.batch(batch_size, drop_remainder=True).to_iter_dataset(
+      grain.ReadOptions(num_threads=2, prefetch_buffer_size=PREFETCH_BATCHES))
   if workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; libraries may not parse
       flags.FLAGS.mark_as_parsed()
