@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from lipsync_jax.layers import ConvBlock, Layer, LeakyConvBlock
+from lipsync_jax.layers import Conv, ConvBlock, Layer, LeakyConvBlock
 
 L = Layer
 
@@ -131,7 +131,8 @@ class Wav2Lip(_Net):
       self.sow('intermediates', f'face_dec_{i}', x)
       x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
     x = self.block(GENERATOR_OUTPUT, 'output_block_0')(x, train)
-    x = nn.Conv(3, (1, 1), dtype=self.dtype, precision=self.precision, name='output_block_1')(x)
+    x = Conv(3, 1, kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
+             precision=self.precision, name='output_block_1')(x)
     out = nn.sigmoid(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
     return unfold_time(out, batch) if windowed else out
 
@@ -172,7 +173,8 @@ class QualityDiscriminator(_Net):
       for j, layer in enumerate(layers):
         x = LeakyConvBlock(self.scaled(layer), self.dtype, self.precision,
                            name=f'face_encoder_blocks_{i}_{j}')(x)
-    x = nn.Conv(1, (1, 1), dtype=self.dtype, precision=self.precision, name='binary_pred_0')(x)
+    x = Conv(1, 1, kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
+             precision=self.precision, name='binary_pred_0')(x)
     return nn.sigmoid(x.reshape(x.shape[0], -1).astype(jnp.promote_types(x.dtype, jnp.float32)))
 
 

@@ -9,7 +9,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from lipsync_jax import models
-from lipsync_jax.layers import ConvTranspose, pair
+from lipsync_jax.layers import Conv, ConvTranspose, pair
 
 
 def block_of(module_name: str) -> str:
@@ -39,7 +39,7 @@ def flops_per_block(module: nn.Module, name: str) -> Dict[str, int]:
   def count(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     mod = context.module
-    if context.method_name == '__call__' and isinstance(mod, (nn.Conv, ConvTranspose)):
+    if context.method_name == '__call__' and isinstance(mod, (Conv, ConvTranspose)):
       x = args[0]
       kh, kw = pair(mod.kernel_size)
       spatial = x.shape[1:3] if isinstance(mod, ConvTranspose) else out.shape[1:3]
