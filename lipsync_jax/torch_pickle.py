@@ -16,6 +16,9 @@ import ml_dtypes
 import numpy as np
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# How torch.save pickles that number (protocol 2, LONG1 of 10 bytes): checking the bytes first
+# keeps arbitrary files away from the unpickler.
+_LEGACY_HEADER = b'\x80\x02\x8a\x0a' + LEGACY_MAGIC.to_bytes(10, 'little')
 
 STORAGE_DTYPES = {
     'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
@@ -134,7 +137,7 @@ def _load_legacy(f) -> Any:
   data = {}
   for key in _RestrictedUnpickler(f, None).load():
     (numel,) = struct.unpack('<q', f.read(8))
-    raw = f.read(numel * dtypes[key].itemsize)
+    raw = f.read(max(numel, 0) * dtypes[key].itemsize)  # a short read fails in frombuffer
     data[key] = np.frombuffer(raw, dtypes[key], count=numel)
   return _resolve(result, data)
 
@@ -156,6 +159,10 @@ def load(path: str) -> Any:
     is_zip = f.read(4) == b'PK\x03\x04'
     if is_zip:
       return _load_zip(path)
+    f.seek(0)
+    if f.read(len(_LEGACY_HEADER)) != _LEGACY_HEADER:
+      raise pickle.UnpicklingError('not a PyTorch checkpoint (neither a zip archive nor the '
+                                   'legacy magic number)')
     f.seek(0)
     return _load_legacy(f)
 

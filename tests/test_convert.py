@@ -57,6 +57,23 @@ def test_malicious_pickle_is_refused(tmp_path, legacy, monkeypatch):
   assert not (tmp_path / 'pwned').exists()
 
 
+@pytest.mark.parametrize('legacy', [True, False], ids=['legacy', 'zip'])
+def test_damaged_files_give_a_clear_error(tmp_path, legacy):
+  # Random bytes once reached the unpickler and died with a MemoryError on a garbage length:
+  # every damaged file must end in the same ConversionError, whatever the parser trips on.
+  good = _save_pth(tmp_path / 'good.pth', {'w': np.ones((64, 64), np.float32)}, legacy,
+                   wrap='state_dict')
+  content = open(good, 'rb').read()
+  noise = [np.random.default_rng(seed).bytes(300) for seed in range(60)]  # 38, 50 broke it
+  damaged = noise + [content[:40] + n for n in noise[:20]]
+  damaged += [content[:n] for n in (10, 30, len(content) // 2, len(content) - 7)]
+  for i, data in enumerate(damaged):
+    path = tmp_path / f'bad{i}.pth'
+    path.write_bytes(data)
+    with pytest.raises(convert.ConversionError, match=f'bad{i}.pth: not a readable PyTorch'):
+      convert.load_official(str(path))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name,legacy,wrap,prefix', [
     ('wav2lip', True, 'state_dict', 'module.'),

@@ -264,8 +264,8 @@ def media(tmp_path_factory):
   ffmpeg('-i', head, '-t', '1', '-c:v', 'ffv1', '-pix_fmt', 'gray', d / 'gray.mkv')
   ffmpeg('-i', head, '-t', '2', '-vf', "select='lt(n,25)+not(mod(n,3))'", '-fps_mode', 'vfr',
          d / 'vfr.mp4')
-  (d / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + os.urandom(200))
-  (d / 'corrupt.pth').write_bytes(os.urandom(300))
+  (d / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + np.random.default_rng(2).bytes(200))
+  (d / 'corrupt.pth').write_bytes(np.random.default_rng(1).bytes(300))
   cv2.imwrite(str(d / 'blank.png'), np.full((200, 200, 3), 128, np.uint8))
   (d / 'a_file').write_text('x')
   random_checkpoint(d / 'expert', 'expert')
