@@ -15,6 +15,9 @@ for video frame i (25 fps) take its own 40 ms of 16 kHz audio s_i = wav[640 i : 
   width_i   = clip(spectral centroid of s_i / 4000 Hz, 0, 1);
 and the mouth is a dark filled ellipse centred between the photo's mouth corners (distance d),
 half-width d (0.42 + 0.16 width_i), half-height d (0.03 + 0.30 opening_i).
+Every clip's speech is scaled so that E = LOUDNESS: a 0.2 s window cannot know its clip's E,
+so without that the same sound would open the mouth differently from clip to clip (an oracle
+that knows each frame's rms but not E tells in-sync from off-sync windows only 96% of the time).
 With --offset_frames k the audio track is written k frames LATE relative to the mouth (k < 0:
 early); the .json beside each clip records the sentence, voice, offset and per-frame opening.
 """
@@ -36,6 +39,7 @@ from lipsync_jax import audio, faces
 FPS = 25
 SAMPLES_PER_FRAME = audio.SAMPLE_RATE // FPS  # 640
 SIZE = 224
+LOUDNESS = 0.1  # every clip's E (see above): the level of the audio alone then fixes the opening
 VOICES = ('en-us', 'en-gb', 'en-gb-scotland', 'en-gb-x-rp', 'en-029', 'en-gb-x-gbclan',
           'en-gb-x-gbcwmd')
 VARIANTS = ('', '+m3', '+f2', '+f4', '+m7')
@@ -46,13 +50,25 @@ WORDS = ('the quick brown fox jumps over lazy dog we will meet again soon after 
          'dance happily around small fire').split()
 
 
-def mouth_track(wav: np.ndarray, n_frames: int) -> np.ndarray:
-  """(n_frames, 2) per-frame (opening, width) in [0, 1]; see the module docstring."""
+def _frames(wav: np.ndarray, n_frames: int) -> np.ndarray:
+  """(n_frames, 640) float64: each video frame's own audio, zeros past the end."""
   frames = np.zeros((n_frames, SAMPLES_PER_FRAME), np.float64)
   usable = min(n_frames, len(wav) // SAMPLES_PER_FRAME)
   frames[:usable] = wav[:usable * SAMPLES_PER_FRAME].reshape(usable, SAMPLES_PER_FRAME)
+  return frames
+
+
+def loudness(wav: np.ndarray) -> float:
+  """E of the module docstring: the 95th percentile of the per-frame rms."""
+  frames = _frames(wav, len(wav) // SAMPLES_PER_FRAME)
+  return max(float(np.percentile(np.sqrt(np.mean(frames ** 2, axis=1)), 95)), 1e-4)
+
+
+def mouth_track(wav: np.ndarray, n_frames: int) -> np.ndarray:
+  """(n_frames, 2) per-frame (opening, width) in [0, 1]; see the module docstring."""
+  frames = _frames(wav, n_frames)
   rms = np.sqrt(np.mean(frames ** 2, axis=1))
-  scale = max(np.percentile(rms, 95), 1e-4)
+  scale = loudness(wav)
   spectrum = np.abs(np.fft.rfft(frames * np.hanning(SAMPLES_PER_FRAME), axis=1))
   freqs = np.fft.rfftfreq(SAMPLES_PER_FRAME, 1 / audio.SAMPLE_RATE)
   centroid = (spectrum * freqs).sum(1) / np.maximum(spectrum.sum(1), 1e-9)
@@ -125,6 +141,7 @@ def render_clip(spec: dict, identity: Identity, out_path: str) -> dict:
   else:
     speech = speak(spec['sentence'], spec['voice'], spec['rate'], spec['pitch'])
   wav = np.concatenate([silence, speech, silence])
+  wav = np.clip(wav * (LOUDNESS / loudness(wav)), -1, 1)
   n_frames = len(wav) // SAMPLES_PER_FRAME
   track = mouth_track(wav, n_frames)
   k = spec['offset_frames']
