@@ -61,6 +61,14 @@ def eval_every(steps: int) -> int:
   return max(50, steps // 5)
 
 
+def _train_or_exit(config, workdir: str):
+  # A SIGTERM ends the training stage with a checkpoint; the later stages must not go on with a
+  # half-trained model.
+  if train.train(config, workdir)['preempted']:
+    raise SystemExit('stopped by SIGTERM after saving a checkpoint; rerun the same command to '
+                     'resume')
+
+
 def train_models(out: str, data_dir: str, args):
   expert_dir, generator_dir = os.path.join(out, 'expert'), os.path.join(out, 'generator')
   config = expert_config.get_config('tiny')
@@ -69,7 +77,7 @@ def train_models(out: str, data_dir: str, args):
   config.eval_every = config.checkpoint_every = eval_every(args.expert_steps)
   config.log_every = 50
   stage(f'3/5 training the tiny expert ({args.expert_steps} steps)')
-  train.train(config, expert_dir)
+  _train_or_exit(config, expert_dir)
   config = wav2lip_config.get_config('tiny')
   config.data.dir, config.total_steps, config.learning_rate = data_dir, args.generator_steps, 1e-3
   config.lr_schedule = 'cosine'
@@ -77,7 +85,7 @@ def train_models(out: str, data_dir: str, args):
   config.eval_every = config.checkpoint_every = eval_every(args.generator_steps)
   config.log_every = 25
   stage(f'4/5 training the tiny generator ({args.generator_steps} steps)')
-  train.train(config, generator_dir)
+  _train_or_exit(config, generator_dir)
   return expert_dir, generator_dir
 
 

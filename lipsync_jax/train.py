@@ -231,7 +231,8 @@ class Run:
 
 
 def train(config, workdir: str, stop_after: int = None) -> dict:
-  """Runs (or resumes) a job until config.total_steps (or `stop_after` more steps)."""
+  """Runs (or resumes) a job until config.total_steps (or `stop_after` more steps), or until
+  SIGTERM: then it saves, returns with 'preempted' True, and a rerun resumes."""
   maybe_initialize_distributed()
   run = Run(config, workdir)
   step = run.restore_latest()
@@ -274,7 +275,8 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
     logger.close()
     run.ckpt.wait_until_finished()
     signal.signal(signal.SIGTERM, previous)
-  return {'step': step, 'state': run.state, **{k: float(v) for k, v in metrics.items()}}
+  return {'step': step, 'state': run.state, 'preempted': bool(preempted),
+          **{k: float(v) for k, v in metrics.items()}}
 
 
 def main(argv):

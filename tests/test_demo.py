@@ -11,7 +11,7 @@ import cv2
 import pytest
 
 from conftest import FACE_MODEL, require, run_module
-from lipsync_jax import logs, video
+from lipsync_jax import demo, logs, train, video
 
 
 @pytest.mark.slow
@@ -39,3 +39,13 @@ def test_demo_writes_videos_and_report(tmp_path):
   assert [s for s, _ in generator['eval_l1']][-1] == 4 and 'eval_sync' in generator
   assert any(f.endswith('.png') for f in os.listdir(out / 'generator' / 'samples'))
   assert os.listdir(out / 'generator' / 'tensorboard')
+
+
+def test_demo_stops_when_training_is_preempted(tmp_path, monkeypatch):
+  trained = []
+  monkeypatch.setattr(train, 'train', lambda config, workdir: trained.append(workdir) or
+                      {'preempted': True})
+  args = type('Args', (), {'expert_steps': 10, 'generator_steps': 10})
+  with pytest.raises(SystemExit, match='rerun the same command to resume'):
+    demo.train_models(str(tmp_path), str(tmp_path / 'data'), args)
+  assert trained == [str(tmp_path / 'expert')]  # the generator never started

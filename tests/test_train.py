@@ -117,6 +117,24 @@ def test_sigterm_saves_and_exits_cleanly(synthetic_dataset, tmp_path):
   assert checkpoint.latest_step(str(workdir / 'checkpoints')) == step >= 2
 
 
+def test_preemption_in_process_reports_it(synthetic_dataset, tmp_path, monkeypatch):
+  # Library callers (the demo, learn_synthetic) must learn that the run stopped early.
+  data_dir, _ = synthetic_dataset
+  original, calls = train.Run.train_step, []
+
+  def step_then_sigterm(run):
+    calls.append(1)
+    if len(calls) == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(run)
+
+  monkeypatch.setattr(train.Run, 'train_step', step_then_sigterm)
+  result = train.train(_config(data_dir, total_steps=5, eval_every=100), str(tmp_path / 'run'))
+  assert result['preempted'] and result['step'] == 2
+  assert checkpoint.latest_step(str(tmp_path / 'run' / 'checkpoints')) == 2
+  assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+
+
 def test_learning_rate_schedules():
   config = _config('', total_steps=10, learning_rate=1e-3)
   assert train.learning_rate(config, 1e-3) == 1e-3
