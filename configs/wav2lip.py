@@ -9,7 +9,7 @@ def get_config(variant=None):
   c.total_steps = 1500 if tiny else 1_000_000
   c.eval_every = 100 if tiny else 3000
   c.eval_batches = 8 if tiny else 700
-  # An expert workdir or an official lipsync_expert.pth; its width must match model.width_divisor.
+  # An expert workdir or an official lipsync_expert.pth, of any width.
   c.expert_checkpoint = ''
   c.expert_train_mode = True  # the reference leaves the frozen expert's BatchNorm in train mode
   c.syncnet_wt = 0.0  # until the eval sync loss drops below sync_threshold ...

@@ -62,16 +62,14 @@ def global_batch(local: dict, sharding: NamedSharding) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
-def load_expert(config) -> dict:
-  """Frozen expert variables from an expert workdir/checkpoint dir or an official .pth."""
+def load_expert(config) -> tuple:
+  """(width divisor, frozen variables) of the expert in an expert workdir/checkpoint dir or an
+  official .pth. Its width need not be the generator's: any expert can judge any generator."""
   path = config.expert_checkpoint
   if not path:
     raise TrainingError('config.expert_checkpoint is empty: the generator needs a trained expert')
   module, variables = convert.load_checkpoint(path, 'expert')
-  if module.width_divisor != config.model.width_divisor:
-    raise TrainingError(f'{path}: an expert of width divisor {module.width_divisor} cannot '
-                        f'judge a generator of width divisor {config.model.width_divisor}')
-  return variables
+  return module.width_divisor, variables
 
 
 def learning_rate(config, base: float):
@@ -90,7 +88,8 @@ class Run:
     self.config, self.workdir = config, workdir
     self.kind = 'expert' if config.model.name == 'expert' else 'generator'
     # Fail fast (before any compilation) on a missing or mismatched expert.
-    expert_variables = load_expert(config) if self.kind == 'generator' else None
+    expert_divisor, expert_variables = (load_expert(config) if self.kind == 'generator'
+                                        else (None, None))
     self.mesh = make_mesh()
     self.data_sharding = NamedSharding(self.mesh, P('data'))
     self.replicated = NamedSharding(self.mesh, P())
@@ -112,7 +111,7 @@ class Run:
       step = steps.expert_step(self.model, tx)
       self.expert_variables = None
     else:
-      self.expert = build('expert')
+      self.expert = models.build('expert', expert_divisor, dtype)
       self.expert_variables = jax.device_put(expert_variables, self.replicated)
       disc = disc_tx = disc_params = None
       if config.disc_wt > 0:

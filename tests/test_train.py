@@ -13,7 +13,7 @@ import pytest
 
 from configs import expert
 from conftest import ROOT
-from lipsync_jax import checkpoint, train
+from lipsync_jax import checkpoint, convert, train
 
 
 def _config(data_dir, **overrides):
@@ -133,6 +133,21 @@ def test_preemption_in_process_reports_it(synthetic_dataset, tmp_path, monkeypat
   assert result['preempted'] and result['step'] == 2
   assert checkpoint.latest_step(str(tmp_path / 'run' / 'checkpoints')) == 2
   assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+
+
+def test_generator_takes_an_expert_of_another_width(synthetic_dataset, tmp_path):
+  # Any expert can judge any generator (e.g. a full-size official expert, a tiny generator):
+  # Run builds the expert at the width load_expert reports. (The loop runs in the demo test.)
+  from configs import wav2lip  # pylint: disable=import-outside-toplevel
+  data_dir, _ = synthetic_dataset
+  train.train(_config(data_dir, total_steps=1, eval_every=100), str(tmp_path / 'expert'))
+  config = wav2lip.get_config('tiny')
+  config.model.width_divisor = 16
+  config.expert_checkpoint = str(tmp_path / 'expert')
+  divisor, variables = train.load_expert(config)
+  assert divisor == 8
+  assert jax.tree.map(np.shape, variables) == jax.tree.map(
+      np.shape, convert.load_checkpoint(str(tmp_path / 'expert'), 'expert')[1])
 
 
 def test_learning_rate_schedules():
