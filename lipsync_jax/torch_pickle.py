@@ -16,9 +16,9 @@ import ml_dtypes
 import numpy as np
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-# How torch.save pickles that number (protocol 2, LONG1 of 10 bytes): checking the bytes first
-# keeps arbitrary files away from the unpickler.
-_LEGACY_HEADER = b'\x80\x02\x8a\x0a' + LEGACY_MAGIC.to_bytes(10, 'little')
+# How torch.save pickles that number (protocol 2, LONG1 of 10 bytes, STOP): comparing these
+# bytes instead of unpickling them keeps arbitrary files away from the unpickler.
+_LEGACY_MAGIC_PICKLE = b'\x80\x02\x8a\x0a' + LEGACY_MAGIC.to_bytes(10, 'little') + b'.'
 
 STORAGE_DTYPES = {
     'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
@@ -119,8 +119,9 @@ def _load_zip(path: str) -> Any:
 def _load_legacy(f) -> Any:
   """Legacy (pre-1.6) format: magic, protocol, sys info, the object pickle, the storage keys,
   then each storage's bytes as an int64 element count followed by the raw data."""
-  if _RestrictedUnpickler(f, None).load() != LEGACY_MAGIC:
-    raise pickle.UnpicklingError('not a PyTorch checkpoint (bad magic number)')
+  if f.read(len(_LEGACY_MAGIC_PICKLE)) != _LEGACY_MAGIC_PICKLE:
+    raise pickle.UnpicklingError('not a PyTorch checkpoint (neither a zip archive nor the '
+                                 'legacy magic number)')
   _RestrictedUnpickler(f, None).load()  # protocol version
   _RestrictedUnpickler(f, None).load()  # system info
   dtypes = {}
@@ -159,10 +160,6 @@ def load(path: str) -> Any:
     is_zip = f.read(4) == b'PK\x03\x04'
     if is_zip:
       return _load_zip(path)
-    f.seek(0)
-    if f.read(len(_LEGACY_HEADER)) != _LEGACY_HEADER:
-      raise pickle.UnpicklingError('not a PyTorch checkpoint (neither a zip archive nor the '
-                                   'legacy magic number)')
     f.seek(0)
     return _load_legacy(f)
 

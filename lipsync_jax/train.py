@@ -87,7 +87,7 @@ class Run:
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
     self.kind = 'expert' if config.model.name == 'expert' else 'generator'
-    # Fail fast (before any compilation) on a missing or mismatched expert.
+    # Fail fast (before any compilation) on a missing or unreadable expert.
     expert_divisor, expert_variables = (load_expert(config) if self.kind == 'generator'
                                         else (None, None))
     self.mesh = make_mesh()
