@@ -2,9 +2,10 @@
 
     python benchmarks/bench_models.py [--batches 1 16 128] [--repeats 3] [--skip_train]
 
-Prints generator frames/s (BatchNorm folded into the convolutions, as inference runs it) and the
-GFLOP/s that implies, expert samples/s, and the time of one generator + GAN training step on
-16 windows x 5 frames.
+Prints this machine's float32 matmul GFLOP/s (the practical ceiling of any conv net here: the
+generator needs 7.93 GFLOP per frame), generator frames/s (BatchNorm folded into the
+convolutions, as inference runs it) and the GFLOP/s that implies, expert samples/s, and the time
+of one generator + GAN training step on 16 windows x 5 frames.
 """
 import argparse
 import os
@@ -28,6 +29,25 @@ def timed(fn, *args, repeats):
   for _ in range(repeats):
     jax.block_until_ready(fn(*args))
   return (time.perf_counter() - start) / repeats
+
+
+def cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      info = f.read()
+  except OSError:
+    return platform.processor() or platform.machine()
+  name = next((line.split(':', 1)[1].strip() for line in info.splitlines()
+               if line.startswith('model name')), platform.machine())
+  return f"{name} ({'avx512' if 'avx512f' in info else 'avx2' if 'avx2' in info else 'no avx2'})"
+
+
+def bench_matmul(repeats, n=2048):
+  a = jnp.ones((n, n), jnp.float32)
+  seconds = timed(jax.jit(jnp.dot), a, a, repeats=repeats)
+  gflops = 2 * n ** 3 / seconds / 1e9
+  print(f'matmul     {n}^3: {gflops:7.1f} GFLOP/s  (generator ceiling at that rate: '
+        f'{gflops / gflop_per_frame("wav2lip"):.1f} frames/s)')
 
 
 def gflop_per_frame(name):
@@ -86,9 +106,10 @@ def main():
   parser.add_argument('--repeats', type=int, default=3, help='timed calls per measurement')
   parser.add_argument('--skip_train', action='store_true', help='skip the training step')
   args = parser.parse_args()
-  print(f'# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
+  print(f'# {cpu_model()}, {os.cpu_count()} cores, '
         f'jax {jax.__version__} on {jax.devices()[0].platform}')
   print('# reproduce: python benchmarks/bench_models.py ' + ' '.join(sys.argv[1:]))
+  bench_matmul(args.repeats)
   bench_generator(args.batches, args.repeats)
   bench_expert(64, args.repeats)
   if not args.skip_train:
