@@ -42,12 +42,12 @@ def cpu_model() -> str:
   return f"{name} ({'avx512' if 'avx512f' in info else 'avx2' if 'avx2' in info else 'no avx2'})"
 
 
-def bench_matmul(repeats, n=2048):
+def bench_matmul(generator_gflop, repeats, n=2048):
   a = jnp.ones((n, n), jnp.float32)
   seconds = timed(jax.jit(jnp.dot), a, a, repeats=repeats)
   gflops = 2 * n ** 3 / seconds / 1e9
   print(f'matmul     {n}^3: {gflops:7.1f} GFLOP/s  (generator ceiling at that rate: '
-        f'{gflops / gflop_per_frame("wav2lip"):.1f} frames/s)')
+        f'{gflops / generator_gflop:.1f} frames/s)')
 
 
 def gflop_per_frame(name):
@@ -56,12 +56,11 @@ def gflop_per_frame(name):
   return summary.summarize(module, name, variables)[2]
 
 
-def bench_generator(batches, repeats):
+def bench_generator(gflop, batches, repeats):
   module = models.build('wav2lip')
   folded = models.build('wav2lip', folded_bn=True)
   variables = fold_batchnorm(models.init(module, 'wav2lip', jax.random.key(0)))
   apply = jax.jit(folded.apply)
-  gflop = gflop_per_frame('wav2lip')
   for batch in batches:
     mel, face = models.example_inputs('wav2lip', batch)
     seconds = timed(apply, variables, mel, face, repeats=repeats)
@@ -109,8 +108,9 @@ def main():
   print(f'# {cpu_model()}, {os.cpu_count()} cores, '
         f'jax {jax.__version__} on {jax.devices()[0].platform}')
   print('# reproduce: python benchmarks/bench_models.py ' + ' '.join(sys.argv[1:]))
-  bench_matmul(args.repeats)
-  bench_generator(args.batches, args.repeats)
+  generator_gflop = gflop_per_frame('wav2lip')
+  bench_matmul(generator_gflop, args.repeats)
+  bench_generator(generator_gflop, args.batches, args.repeats)
   bench_expert(64, args.repeats)
   if not args.skip_train:
     bench_gan_step()
