@@ -1,7 +1,7 @@
 """Proof of learning: the tiny expert and generator trained on the synthetic corpus, judged on
 held-out identities and sentences.
 
-    python benchmarks/learn_synthetic.py [--out runs/learn] [--expert_steps 6000]
+    python benchmarks/learn_synthetic.py [--out runs/learn] [--expert_steps 8000]
         [--generator_steps 1000] [--speakers 16]
 
 Runs the demo's stages (lipsync_jax/demo.py: corpus, preprocessing, tiny expert, tiny generator)
@@ -61,7 +61,7 @@ def main():
   parser.add_argument('--out', default='runs/learn_synthetic')
   parser.add_argument('--speakers', type=int, default=16)
   parser.add_argument('--clips_per_speaker', type=int, default=4)
-  parser.add_argument('--expert_steps', type=int, default=6000)
+  parser.add_argument('--expert_steps', type=int, default=8000)
   parser.add_argument('--generator_steps', type=int, default=1000)
   parser.add_argument('--face_model', default=None)
   parser.add_argument('--seed', type=int, default=0)
