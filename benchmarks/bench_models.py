@@ -2,8 +2,8 @@
 
     python benchmarks/bench_models.py [--batches 1 16 128] [--repeats 3] [--skip_train]
 
-Prints this machine's float32 matmul GFLOP/s (the practical ceiling of any conv net here: the
-generator needs 7.93 GFLOP per frame), generator frames/s (BatchNorm folded into the
+Prints this machine's float32 matmul GFLOP/s (the practical ceiling of any conv net here) with
+the generator frames/s that rate would allow, generator frames/s (BatchNorm folded into the
 convolutions, as inference runs it) and the GFLOP/s that implies, expert samples/s, and the time
 of one generator + GAN training step on 16 windows x 5 frames.
 """
