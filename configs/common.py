@@ -12,7 +12,6 @@ def base(model: str, variant: str = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(
       name=model, width_divisor=TINY_WIDTH_DIVISOR if tiny else 1,
-      min_width=4,  # no scaled-down layer narrower than this (no effect at full size)
       dtype='float32',  # 'bfloat16': mixed precision on GPU/TPU (params and BN stats stay f32)
   ))
   c.data = ml_collections.ConfigDict(dict(

@@ -5,8 +5,6 @@ from configs import common
 def get_config(variant=None):
   c = common.base('expert', variant)
   tiny = c.model.width_divisor > 1
-  if tiny:  # its first layers see 5 stacked frames: 4 channels lose the finer mouth openings
-    c.model.min_width = 8
   c.batch_size = 16 if tiny else 64
   c.total_steps = 1500 if tiny else 1_000_000
   c.eval_every = 100 if tiny else 10_000

@@ -30,9 +30,9 @@ def model_items(meta: dict, variables: dict) -> dict:
 
 
 def save_model(directory: str, name: str, variables: dict, width_divisor: int = 1,
-               step: int = 0, min_width: int = 4) -> str:
+               step: int = 0) -> str:
   """Writes a model-only checkpoint (what `python -m lipsync_jax.convert` produces)."""
-  meta = {'model': name, 'width_divisor': width_divisor, 'min_width': min_width}
+  meta = {'model': name, 'width_divisor': width_divisor}
   with manager(directory) as mngr:
     mngr.save(step, args=ocp.args.Composite(**model_items(meta, variables)))
     mngr.wait_until_finished()
@@ -66,7 +66,7 @@ def load_model(directory: str, expect: Optional[str] = None,
   name = meta['model']
   if expect is not None and name != expect:
     raise CheckpointError(f'{directory}: holds a {name!r} model, but a {expect!r} is needed')
-  module = models.build(name, meta.get('width_divisor', 1), min_width=meta.get('min_width', 4))
+  module = models.build(name, meta.get('width_divisor', 1))
   abstract = jax.eval_shape(lambda: models.init(module, name, jax.random.key(0)))
   try:
     restored = manager(directory, create=False).restore(

@@ -74,7 +74,7 @@ def load_generator(path: str, dtype: str):
   except (convert.ConversionError, checkpoint.CheckpointError,
           torch_pickle.UnsafeCheckpointError) as e:
     raise InferenceError(str(e)) from e
-  folded = module.clone(dtype=jnp.dtype(dtype), folded_bn=True)
+  folded = models.build('wav2lip', module.width_divisor, jnp.dtype(dtype), folded_bn=True)
   params = jax.device_put(fold_batchnorm(variables))
   return functools.partial(_generate, folded, params)
 

@@ -93,13 +93,12 @@ def stack_window_channels(window: jax.Array) -> jax.Array:
 class _Net(nn.Module):
   """Shared plumbing: width scaling and block construction."""
   width_divisor: int = 1
-  min_width: int = 4  # no scaled-down layer is narrower than this
   dtype: Optional[jnp.dtype] = None
   precision: Optional[str] = None
   folded_bn: bool = False
 
   def scaled(self, layer: Layer) -> Layer:
-    return layer._replace(features=max(layer.features // self.width_divisor, self.min_width))
+    return layer._replace(features=max(layer.features // self.width_divisor, 4))
 
   def block(self, layer: Layer, name: str) -> ConvBlock:
     return ConvBlock(self.scaled(layer), self.folded_bn, self.dtype, self.precision, name=name)
@@ -185,12 +184,12 @@ MEL_SHAPE = (80, 16, 1)
 
 
 def build(name: str, width_divisor: int = 1, dtype=None, precision=None,
-          folded_bn: bool = False, min_width: int = 4) -> nn.Module:
+          folded_bn: bool = False) -> nn.Module:
   """Builds a network by name ('wav2lip', 'expert', 'quality_disc')."""
   if name not in MODELS:
     raise ValueError(f'unknown model {name!r}; expected one of {sorted(MODELS)}')
-  return MODELS[name](width_divisor=width_divisor, min_width=min_width, dtype=dtype,
-                      precision=precision, folded_bn=folded_bn)
+  return MODELS[name](width_divisor=width_divisor, dtype=dtype, precision=precision,
+                      folded_bn=folded_bn)
 
 
 def example_inputs(name: str, n: int = 1, dtype=jnp.float32) -> tuple:

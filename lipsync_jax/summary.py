@@ -66,19 +66,22 @@ def summarize(module: nn.Module, name: str, variables: dict) -> Tuple[str, int, 
   return '\n'.join(lines), sum(params.values()), sum(flops.values()) / 1e9
 
 
-def models_of(config) -> Dict[str, nn.Module]:
-  """Model name -> module for the networks a training config involves."""
-  names = ['expert'] if config.model.name == 'expert' else ['wav2lip', 'expert']
+def models_of(config) -> Dict[str, int]:
+  """Model name -> width divisor for the networks a training config involves."""
+  divisor = config.model.width_divisor
+  if config.model.name == 'expert':
+    return {'expert': divisor}
+  names = {'wav2lip': divisor, 'expert': divisor}
   if config.get('disc_wt', 0) > 0:
-    names.append('quality_disc')
-  return {name: models.build(name, config.model.width_divisor, min_width=config.model.min_width)
-          for name in names}
+    names['quality_disc'] = divisor
+  return names
 
 
 def print_summaries(config=None) -> None:
   """Summaries of the models a config trains, or of the three full-size reference models."""
-  named = models_of(config) if config else {n: models.build(n) for n in models.MODELS}
-  for name, module in named.items():
+  names = models_of(config) if config else {n: 1 for n in models.MODELS}
+  for name, divisor in names.items():
+    module = models.build(name, divisor)
     variables = jax.eval_shape(lambda m=module, n=name: models.init(m, n, jax.random.key(0)))
     print(summarize(module, name, variables)[0])
 

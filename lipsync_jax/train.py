@@ -63,12 +63,13 @@ def global_batch(local: dict, sharding: NamedSharding) -> dict:
 
 
 def load_expert(config) -> tuple:
-  """(module, frozen variables) of the expert in an expert workdir/checkpoint dir or an
+  """(width divisor, frozen variables) of the expert in an expert workdir/checkpoint dir or an
   official .pth. Its width need not be the generator's: any expert can judge any generator."""
   path = config.expert_checkpoint
   if not path:
     raise TrainingError('config.expert_checkpoint is empty: the generator needs a trained expert')
-  return convert.load_checkpoint(path, 'expert')
+  module, variables = convert.load_checkpoint(path, 'expert')
+  return module.width_divisor, variables
 
 
 def learning_rate(config, base: float):
@@ -87,8 +88,8 @@ class Run:
     self.config, self.workdir = config, workdir
     self.kind = 'expert' if config.model.name == 'expert' else 'generator'
     # Fail fast (before any compilation) on a missing or unreadable expert.
-    expert_module, expert_variables = (load_expert(config) if self.kind == 'generator'
-                                       else (None, None))
+    expert_divisor, expert_variables = (load_expert(config) if self.kind == 'generator'
+                                        else (None, None))
     self.mesh = make_mesh()
     self.data_sharding = NamedSharding(self.mesh, P('data'))
     self.replicated = NamedSharding(self.mesh, P())
@@ -97,8 +98,7 @@ class Run:
       raise TrainingError(f'batch_size {config.batch_size} is not a multiple of the {n_dev} '
                           'devices')
     dtype = jnp.dtype(config.model.dtype)
-    build = lambda name: models.build(name, config.model.width_divisor, dtype,
-                                      min_width=config.model.min_width)
+    build = lambda name: models.build(name, config.model.width_divisor, dtype)
     keys = jax.random.split(jax.random.key(config.seed), 2)
     tx = optax.adam(learning_rate(config, config.learning_rate), config.adam_b1,
                     config.adam_b2)
@@ -111,7 +111,7 @@ class Run:
       step = steps.expert_step(self.model, tx)
       self.expert_variables = None
     else:
-      self.expert = expert_module.clone(dtype=dtype)
+      self.expert = models.build('expert', expert_divisor, dtype)
       self.expert_variables = jax.device_put(expert_variables, self.replicated)
       disc = disc_tx = disc_params = None
       if config.disc_wt > 0:
@@ -195,7 +195,6 @@ class Run:
   # -- checkpoints ---------------------------------------------------------------------------
   def _meta(self) -> dict:
     return {'model': self.config.model.name, 'width_divisor': self.config.model.width_divisor,
-            'min_width': self.config.model.min_width,
             'syncnet_wt': self.syncnet_wt, 'best_loss': self.best_loss}
 
   def save(self, step: int, eval_metrics: dict = None) -> None:
