@@ -9,9 +9,8 @@
 4. writes result.mp4, side_by_side.mp4 (input | result), and report.md with sync figures and
    loss plots (PNG).
 
-10 to 15 minutes on 2 CPU cores with the defaults (14.4 on a 2-core AVX2 EPYC). Every stage is
-resumable: rerunning with the same --out reuses what is already there (delete the folder to start
-over).
+10 to 15 minutes on 2 CPU cores with the defaults. Every stage is resumable: rerunning with the
+same --out reuses what is already there (delete the folder to start over).
 """
 import argparse
 import itertools
