@@ -71,7 +71,7 @@ def test_bfloat16_expert_step_tracks_float32():
   batch = {'mel_window': rng.uniform(-4, 4, (8, 80, 16, 1)).astype(np.float32),
            'face': rng.random((8, 48, 96, 15), np.float32),
            'label': np.tile(np.float32([0, 1]), 4)}
-  tx = optax.adam(1e-4)
+  tx = optax.sgd(1.0)  # the update is the gradient itself (Adam's first step is ~its sign)
   results = {}
   for dtype in (jnp.float32, jnp.bfloat16):
     module = models.build('expert', width_divisor=16, dtype=dtype)
@@ -87,4 +87,5 @@ def test_bfloat16_expert_step_tracks_float32():
       jax.tree.leaves(new.params), jax.tree.leaves(init['params']))])
   d32, d16 = delta(f32), delta(bf16)
   cosine = d32 @ d16 / np.linalg.norm(d32) / np.linalg.norm(d16)
-  assert cosine > 0.8, cosine  # the same update, up to bfloat16 rounding of the gradients
+  # the same gradient up to bfloat16 rounding (0.87-0.92 over init seeds 0-3 here)
+  assert cosine > 0.8, cosine
