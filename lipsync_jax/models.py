@@ -203,10 +203,10 @@ def example_inputs(name: str, n: int = 1, dtype=jnp.float32) -> tuple:
 
 
 def init(module: nn.Module, name: str, rng: jax.Array) -> dict:
-  """Fresh variables (params and, where present, batch_stats), drawn from `rng` (a typed
-  key or a raw uint32 key) re-keyed as XLA's RngBitGenerator ('rbg'): threefry, unrolled once
-  per parameter shape, takes XLA 17-25 s to compile here, rbg 4-7 s."""
-  data = jax.random.key_data(rng) if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) \
-      else jnp.asarray(rng, jnp.uint32)
-  rbg = jax.random.wrap_key_data(jnp.tile(data.reshape(-1)[-2:], 2), impl='rbg')
-  return jax.jit(module.init)(rbg, *example_inputs(name, 2))
+  """Fresh variables (params and, where present, batch_stats), drawn from `rng` re-keyed as
+  XLA's RngBitGenerator ('rbg'): threefry, unrolled once per parameter shape, takes XLA
+  17-25 s to compile here, rbg 4-7 s."""
+  def draw(key, *inputs):
+    seed = jax.random.key_data(key).reshape(-1)[-2:]
+    return module.init(jax.random.wrap_key_data(jnp.tile(seed, 2), impl='rbg'), *inputs)
+  return jax.jit(draw)(rng, *example_inputs(name, 2))
