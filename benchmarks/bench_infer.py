@@ -18,7 +18,7 @@ import jax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from lipsync_jax import checkpoint, infer, models  # noqa: E402
+from lipsync_jax import allocator, checkpoint, infer, models  # noqa: E402
 
 MEDIA = os.path.join(os.path.dirname(ROOT), 'shared', 'media')
 
@@ -56,4 +56,5 @@ def main():
 
 
 if __name__ == '__main__':
+  allocator.use_tcmalloc()
   main()

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lipsync_jax import models, steps, summary  # noqa: E402
+from lipsync_jax import allocator, models, steps, summary  # noqa: E402
 from lipsync_jax.layers import fold_batchnorm  # noqa: E402
 
 
@@ -117,4 +117,5 @@ def main():
 
 
 if __name__ == '__main__':
+  allocator.use_tcmalloc()
   main()

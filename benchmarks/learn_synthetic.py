@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_pipeline import loaders, synthetic  # noqa: E402
-from lipsync_jax import audio, convert, demo, faces, infer, losses  # noqa: E402
+from lipsync_jax import allocator, audio, convert, demo, faces, infer, losses  # noqa: E402
 
 
 SPEECH_MEL = -2.5  # a mel window whose mean is above this (silence is -4) holds speech
@@ -63,6 +63,8 @@ def main():
   parser.add_argument('--clips_per_speaker', type=int, default=4)
   parser.add_argument('--expert_steps', type=int, default=8000)
   parser.add_argument('--generator_steps', type=int, default=1000)
+  parser.add_argument('--expert_width_divisor', type=int, default=8,
+                      help='channel widths of the expert divided by this (8: the tiny config)')
   parser.add_argument('--face_model', default=None)
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
@@ -107,4 +109,5 @@ def main():
 
 
 if __name__ == '__main__':
+  allocator.use_tcmalloc()
   main()

@@ -12,6 +12,11 @@ later, so its mouths lead the audio by 40 ms), frames and output are
 streamed (bounded memory for long videos), and decoding + face detection run in a thread beside
 generation. `--reference` reproduces the reference's pipeline exactly (see `reference_mode`).
 """
+from lipsync_jax import allocator
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()  # before the heavy imports: re-runs this command under tcmalloc
+
 import argparse
 import collections
 import contextlib
