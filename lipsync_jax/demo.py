@@ -133,10 +133,11 @@ def mouth_darkness(crops: np.ndarray) -> np.ndarray:
   return (np.clip(skin - luma, 0, None) / np.maximum(skin, 1)).sum(axis=(1, 2))
 
 
-def expert_in_sync_rate(crops: np.ndarray, speech: str, expert: tuple) -> float:
+def expert_in_sync_rate(crops: np.ndarray, speech: str, expert: tuple,
+                        threshold: float = 0.5) -> float:
   """Fraction of a video's 5-frame windows that the expert, (module, variables) from
-  convert.load_checkpoint, rates in sync (cosine > 0.5) with the speech, at the training index
-  maths."""
+  convert.load_checkpoint, rates in sync (cosine > threshold) with the speech, at the training
+  index maths."""
   module, variables = expert
   mel = audio.melspectrogram(audio.load_audio(speech))
   starts = [s for s in range(len(crops) - 4)
@@ -145,7 +146,7 @@ def expert_in_sync_rate(crops: np.ndarray, speech: str, expert: tuple) -> float:
                    for s in starts])
   windows = np.stack([crops[s:s + 5] for s in starts]).astype(np.float32) / 255.0
   a, v = module.apply(variables, mels, models.stack_window_channels(models.lower_half(windows)))
-  return float(np.mean(np.sum(np.asarray(a) * np.asarray(v), axis=-1) > 0.5))
+  return float(np.mean(np.sum(np.asarray(a) * np.asarray(v), axis=-1) > threshold))
 
 
 def write_side_by_side(face: str, result: str, speech: str, out_path: str) -> None:
