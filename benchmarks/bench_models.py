@@ -5,7 +5,8 @@
 Prints this machine's float32 matmul GFLOP/s (the practical ceiling of any conv net here) with
 the generator frames/s that rate would allow, generator frames/s (BatchNorm folded into the
 convolutions, as inference runs it) and the GFLOP/s that implies, expert samples/s, and the time
-of one generator + GAN training step on 16 windows x 5 frames.
+of one generator + GAN training step on 16 windows x 5 frames. Runs under tcmalloc where the
+system has it, as inference does (lipsync_jax/allocator.py).
 """
 import argparse
 import os
@@ -48,6 +49,10 @@ def bench_matmul(generator_gflop, repeats, n=2048):
   gflops = 2 * n ** 3 / seconds / 1e9
   print(f'matmul     {n}^3: {gflops:7.1f} GFLOP/s  (generator ceiling at that rate: '
         f'{gflops / generator_gflop:.1f} frames/s)')
+
+
+def under_tcmalloc() -> bool:
+  return 'tcmalloc' in os.environ.get('LD_PRELOAD', '')
 
 
 def gflop_per_frame(name):
@@ -94,7 +99,8 @@ def bench_gan_step(windows=16, frames=5, repeats=1):
            'gt': rng.random((windows, frames, 96, 96, 3), np.float32)}
   step = jax.jit(steps.generator_step(gen, expert, tx, disc, tx))
   seconds = timed(lambda s: step(s, expert_vars, batch, 0.03, 0.07), state, repeats=repeats)
-  print(f'generator + GAN training step ({windows} windows x {frames} frames): {seconds:.2f} s')
+  note = ' (under tcmalloc, which python -m lipsync_jax.train does not use)' if under_tcmalloc() else ''
+  print(f'generator + GAN training step ({windows} windows x {frames} frames): {seconds:.2f} s{note}')
 
 
 def main():

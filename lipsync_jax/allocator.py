@@ -1,11 +1,15 @@
 """Runs a command-line entry point under tcmalloc where the system has it (Linux).
 
-XLA:CPU allocates and frees activation buffers of tens of MB on every step. glibc's malloc
-returns each one to the kernel (mmap / munmap), so the next step page-faults it back in: on a
-2-core Xeon 40% of the GAN training step's CPU time was spent in the kernel. tcmalloc keeps the
-memory: that step went from 46.7 to 25.7 s and batch-1 generation from 10.6 to 15.4 frames/s
-(benchmarks/bench_models.py with and without). Debian/Ubuntu: `apt-get install
-libtcmalloc-minimal4`. Set LIPSYNC_JAX_NO_TCMALLOC=1 to keep the system allocator.
+XLA:CPU allocates and frees its buffers on every call. glibc's malloc returns the large ones to
+the kernel (mmap / munmap), so the next call page-faults them back in; tcmalloc keeps them. On a
+2-core Xeon: batch-1 generation 10.6 -> 15.4 frames/s, batch 128 14.8 -> 20.6, the full-size
+GAN training step 46.7 -> 25.7 s (benchmarks/bench_models.py with and without).
+
+Used by inference, the demo and the benchmarks of those, not by `python -m lipsync_jax.train`:
+a full-size training step on CPU takes one 16.5 GB temporary block, and tcmalloc's reuse of
+freed spans fragmented it past 24 GB (the wav2lip loop ran out of memory, 18.8 GB peak under
+glibc). Debian/Ubuntu: `apt-get install libtcmalloc-minimal4`. LIPSYNC_JAX_NO_TCMALLOC=1 keeps
+the system allocator.
 """
 import ctypes.util
 import os
