@@ -99,8 +99,8 @@ def bench_gan_step(windows=16, frames=5, repeats=1):
            'gt': rng.random((windows, frames, 96, 96, 3), np.float32)}
   step = jax.jit(steps.generator_step(gen, expert, tx, disc, tx))
   seconds = timed(lambda s: step(s, expert_vars, batch, 0.03, 0.07), state, repeats=repeats)
-  note = ' (under tcmalloc, which python -m lipsync_jax.train does not use)' if under_tcmalloc() else ''
-  print(f'generator + GAN training step ({windows} windows x {frames} frames): {seconds:.2f} s{note}')
+  note = ' (under tcmalloc, which lipsync_jax.train does not use)' if under_tcmalloc() else ''
+  print(f'generator + GAN training step ({windows} x {frames} frames): {seconds:.2f} s{note}')
 
 
 def main():
