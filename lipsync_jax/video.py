@@ -76,6 +76,12 @@ def check_writable(outfile: str) -> None:
     raise VideoError(f'{outfile}: is a folder, not a file name')
 
 
+def _umask() -> int:
+  mask = os.umask(0)  # the only portable way to read it is to set it
+  os.umask(mask)
+  return mask
+
+
 class VideoWriter:
   """Streams BGR frames into an H.264 (yuv420p) + AAC file muxed with `audio_path`'s audio.
 
@@ -127,6 +133,7 @@ class VideoWriter:
         self._proc.stdin.close()
         if self._proc.wait() != 0:
           raise VideoError(f'{self.outfile}: ffmpeg failed: {self._error()}')
+        os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a new file's mode
         os.replace(self._tmp, self.outfile)
       else:
         self._proc.kill()

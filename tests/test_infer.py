@@ -173,6 +173,9 @@ def test_default_mode_on_real_clips(tiny_checkpoint, tmp_path, clip, speech):
   assert abs(n_frames / source.fps - seconds) <= 1 / source.fps  # covers the whole audio
   assert float(stream_info(out, 'a:0')['duration']) == pytest.approx(seconds, abs=0.05)
   assert sorted(os.listdir(out.parent)) == ['result.mp4']  # no temporary files left
+  mask = os.umask(0)
+  os.umask(mask)
+  assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # as any new file, not mkstemp's 0600
 
 
 @pytest.mark.slow
