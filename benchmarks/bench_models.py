@@ -51,10 +51,6 @@ def bench_matmul(generator_gflop, repeats, n=2048):
         f'{gflops / generator_gflop:.1f} frames/s)')
 
 
-def under_tcmalloc() -> bool:
-  return 'tcmalloc' in os.environ.get('LD_PRELOAD', '')
-
-
 def gflop_per_frame(name):
   module = models.build(name)
   variables = jax.eval_shape(lambda: models.init(module, name, jax.random.key(0)))
@@ -99,7 +95,7 @@ def bench_gan_step(windows=16, frames=5, repeats=1):
            'gt': rng.random((windows, frames, 96, 96, 3), np.float32)}
   step = jax.jit(steps.generator_step(gen, expert, tx, disc, tx))
   seconds = timed(lambda s: step(s, expert_vars, batch, 0.03, 0.07), state, repeats=repeats)
-  note = ' (under tcmalloc, which lipsync_jax.train does not use)' if under_tcmalloc() else ''
+  note = ' (under tcmalloc, which lipsync_jax.train does not use)' if allocator.active() else ''
   print(f'generator + GAN training step ({windows} x {frames} frames): {seconds:.2f} s{note}')
 
 

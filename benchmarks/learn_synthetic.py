@@ -117,9 +117,10 @@ def main():
     crops = demo.face_crops(result, detector)
     truth = synthetic.mouth_track(audio.load_audio(speech), len(crops))[:, 0]
     correlations.append([lagged_r(demo.mouth_darkness(crops), truth, lag) for lag in (-1, 0, 1)])
-    real_crops = demo.face_crops(clip, detector)
-    result_rates.append([demo.expert_in_sync_rate(crops, speech, expert, t) for t in cuts])
-    real_rates.append([demo.expert_in_sync_rate(real_crops, clip, expert, t) for t in cuts])
+    result_cos = demo.expert_window_cosines(crops, speech, expert)
+    real_cos = demo.expert_window_cosines(demo.face_crops(clip, detector), clip, expert)
+    result_rates.append([np.mean(result_cos > t) for t in cuts])
+    real_rates.append([np.mean(real_cos > t) for t in cuts])
   print(f'\nheld-out: {len(clips)} test clips of speakers never seen in training')
   print('expert accuracy, in-sync vs off-sync (offset >= 3 frames; target >= 95%):')
   print(f'  cosine > 0.5: {describe(expert_accuracy(test_pairs))}')

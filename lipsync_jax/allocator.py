@@ -26,17 +26,22 @@ def find_tcmalloc() -> Optional[str]:
   return ctypes.util.find_library('tcmalloc_minimal') or ctypes.util.find_library('tcmalloc')
 
 
+def active() -> bool:
+  """Whether this process was started with tcmalloc preloaded."""
+  return 'tcmalloc' in os.environ.get('LD_PRELOAD', '')
+
+
 def use_tcmalloc() -> None:
   """Re-executes this very command (same interpreter, flags and arguments) with tcmalloc
   preloaded, unless it already is, is unavailable or is disabled. Call it in a `__main__`
   entry before the heavy imports: an allocator can only be chosen when a process starts."""
-  preload = os.environ.get('LD_PRELOAD', '')
-  if os.environ.get(DISABLE_ENV) or 'tcmalloc' in preload:  # also stops any exec loop
+  if os.environ.get(DISABLE_ENV) or active():  # active() also stops any exec loop
     return
   library = find_tcmalloc()
   if library is None:
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  env = dict(os.environ, LD_PRELOAD=' '.join(filter(None, (library, preload))))
+  preload = ' '.join(filter(None, (library, os.environ.get('LD_PRELOAD'))))
+  env = dict(os.environ, LD_PRELOAD=preload)
   os.execve(sys.executable, sys.orig_argv, env)

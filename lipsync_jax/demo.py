@@ -133,11 +133,9 @@ def mouth_darkness(crops: np.ndarray) -> np.ndarray:
   return (np.clip(skin - luma, 0, None) / np.maximum(skin, 1)).sum(axis=(1, 2))
 
 
-def expert_in_sync_rate(crops: np.ndarray, speech: str, expert: tuple,
-                        threshold: float = 0.5) -> float:
-  """Fraction of a video's 5-frame windows that the expert, (module, variables) from
-  convert.load_checkpoint, rates in sync (cosine > threshold) with the speech, at the training
-  index maths."""
+def expert_window_cosines(crops: np.ndarray, speech: str, expert: tuple) -> np.ndarray:
+  """The expert's ((module, variables) from convert.load_checkpoint) cosine for each of a
+  video's 5-frame windows against the speech, at the training index maths."""
   module, variables = expert
   mel = audio.melspectrogram(audio.load_audio(speech))
   starts = [s for s in range(len(crops) - 4)
@@ -146,7 +144,12 @@ def expert_in_sync_rate(crops: np.ndarray, speech: str, expert: tuple,
                    for s in starts])
   windows = np.stack([crops[s:s + 5] for s in starts]).astype(np.float32) / 255.0
   a, v = module.apply(variables, mels, models.stack_window_channels(models.lower_half(windows)))
-  return float(np.mean(np.sum(np.asarray(a) * np.asarray(v), axis=-1) > threshold))
+  return np.sum(np.asarray(a) * np.asarray(v), axis=-1)
+
+
+def expert_in_sync_rate(crops: np.ndarray, speech: str, expert: tuple) -> float:
+  """Fraction of a video's windows that the expert rates in sync (cosine > 0.5)."""
+  return float(np.mean(expert_window_cosines(crops, speech, expert) > 0.5))
 
 
 def write_side_by_side(face: str, result: str, speech: str, out_path: str) -> None:
