@@ -95,7 +95,7 @@ def bench_gan_step(windows=16, frames=5, repeats=1):
            'gt': rng.random((windows, frames, 96, 96, 3), np.float32)}
   step = jax.jit(steps.generator_step(gen, expert, tx, disc, tx))
   seconds = timed(lambda s: step(s, expert_vars, batch, 0.03, 0.07), state, repeats=repeats)
-  note = ' (under tcmalloc, which lipsync_jax.train does not use)' if allocator.active() else ''
+  note = ' (under tcmalloc, as lipsync_jax.train)' if allocator.active() else ' (glibc malloc)'
   print(f'generator + GAN training step ({windows} x {frames} frames): {seconds:.2f} s{note}')
 
 

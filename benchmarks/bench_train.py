@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import expert, wav2lip, wav2lip_gan  # noqa: E402
 from data_pipeline import preprocess, synthetic  # noqa: E402
-from lipsync_jax import checkpoint, models, train  # noqa: E402
+from lipsync_jax import allocator, checkpoint, models, train  # noqa: E402
 
 CONFIGS = {'expert': expert, 'wav2lip': wav2lip, 'wav2lip_gan': wav2lip_gan}
 
@@ -76,4 +76,5 @@ def main():
 
 
 if __name__ == '__main__':
-  main()  # not under tcmalloc, as python -m lipsync_jax.train (lipsync_jax/allocator.py)
+  allocator.use_tcmalloc()  # as python -m lipsync_jax.train
+  main()

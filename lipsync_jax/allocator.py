@@ -3,13 +3,10 @@
 XLA:CPU allocates and frees its buffers on every call. glibc's malloc returns the large ones to
 the kernel (mmap / munmap), so the next call page-faults them back in; tcmalloc keeps them. On a
 2-core Xeon: batch-1 generation 10.6 -> 15.4 frames/s, batch 128 14.8 -> 20.6, the full-size
-GAN training step 46.7 -> 25.7 s (benchmarks/bench_models.py with and without).
+GAN training step 37.4 -> 24.3 s (benchmarks/bench_models.py with and without).
 
-Used by inference, the demo and the benchmarks of those, not by `python -m lipsync_jax.train`:
-a full-size training step on CPU takes one 16.5 GB temporary block, and tcmalloc's reuse of
-freed spans fragmented it past 24 GB (the wav2lip loop ran out of memory, 18.8 GB peak under
-glibc). Debian/Ubuntu: `apt-get install libtcmalloc-minimal4`. LIPSYNC_JAX_NO_TCMALLOC=1 keeps
-the system allocator.
+Used by `python -m lipsync_jax.train`, inference, the demo and their benchmarks. Debian/Ubuntu:
+`apt-get install libtcmalloc-minimal4`. LIPSYNC_JAX_NO_TCMALLOC=1 keeps the system allocator.
 """
 import ctypes.util
 import os

@@ -18,6 +18,11 @@ grain iterator state and the schedule together, so a resumed run continues exact
 a checkpoint and exits 0; a NaN or Inf loss stops the run with an error, keeping the last good
 checkpoint.
 """
+from lipsync_jax import allocator
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()  # before the heavy imports: re-runs this command under tcmalloc
+
 import os
 import signal
 import sys
