@@ -1,8 +1,9 @@
-"""Proof of learning: the tiny expert and generator trained on the synthetic corpus, judged on
-held-out identities and sentences.
+"""Proof of learning: a small expert (half the tiny config's width by default: 96.2% vs 94.9% at
+the fitted cut below) and the tiny generator trained on the synthetic corpus, judged on held-out
+identities and sentences.
 
     python benchmarks/learn_synthetic.py [--out runs/learn] [--expert_steps 8000]
-        [--generator_steps 1000] [--speakers 16]
+        [--generator_steps 1000] [--speakers 16] [--expert_width_divisor 4]
 
 Runs the demo's stages (lipsync_jax/demo.py: corpus, preprocessing, tiny expert, tiny generator)
 with larger budgets, then prints
@@ -85,7 +86,7 @@ def main():
   parser.add_argument('--clips_per_speaker', type=int, default=4)
   parser.add_argument('--expert_steps', type=int, default=8000)
   parser.add_argument('--generator_steps', type=int, default=1000)
-  parser.add_argument('--expert_width_divisor', type=int, default=8,
+  parser.add_argument('--expert_width_divisor', type=int, default=4,
                       help='channel widths of the expert divided by this (8: the tiny config)')
   parser.add_argument('--face_model', default=None)
   parser.add_argument('--seed', type=int, default=0)
