@@ -5,7 +5,7 @@ identities and sentences.
     python benchmarks/learn_synthetic.py [--out runs/learn] [--expert_steps 8000]
         [--generator_steps 1000] [--speakers 16] [--expert_width_divisor 4]
 
-Runs the demo's stages (lipsync_jax/demo.py: corpus, preprocessing, tiny expert, tiny generator)
+Runs the demo's stages (lipsync_jax/demo.py: corpus, preprocessing, expert, tiny generator)
 with larger budgets, then prints
 * expert accuracy on balanced in-sync / off-sync (offset >= 3 frames) windows of the test split
   (speakers never seen in training), at the raw cosine > 0.5 and at the cut on the cosine that
