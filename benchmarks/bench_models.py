@@ -6,7 +6,7 @@ Prints this machine's float32 matmul GFLOP/s (the practical ceiling of any conv 
 the generator frames/s that rate would allow, generator frames/s (BatchNorm folded into the
 convolutions, as inference runs it) and the GFLOP/s that implies, expert samples/s, and the time
 of one generator + GAN training step on 16 windows x 5 frames. Runs under tcmalloc where the
-system has it, as inference does (lipsync_jax/allocator.py).
+system has it, as training and inference do (lipsync_jax/allocator.py).
 """
 import argparse
 import os
