@@ -1,9 +1,9 @@
-"""Proof of learning: a small expert (half the tiny config's width by default: 96.2% vs 94.9% at
-the fitted cut below) and the tiny generator trained on the synthetic corpus, judged on held-out
-identities and sentences.
+"""Proof of learning: a small expert (half the tiny config's width, at the reference's batch of
+64) and the tiny generator trained on the synthetic corpus, judged on held-out identities and
+sentences.
 
-    python benchmarks/learn_synthetic.py [--out runs/learn] [--expert_steps 8000]
-        [--generator_steps 1000] [--speakers 16] [--expert_width_divisor 4]
+    python benchmarks/learn_synthetic.py [--out runs/learn] [--expert_steps 3500]
+        [--expert_batch 64] [--expert_width_divisor 4] [--generator_steps 2000] [--speakers 16]
 
 Runs the demo's stages (lipsync_jax/demo.py: corpus, preprocessing, expert, tiny generator)
 with larger budgets, then prints
@@ -81,21 +81,28 @@ def lagged_r(measured: np.ndarray, truth: np.ndarray, lag: int) -> float:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--out', default='runs/learn_synthetic')
-  parser.add_argument('--speakers', type=int, default=16)
-  parser.add_argument('--clips_per_speaker', type=int, default=4)
-  parser.add_argument('--expert_steps', type=int, default=8000)
-  parser.add_argument('--generator_steps', type=int, default=1000)
+  parser.add_argument('--out', default='runs/learn_synthetic',
+                      help='work folder; rerunning with the same one reuses finished stages')
+  parser.add_argument('--speakers', type=int, default=16, help='synthetic identities')
+  parser.add_argument('--clips_per_speaker', type=int, default=4, help='clips per identity')
+  parser.add_argument('--expert_steps', type=int, default=3500, help='expert training steps')
+  parser.add_argument('--generator_steps', type=int, default=2000,
+                      help='generator training steps')
   parser.add_argument('--expert_width_divisor', type=int, default=4,
                       help='channel widths of the expert divided by this (8: the tiny config)')
-  parser.add_argument('--face_model', default=None)
-  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--expert_batch', type=int, default=64,
+                      help='expert batch size (64, as the reference; the tiny config: 16)')
+  parser.add_argument('--face_model', default=None,
+                      help='YuNet .onnx (default: $LIPSYNC_JAX_FACE_MODEL, the cache, or a '
+                      'one-time verified download)')
+  parser.add_argument('--seed', type=int, default=0, help='corpus seed')
   args = parser.parse_args()
   began = time.perf_counter()
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
   data_dir = demo.build_corpus(out, args)
-  expert_dir, generator_dir = demo.train_models(out, data_dir, args)
+  expert_dir, generator_dir = demo.train_models(out, data_dir, args, args.expert_width_divisor,
+                                                args.expert_batch)
   expert = convert.load_checkpoint(expert_dir, 'expert')
   test_pairs = expert_pairs(data_dir, 'test', expert)
   # The reference never thresholds its expert (it trains on -log cos); a decision rule fitted on

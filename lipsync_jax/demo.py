@@ -74,16 +74,21 @@ def _train_or_exit(config, workdir: str):
                      'resume')
 
 
-def train_models(out: str, data_dir: str, args):
+def train_models(out: str, data_dir: str, args, expert_width_divisor: int = None,
+                 expert_batch: int = None):
+  """Trains the expert, then the generator judged by it; the expert's width and batch default
+  to the tiny config's."""
   expert_dir, generator_dir = os.path.join(out, 'expert'), os.path.join(out, 'generator')
   config = expert_config.get_config('tiny')
   # 3e-3: on the synthetic corpus, 1500 steps reach 87.6% test accuracy (1e-3: 82.2%, 1e-2: 84.4%)
   config.data.dir, config.total_steps, config.learning_rate = data_dir, args.expert_steps, 3e-3
-  config.model.width_divisor = getattr(args, 'expert_width_divisor', config.model.width_divisor)
+  config.model.width_divisor = expert_width_divisor or config.model.width_divisor
+  config.batch_size = expert_batch or config.batch_size
   config.lr_schedule = 'cosine'  # a short run ends better annealed
   config.eval_every = config.checkpoint_every = eval_every(args.expert_steps)
   config.log_every = 50
-  stage(f'3/5 training the tiny expert ({args.expert_steps} steps)')
+  stage(f'3/5 training the expert ({args.expert_steps} steps of {config.batch_size} windows, '
+        f'widths / {config.model.width_divisor})')
   _train_or_exit(config, expert_dir)
   config = wav2lip_config.get_config('tiny')
   config.data.dir, config.total_steps, config.learning_rate = data_dir, args.generator_steps, 1e-3
