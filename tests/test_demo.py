@@ -49,3 +49,20 @@ def test_demo_stops_when_training_is_preempted(tmp_path, monkeypatch):
   with pytest.raises(SystemExit, match='rerun the same command to resume'):
     demo.train_models(str(tmp_path), str(tmp_path / 'data'), args)
   assert trained == [str(tmp_path / 'expert')]  # the generator never started
+
+
+def test_train_models_sets_the_expert_width_and_batch(tmp_path, monkeypatch):
+  configs = []
+  monkeypatch.setattr(train, 'train', lambda config, workdir: configs.append(config) or
+                      {'preempted': False})
+  args = type('Args', (), {'expert_steps': 10, 'generator_steps': 10})
+  demo.train_models(str(tmp_path), str(tmp_path / 'data'), args)
+  expert, generator = configs
+  assert (expert.model.width_divisor, expert.batch_size) == (8, 16)  # the tiny config's
+  configs.clear()
+  demo.train_models(str(tmp_path), str(tmp_path / 'data'), args, expert_width_divisor=4,
+                    expert_batch=64)
+  expert, generator = configs
+  assert (expert.model.width_divisor, expert.batch_size) == (4, 64)
+  assert generator.expert_checkpoint == str(tmp_path / 'expert')
+  assert generator.model.width_divisor == 8  # only the expert changes
