@@ -83,19 +83,11 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--out', default='runs/learn_synthetic',
                       help='work folder; rerunning with the same one reuses finished stages')
-  parser.add_argument('--speakers', type=int, default=16, help='synthetic identities')
-  parser.add_argument('--clips_per_speaker', type=int, default=4, help='clips per identity')
-  parser.add_argument('--expert_steps', type=int, default=3500, help='expert training steps')
-  parser.add_argument('--generator_steps', type=int, default=2000,
-                      help='generator training steps')
+  demo.add_stage_flags(parser, speakers=16, expert_steps=3500, generator_steps=2000)
   parser.add_argument('--expert_width_divisor', type=int, default=4,
                       help='channel widths of the expert divided by this (8: the tiny config)')
   parser.add_argument('--expert_batch', type=int, default=64,
                       help='expert batch size (64, as the reference; the tiny config: 16)')
-  parser.add_argument('--face_model', default=None,
-                      help='YuNet .onnx (default: $LIPSYNC_JAX_FACE_MODEL, the cache, or a '
-                      'one-time verified download)')
-  parser.add_argument('--seed', type=int, default=0, help='corpus seed')
   args = parser.parse_args()
   began = time.perf_counter()
   out = os.path.abspath(args.out)

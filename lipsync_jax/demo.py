@@ -44,6 +44,21 @@ def stage(title: str):
   print(f'\n== {title} ({elapsed // 60}:{elapsed % 60:02d} elapsed) ==', flush=True)
 
 
+def add_stage_flags(parser: argparse.ArgumentParser, speakers: int, expert_steps: int,
+                    generator_steps: int) -> None:
+  """The flags build_corpus and train_models read from `args`, with these defaults."""
+  parser.add_argument('--speakers', type=int, default=speakers, help='synthetic identities')
+  parser.add_argument('--clips_per_speaker', type=int, default=4, help='clips per identity')
+  parser.add_argument('--expert_steps', type=int, default=expert_steps,
+                      help='expert training steps')
+  parser.add_argument('--generator_steps', type=int, default=generator_steps,
+                      help='generator training steps')
+  parser.add_argument('--face_model', default=None,
+                      help='YuNet .onnx (default: $LIPSYNC_JAX_FACE_MODEL, the cache, or a '
+                      'one-time verified download)')
+  parser.add_argument('--seed', type=int, default=0, help='corpus seed')
+
+
 def build_corpus(out: str, args) -> str:
   raw, pre = os.path.join(out, 'corpus'), os.path.join(out, 'preprocessed')
   face_flag = ['--face_model', args.face_model] if args.face_model else []
@@ -187,15 +202,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m lipsync_jax.demo',
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--out', default='demo_out', help='output folder (default: %(default)s)')
-  parser.add_argument('--speakers', type=int, default=10, help='synthetic identities')
-  parser.add_argument('--clips_per_speaker', type=int, default=4, help='clips per identity')
-  parser.add_argument('--expert_steps', type=int, default=1000, help='expert training steps')
-  parser.add_argument('--generator_steps', type=int, default=300,
-                      help='generator training steps')
-  parser.add_argument('--face_model', default=None,
-                      help='YuNet .onnx (default: $LIPSYNC_JAX_FACE_MODEL, the cache, or a '
-                      'one-time verified download)')
-  parser.add_argument('--seed', type=int, default=0, help='corpus seed')
+  add_stage_flags(parser, speakers=10, expert_steps=1000, generator_steps=300)
   args = parser.parse_args(argv)
   began = time.perf_counter()
   out = os.path.abspath(args.out)
