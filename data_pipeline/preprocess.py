@@ -13,7 +13,9 @@ deterministic hash of the clip id (90/5/5). Work is parallel over clips and resu
 finished clip is cached atomically under D/_clips, a re-run skips them, and the TFDS dataset is
 written last into a temporary folder that TFDS renames when complete, so a crash never leaves a
 corrupt shard. Clips are skipped, with the reason in the summary, when they have no audio, are
-too short, show no face, or cannot be read.
+too short, show no face, or cannot be read; any other failure of one clip is reported for that
+clip and the run goes on. SIGINT / SIGTERM stop the workers at once and remove their partial
+files; finished clips stay cached for the next run.
 """
 import argparse
 import collections
@@ -21,7 +23,6 @@ import hashlib
 import multiprocessing
 import os
 import sys
-from concurrent import futures
 
 import cv2
 import numpy as np
@@ -29,7 +30,7 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from data_pipeline import records
-from lipsync_jax import audio, faces, video
+from lipsync_jax import audio, cli, faces, video
 
 MIN_FRAMES = 16  # the reference skips clips with <= 15 frames
 MIN_FACE_FRACTION = 0.5
@@ -40,8 +41,19 @@ _detector = None
 
 def _init_worker(model_path):
   global _detector
+  cli.ignore_interrupts_in_worker()
   cv2.setNumThreads(1)
   _detector = faces.FaceDetector(model_path)
+
+
+def _process_job(job):
+  """(clip id, '' or the reason it was skipped); never raises for a bad clip."""
+  clip, path, cache_path = job
+  try:
+    return clip, process_clip(path, cache_path)
+  except Exception as e:  # pylint: disable=broad-except
+    # One damaged clip must not sink a corpus run; the summary names it with the reason.
+    return clip, f'failed: {str(e) or type(e).__name__}'
 
 
 def process_clip(path: str, cache_path: str) -> str:
@@ -71,10 +83,9 @@ def process_clip(path: str, cache_path: str) -> str:
                         [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
            for f, b in zip(frames, boxes)]
   lengths = np.array([len(j) for j in jpegs])
-  tmp = cache_path + '.part.npz'
-  np.savez(tmp, jpeg=np.frombuffer(b''.join(jpegs), np.uint8), lengths=lengths,
-           has_face=has_face, mel=mel)
-  os.replace(tmp, cache_path)
+  with cli.atomic_output(cache_path, suffix='.npz') as tmp:
+    np.savez(tmp, jpeg=np.frombuffer(b''.join(jpegs), np.uint8), lengths=lengths,
+             has_face=has_face, mel=mel)
   return ''
 
 
@@ -110,44 +121,65 @@ def find_clips(data_root):
   return clips
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m data_pipeline.preprocess',
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--data_root', required=True, help='R/<speaker>/<clip>.mp4')
-  parser.add_argument('--out', required=True, help='output folder (TFDS data_dir)')
+  parser.add_argument('--out', required=True,
+                      help='output folder (TFDS data_dir); not the --data_root itself')
   parser.add_argument('--filelists', default=None,
                       help='folder with train.txt/val.txt/test.txt (default: hash split)')
-  parser.add_argument('--workers', type=int, default=os.cpu_count(), help='parallel clips')
+  parser.add_argument('--workers', type=cli.int_in(1, 1024), default=os.cpu_count(),
+                      help='clips processed in parallel (default: the number of cores)')
   parser.add_argument('--face_model', default=None,
                       help='YuNet .onnx (default: $LIPSYNC_JAX_FACE_MODEL, cache, download)')
-  args = parser.parse_args(argv)
+  return parser.parse_args(argv)
+
+
+def process_clips(todo, data_root: str, cache_of: dict, workers: int, model: str) -> dict:
+  """Caches every clip in `todo` with `workers` processes; {clip: reason} of the skipped."""
+  skipped = {}
+  if not todo:
+    return skipped
+  jobs = [(c, os.path.join(data_root, c + '.mp4'), cache_of[c]) for c in todo]
+  # spawn, not fork: a caller may already run threads (JAX, OpenCV), which fork would deadlock.
+  # Leaving the block by any exception (Interrupted too) terminates the workers at once.
+  with multiprocessing.get_context('spawn').Pool(
+      min(workers, len(jobs)), initializer=_init_worker, initargs=(model,)) as pool:
+    for clip, reason in tqdm(pool.imap_unordered(_process_job, jobs), total=len(jobs),
+                             desc='clips'):
+      if reason:
+        skipped[clip] = reason
+  return skipped
+
+
+def preprocess(args) -> int:
   if not os.path.isdir(args.data_root):
-    print(f'error: {args.data_root}: no such folder', file=sys.stderr)
-    return 1
+    raise cli.UserError(f'{args.data_root}: no such folder (--data_root)')
+  if cli.same_file(args.out, args.data_root):
+    raise cli.UserError(f'--out {args.out} is the --data_root folder; write the dataset '
+                        'elsewhere so the raw videos stay apart')
+  if args.filelists and not os.path.isdir(args.filelists):
+    raise cli.UserError(f'{args.filelists}: no such folder (--filelists)')
   model = faces.resolve_model(args.face_model)
   splits = assign_splits(find_clips(args.data_root), args.filelists)
   if not splits:
-    print(f'error: no clips found under {args.data_root}', file=sys.stderr)
-    return 1
-  cache = os.path.join(args.out, '_clips')
-  os.makedirs(cache, exist_ok=True)
+    raise cli.UserError(f'no clips found under {args.data_root} (expected '
+                        '<speaker>/<clip>.mp4)')
+  cache = cli.ensure_folder(os.path.join(args.out, '_clips'), 'preprocessed clips')
   cache_of = {c: os.path.join(cache, c.replace('/', '__') + '.npz') for c in splits}
   todo = [c for c in splits if not os.path.exists(cache_of[c])]
-  skipped = {}
-  # spawn, not fork: a caller may already run threads (JAX, OpenCV), which fork would deadlock.
-  with futures.ProcessPoolExecutor(max(1, args.workers), multiprocessing.get_context('spawn'),
-                                   initializer=_init_worker,
-                                   initargs=(model,)) as pool:
-    jobs = {pool.submit(process_clip, os.path.join(args.data_root, c + '.mp4'), cache_of[c]): c
-            for c in todo}
-    for job in tqdm(futures.as_completed(jobs), total=len(jobs), desc='clips'):
-      reason = job.result()
-      if reason:
-        skipped[jobs[job]] = reason
+  skipped = process_clips(todo, args.data_root, cache_of, args.workers, model)
   examples = collections.defaultdict(list)
   for clip, split in splits.items():
     if os.path.exists(cache_of[clip]):
       examples[split].append((clip, lambda c=clip: load_cached(cache_of[c], c)))
+  if skipped:
+    print(f'skipped {len(skipped)} clips:')
+    for clip, reason in sorted(skipped.items()):
+      print(f'  {clip}: {reason}')
+  if not examples:
+    raise cli.UserError(f'none of the {len(splits)} clips under {args.data_root} could be used')
   builder = records.ClipDataset(data_dir=args.out, file_format='array_record',
                                 split_examples=dict(examples))
   tfds.disable_progress_bar()
@@ -156,11 +188,12 @@ def main(argv=None) -> int:
       download_mode=tfds.download.GenerateMode.FORCE_REDOWNLOAD))
   counts = {s: len(v) for s, v in examples.items()}
   print(f'wrote {builder.data_dir}: ' + ', '.join(f'{s} {n} clips' for s, n in counts.items()))
-  if skipped:
-    print(f'skipped {len(skipped)} clips:')
-    for clip, reason in sorted(skipped.items()):
-      print(f'  {clip}: {reason}')
   return 0
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  return cli.run(lambda: preprocess(args), 'data_pipeline.preprocess')
 
 
 if __name__ == '__main__':

@@ -14,6 +14,9 @@ import librosa
 import numpy as np
 import scipy.signal
 
+from lipsync_jax import cli
+from lipsync_jax.video import ffmpeg_input
+
 SAMPLE_RATE = 16000
 N_FFT = 800
 HOP = 200
@@ -27,7 +30,7 @@ MEL_STEP = 16  # mel frames per model input (0.2 s)
 TRAIN_FPS = 25  # the reference's training index maths assumes 25 fps video
 
 
-class AudioError(ValueError):
+class AudioError(cli.UserError, ValueError):
   """Audio that cannot be used; the message names the file and the problem."""
 
 
@@ -37,7 +40,8 @@ def probe_audio(path: str) -> dict:
     raise AudioError(f'{path}: no such file')
   proc = subprocess.run(
       ['ffprobe', '-v', 'error', '-select_streams', 'a:0', '-show_entries',
-       'stream=sample_rate,channels', '-of', 'json', path], capture_output=True, text=True)
+       'stream=sample_rate,channels', '-of', 'json', ffmpeg_input(path)],
+      capture_output=True, text=True)
   if proc.returncode != 0:
     raise AudioError(f'{path}: unreadable by ffmpeg ({proc.stderr.strip()[:200]})')
   streams = json.loads(proc.stdout or '{}').get('streams', [])
@@ -51,16 +55,17 @@ def load_audio(path: str) -> np.ndarray:
   channels averaged, then soxr 'HQ' resampling."""
   info = probe_audio(path)
   proc = subprocess.run(
-      ['ffmpeg', '-v', 'error', '-nostdin', '-i', path, '-map', '0:a:0', '-f', 'f32le',
-       '-acodec', 'pcm_f32le', '-'], capture_output=True)
+      ['ffmpeg', '-v', 'error', '-nostdin', '-i', ffmpeg_input(path), '-map', '0:a:0',
+       '-f', 'f32le', '-acodec', 'pcm_f32le', '-'], capture_output=True)
   if proc.returncode != 0:
     raise AudioError(f'{path}: cannot decode audio ({proc.stderr.decode()[-200:].strip()})')
   wav = np.frombuffer(proc.stdout, np.float32)
   wav = wav[:wav.size - wav.size % info['channels']].reshape(-1, info['channels']).mean(axis=1)
   if wav.size == 0:
     raise AudioError(f'{path}: the audio stream is empty')
-  if np.isnan(wav).any():
-    raise AudioError(f'{path}: the audio contains NaN samples')
+  if not np.isfinite(wav).all():  # float WAVs can hold NaN or +-inf; the mel would be garbage
+    bad = 'NaN' if np.isnan(wav).any() else 'infinite'
+    raise AudioError(f'{path}: the audio contains {bad} samples')
   if info['sample_rate'] != SAMPLE_RATE:
     wav = librosa.resample(wav, orig_sr=info['sample_rate'], target_sr=SAMPLE_RATE,
                            res_type='soxr_hq')

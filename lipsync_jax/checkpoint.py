@@ -6,17 +6,42 @@ batch_stats). Training adds its own items (optimizer state, data iterator, ...) 
 `load_model` reads a converted .pth and a training run alike.
 """
 import os
+import sys
 from typing import Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
-from lipsync_jax import models
+from lipsync_jax import cli, models
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(cli.UserError, RuntimeError):
   """A checkpoint that is missing, incomplete or not what was asked for."""
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """After a failed restore, reads orbax still had in flight finish on tensorstore's threads and
+  call into the event loop orbax has already closed; Python would print each of those
+  RuntimeErrors as a stray traceback around our message. Exactly those are dropped (installed
+  before any restore: they can come while the error is still being raised)."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if not (isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+
+
+_drop_closed_loop_callbacks()
+
+
+def restore_failed(message: str, error: Exception) -> CheckpointError:
+  """The CheckpointError for a failed orbax restore (orbax raises many types for damaged
+  files)."""
+  return CheckpointError(f'{message} ({error})')
 
 
 def manager(directory: str, create: bool = True) -> ocp.CheckpointManager:
@@ -53,8 +78,8 @@ def load_meta(directory: str, step: Optional[int] = None) -> dict:
   try:
     restored = manager(directory, create=False).restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-  except Exception as e:  # orbax raises many types for damaged files
-    raise CheckpointError(f'{directory}: step {step} has no readable meta ({e})') from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise restore_failed(f'{directory}: step {step} has no readable meta', e) from e
   return dict(restored.meta)
 
 
@@ -71,6 +96,6 @@ def load_model(directory: str, expect: Optional[str] = None,
   try:
     restored = manager(directory, create=False).restore(
         step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)))
-  except Exception as e:  # orbax raises many types for damaged files
-    raise CheckpointError(f'{directory}: cannot restore the variables of step {step} ({e})') from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise restore_failed(f'{directory}: cannot restore the variables of step {step}', e) from e
   return name, module, restored['variables']

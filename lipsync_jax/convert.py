@@ -17,10 +17,10 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from lipsync_jax import checkpoint, models, summary, torch_pickle
+from lipsync_jax import checkpoint, cli, models, summary, torch_pickle
 
 
-class ConversionError(ValueError):
+class ConversionError(cli.UserError, ValueError):
   """A checkpoint that does not match any Wav2Lip network."""
 
 
@@ -121,12 +121,13 @@ def load_official(path: str) -> Tuple[str, nn.Module, dict]:
     raise ConversionError(f'{path}: no such file')
   try:
     loaded = torch_pickle.load(path)
-  except torch_pickle.UnsafeCheckpointError:
-    raise
+  except torch_pickle.UnsafeCheckpointError as e:
+    raise torch_pickle.UnsafeCheckpointError(f'{path}: {e}') from None
   except Exception as e:  # pylint: disable=broad-except
     # A damaged file can fail anywhere in the parser (MemoryError on a garbage length, TypeError,
     # IndexError, ...); every such failure means the same thing to the user.
-    raise ConversionError(f'{path}: not a readable PyTorch checkpoint ({e})') from e
+    raise ConversionError(f'{path}: not a readable PyTorch checkpoint '
+                          f'({str(e) or type(e).__name__})') from e
   try:
     state_dict = strip_module_prefix(torch_pickle.find_state_dict(loaded))
     name = detect_model(state_dict)
@@ -138,8 +139,11 @@ def load_official(path: str) -> Tuple[str, nn.Module, dict]:
 
 def load_checkpoint(path: str, expect: str) -> Tuple[nn.Module, dict]:
   """The `expect` model from an official .pth (converted on the fly), an orbax checkpoint
-  directory, or a training workdir (its latest checkpoint); any other model is an error."""
-  if path.endswith('.pth'):
+  directory, or a training workdir (its latest checkpoint); any other model is an error. A file
+  is read as a PyTorch checkpoint whatever its name (.pth, .PTH, .pth.tar, .pt)."""
+  if not os.path.exists(path):
+    raise checkpoint.CheckpointError(f'{path}: no such checkpoint file or directory')
+  if os.path.isfile(path):
     name, module, variables = load_official(path)
   else:
     nested = os.path.join(path, 'checkpoints')
@@ -150,6 +154,22 @@ def load_checkpoint(path: str, expect: str) -> Tuple[nn.Module, dict]:
   return module, variables
 
 
+def convert(checkpoint_path: str, out_dir: str) -> str:
+  """Converts an official .pth into the orbax checkpoint directory `out_dir`, written whole or
+  not at all; returns the summary to print."""
+  cli.refuse_overwriting_inputs({'out_dir': out_dir}, {'checkpoint': checkpoint_path})
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise ConversionError(f'{out_dir}: exists and is a file; the output is a directory')
+  if os.path.isdir(out_dir) and os.listdir(out_dir):
+    raise ConversionError(f'{out_dir}: exists and is not empty')
+  cli.ensure_folder(os.path.dirname(os.path.abspath(out_dir)), 'converted checkpoint')
+  name, module, variables = load_official(checkpoint_path)
+  with cli.atomic_output(out_dir, directory=True) as tmp:
+    checkpoint.save_model(tmp, name, variables)
+  return (summary.summarize(module, name, variables)[0]
+          + f'\nwrote {name} checkpoint to {os.path.abspath(out_dir)}')
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m lipsync_jax.convert',
@@ -157,21 +177,16 @@ def main(argv=None) -> int:
       'wav2lip_gan.pth, lipsync_expert.pth, visual_quality_disc.pth) into an orbax checkpoint '
       'directory usable by lipsync_jax.infer and lipsync_jax.train. The model kind is detected '
       'from the weights. torch is not needed and no pickled code is ever executed.')
-  parser.add_argument('checkpoint', help='the .pth file (legacy or zip PyTorch format)')
-  parser.add_argument('out_dir', help='output orbax checkpoint directory (created)')
+  parser.add_argument('checkpoint', help='the .pth file (legacy or zip PyTorch format; any name)')
+  parser.add_argument('out_dir', help='output orbax checkpoint directory (created; it must not '
+                      'exist yet, or be empty)')
   args = parser.parse_args(argv)
-  try:
-    name, module, variables = load_official(args.checkpoint)
-  except (ConversionError, torch_pickle.UnsafeCheckpointError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  if os.path.exists(args.out_dir) and os.listdir(args.out_dir):
-    print(f'error: {args.out_dir} exists and is not empty', file=sys.stderr)
-    return 1
-  saved = checkpoint.save_model(args.out_dir, name, variables)
-  print(summary.summarize(module, name, variables)[0])
-  print(f'wrote {name} checkpoint to {saved}')
-  return 0
+
+  def body() -> int:
+    print(convert(args.checkpoint, args.out_dir))
+    return 0
+
+  return cli.run(body, 'lipsync_jax.convert')
 
 
 if __name__ == '__main__':

@@ -30,7 +30,7 @@ import numpy as np
 from configs import expert as expert_config
 from configs import wav2lip as wav2lip_config
 from data_pipeline import preprocess, synthetic
-from lipsync_jax import audio, convert, faces, infer, logs, models, train, video
+from lipsync_jax import audio, cli, convert, faces, infer, logs, models, train, video
 
 NEW_SENTENCE = ('please open the window we will meet again soon after lunch and music plays '
                 'loudly while children dance')
@@ -204,52 +204,52 @@ def main(argv=None) -> int:
   parser.add_argument('--out', default='demo_out', help='output folder (default: %(default)s)')
   add_stage_flags(parser, speakers=10, expert_steps=1000, generator_steps=300)
   args = parser.parse_args(argv)
+  return cli.run(lambda: run(args), 'lipsync_jax.demo')
+
+
+def run(args) -> int:
+  """All five stages into args.out; returns the exit status."""
   began = time.perf_counter()
-  out = os.path.abspath(args.out)
-  os.makedirs(out, exist_ok=True)
-  try:
-    data_dir = build_corpus(out, args)
-    expert_dir, generator_dir = train_models(out, data_dir, args)
-    stage('5/5 lip-syncing a held-out face to new speech')
-    face, face_opening = held_out_face(out)
-    speech = new_speech(out)
-    result = os.path.join(out, 'result.mp4')
-    flags = ['--checkpoint_path', generator_dir, '--face', face, '--audio', speech,
-             '--outfile', result] + (['--face_model', args.face_model] if args.face_model else [])
-    if infer.main(flags):
-      return 1
-    write_side_by_side(face, result, speech, os.path.join(out, 'side_by_side.mp4'))
-    detector = faces.FaceDetector(args.face_model)
-    result_crops, input_crops = face_crops(result, detector), face_crops(face, detector)
-    opening = synthetic.mouth_track(audio.load_audio(speech), len(result_crops))[:, 0]
-    n = len(face_opening)
-    expert = convert.load_checkpoint(expert_dir, 'expert')
-    figures = {
-        'result: mouth opening vs the synthetic ground truth for the new speech (Pearson r)':
-            f'{np.corrcoef(mouth_darkness(result_crops), opening)[0, 1]:.3f}',
-        'input clip: the same measurement against its own ground truth (r)':
-            f'{np.corrcoef(mouth_darkness(input_crops[:n]), face_opening[:n])[0, 1]:.3f}',
-        'expert: result windows rated in sync with the new speech':
-            f'{expert_in_sync_rate(result_crops, speech, expert):.1%}',
-        'expert: input clip windows rated in sync with their own audio':
-            f'{expert_in_sync_rate(input_crops, face, expert):.1%}',
-    }
-    for name, workdir in (('expert', expert_dir), ('generator', generator_dir)):
-      final = logs.read_scalars(workdir)
-      figures.update({f'{name} final {k}': f'{v[-1][1]:.4f}' for k, v in final.items()
-                      if k.startswith('eval_')})
-    plots = [logs.plot_scalars(logs.read_scalars(expert_dir), ['loss', 'eval_loss'],
-                               os.path.join(out, 'expert_loss.png'), 'expert: cosine BCE'),
-             logs.plot_scalars(logs.read_scalars(generator_dir), ['l1', 'eval_l1'],
-                               os.path.join(out, 'generator_l1.png'), 'generator: L1'),
-             logs.plot_scalars(logs.read_scalars(generator_dir), ['sync', 'eval_sync'],
-                               os.path.join(out, 'generator_sync.png'),
-                               'generator: expert sync loss')]
-    figures['wall time'] = f'{(time.perf_counter() - began) / 60:.1f} min'
-    path = report(out, figures, plots)
-  except (infer.InferenceError, train.TrainingError, faces.FaceModelError) as e:
-    print(f'error: {e}', file=sys.stderr)
+  out = cli.ensure_folder(args.out, 'demo')
+  data_dir = build_corpus(out, args)
+  expert_dir, generator_dir = train_models(out, data_dir, args)
+  stage('5/5 lip-syncing a held-out face to new speech')
+  face, face_opening = held_out_face(out)
+  speech = new_speech(out)
+  result = os.path.join(out, 'result.mp4')
+  flags = ['--checkpoint_path', generator_dir, '--face', face, '--audio', speech,
+           '--outfile', result] + (['--face_model', args.face_model] if args.face_model else [])
+  if infer.main(flags):
     return 1
+  write_side_by_side(face, result, speech, os.path.join(out, 'side_by_side.mp4'))
+  detector = faces.FaceDetector(args.face_model)
+  result_crops, input_crops = face_crops(result, detector), face_crops(face, detector)
+  opening = synthetic.mouth_track(audio.load_audio(speech), len(result_crops))[:, 0]
+  n = len(face_opening)
+  expert = convert.load_checkpoint(expert_dir, 'expert')
+  figures = {
+      'result: mouth opening vs the synthetic ground truth for the new speech (Pearson r)':
+          f'{np.corrcoef(mouth_darkness(result_crops), opening)[0, 1]:.3f}',
+      'input clip: the same measurement against its own ground truth (r)':
+          f'{np.corrcoef(mouth_darkness(input_crops[:n]), face_opening[:n])[0, 1]:.3f}',
+      'expert: result windows rated in sync with the new speech':
+          f'{expert_in_sync_rate(result_crops, speech, expert):.1%}',
+      'expert: input clip windows rated in sync with their own audio':
+          f'{expert_in_sync_rate(input_crops, face, expert):.1%}',
+  }
+  for name, workdir in (('expert', expert_dir), ('generator', generator_dir)):
+    final = logs.read_scalars(workdir)
+    figures.update({f'{name} final {k}': f'{v[-1][1]:.4f}' for k, v in final.items()
+                    if k.startswith('eval_')})
+  plots = [logs.plot_scalars(logs.read_scalars(expert_dir), ['loss', 'eval_loss'],
+                             os.path.join(out, 'expert_loss.png'), 'expert: cosine BCE'),
+           logs.plot_scalars(logs.read_scalars(generator_dir), ['l1', 'eval_l1'],
+                             os.path.join(out, 'generator_l1.png'), 'generator: L1'),
+           logs.plot_scalars(logs.read_scalars(generator_dir), ['sync', 'eval_sync'],
+                             os.path.join(out, 'generator_sync.png'),
+                             'generator: expert sync loss')]
+  figures['wall time'] = f'{(time.perf_counter() - began) / 60:.1f} min'
+  path = report(out, figures, plots)
   print('\n' + '\n'.join(f'{k}: {v}' for k, v in figures.items()))
   print(f'\nwrote {result}, {os.path.join(out, "side_by_side.mp4")} and {path}')
   return 0

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from lipsync_jax import cli
+
 MODEL_NAME = 'face_detection_yunet_2026may.onnx'
 MODEL_SHA256 = 'ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0'
 MODEL_URL = ('https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/'
@@ -28,7 +30,7 @@ FACE_SIZE = 96
 DETECT_MAX_SIDE = 640  # larger frames are downscaled for detection only
 
 
-class FaceModelError(RuntimeError):
+class FaceModelError(cli.UserError, RuntimeError):
   """The detector model file is missing, corrupt or cannot be fetched."""
 
 
@@ -74,8 +76,12 @@ class FaceDetector:
   def __init__(self, model_path: Optional[str] = None, score_threshold: float = 0.6):
     # OpenCV 5 warns on every detector creation that targets are unsupported; irrelevant here.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    self._detector = cv2.FaceDetectorYN.create(resolve_model(model_path), '', (320, 320),
-                                               score_threshold, 0.3, 50)
+    path = resolve_model(model_path)
+    try:
+      self._detector = cv2.FaceDetectorYN.create(path, '', (320, 320), score_threshold, 0.3, 50)
+    except cv2.error as e:
+      raise FaceModelError(f'{path}: not a YuNet face detector model (OpenCV: '
+                           f'{e.err or e})') from e
     self._size = None
 
   def detect(self, frame: np.ndarray, with_landmarks: bool = False):

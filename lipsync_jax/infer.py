@@ -37,15 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from lipsync_jax import audio, checkpoint, convert, faces, models, torch_pickle, video
+from lipsync_jax import audio, cli, convert, faces, models, video
 from lipsync_jax.layers import fold_batchnorm
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+VIDEO_EXTENSIONS = ('.mp4', '.mov', '.m4v', '.mkv')  # containers that take H.264 + AAC
+MIN_FRAME_SIDE = 16  # smaller frames (after --resize_factor) hold no detectable face
 SILENCE_PEAK = 10 ** (-60 / 20)  # audio whose loudest sample is below -60 dBFS has no speech
 SILENT_MEL = -audio.MAX_ABS  # the normalised mel of silence
 
 
-class InferenceError(RuntimeError):
+class InferenceError(cli.UserError, RuntimeError):
   """Input that cannot be lip-synced; the message names the file and the problem."""
 
 
@@ -74,11 +76,7 @@ def _generate(module, params, mels, crops):
 def load_generator(path: str, dtype: str):
   """generate(mels, uint8 crops) -> [0, 1] faces, BatchNorm folded, from a .pth or orbax
   checkpoint."""
-  try:
-    module, variables = convert.load_checkpoint(path, 'wav2lip')
-  except (convert.ConversionError, checkpoint.CheckpointError,
-          torch_pickle.UnsafeCheckpointError) as e:
-    raise InferenceError(str(e)) from e
+  module, variables = convert.load_checkpoint(path, 'wav2lip')
   folded = models.build('wav2lip', module.width_divisor, jnp.dtype(dtype), folded_bn=True)
   params = jax.device_put(fold_batchnorm(variables))
   return functools.partial(_generate, folded, params)
@@ -130,6 +128,9 @@ def transform(frame: np.ndarray, args) -> np.ndarray:
   """The reference's order: integer downscale, rotate 90 degrees clockwise, crop."""
   if args.resize_factor > 1:
     h, w = frame.shape[:2]
+    if min(h, w) // args.resize_factor < MIN_FRAME_SIDE:
+      raise InferenceError(f'--resize_factor {args.resize_factor} shrinks the {w}x{h} frames '
+                           f'below {MIN_FRAME_SIDE} pixels')
     frame = cv2.resize(frame, (w // args.resize_factor, h // args.resize_factor))
   if args.rotate:
     frame = cv2.rotate(frame, cv2.ROTATE_90_CLOCKWISE)
@@ -144,6 +145,8 @@ def transform(frame: np.ndarray, args) -> np.ndarray:
 def open_face(args, stages: Stages) -> FaceSource:
   """The face input as a re-openable stream of frames, with its rate and (output) size."""
   path = args.face
+  if os.path.isdir(path):
+    raise InferenceError(f'{path}: is a folder; --face takes a video or an image')
   if not os.path.isfile(path):
     raise InferenceError(f'{path}: no such file')
   if path.lower().endswith(IMAGE_EXTENSIONS):
@@ -152,10 +155,7 @@ def open_face(args, stages: Stages) -> FaceSource:
       raise InferenceError(f'{path}: not a readable image (corrupt or unsupported format)')
     frame = transform(image, args)
     return FaceSource(args.fps, frame.shape[1], frame.shape[0], True, lambda: iter([frame]))
-  try:
-    info = video.probe_video(path)
-  except video.VideoError as e:
-    raise InferenceError(str(e)) from e
+  info = video.probe_video(path)
   # A variable frame rate is resampled to the nominal one: one mel window per output frame.
   rate = info.fps if info.variable_rate and not args.reference else None
 
@@ -191,8 +191,15 @@ def detected(frames: Iterator[np.ndarray], args, detector, stages: Stages):
       return
     with stages.time('detect'):
       boxes = detector.detect_batch(chunk)
-    yield from ((f, None if b is None else faces.pad_box(b, args.pads, f.shape))
-                for f, b in zip(chunk, boxes))
+    for frame, box in zip(chunk, boxes):
+      if box is not None:
+        padded = faces.pad_box(box, args.pads, frame.shape)
+        if padded[2] <= padded[0] or padded[3] <= padded[1]:
+          width, height = (int(v) for v in box[2:] - box[:2])
+          raise InferenceError(f'--pads {" ".join(map(str, args.pads))} leave nothing of the '
+                               f'{width}x{height} face found in {args.face}')
+        box = padded
+      yield frame, box
 
 
 def frames_with_boxes(source: FaceSource, n_out: int, args, detector, stages: Stages):
@@ -281,6 +288,9 @@ def prefetch(iterator: Iterator, size: int) -> Iterator:
       buffer.put(end)
     except BaseException as e:  # handed to the consumer
       buffer.put(e)
+    finally:
+      if hasattr(iterator, 'close'):
+        iterator.close()  # stops the decoder's ffmpeg now, also when the consumer gave up
 
   thread = threading.Thread(target=work, daemon=True)
   thread.start()
@@ -347,26 +357,29 @@ def lipsync_frames(args, generate, detector, stages: Stages, windows: np.ndarray
     yield from finish(*pending)
 
 
+def check_box(args, source: FaceSource) -> None:
+  """--box must lie inside the (transformed) frames."""
+  y1, y2, x1, x2 = args.box
+  if y2 > source.height or x2 > source.width:
+    raise InferenceError(f'--box {y1} {y2} {x1} {x2} reaches beyond the {source.width}x'
+                         f'{source.height} frames of {args.face}')
+
+
 def run(args, progress: bool = True) -> Report:
   """Checks every input, then lip-syncs; writes args.outfile atomically."""
   began = time.perf_counter()
   stages = Stages()
-  try:
-    video.check_writable(args.outfile)
-  except video.VideoError as e:
-    raise InferenceError(str(e)) from e
-  try:
-    wav, mel = load_speech(args.audio)
-  except audio.AudioError as e:
-    raise InferenceError(str(e)) from e
+  cli.refuse_overwriting_inputs(
+      {'--outfile': args.outfile},
+      {'--face': args.face, '--audio': args.audio, '--checkpoint_path': args.checkpoint_path,
+       '--face_model': args.face_model})
+  cli.ensure_folder(os.path.dirname(os.path.abspath(args.outfile)), 'output video')
+  wav, mel = load_speech(args.audio)
   source = open_face(args, stages)
+  if args.box[0] != -1:
+    check_box(args, source)
   generate = load_generator(args.checkpoint_path, args.dtype)
-  detector = None
-  if args.box[0] == -1:
-    try:
-      detector = faces.FaceDetector(args.face_model)
-    except faces.FaceModelError as e:
-      raise InferenceError(str(e)) from e
+  detector = faces.FaceDetector(args.face_model) if args.box[0] == -1 else None
   windows = mel_windows(mel, len(wav), source.fps, args.reference)
   frames = lipsync_frames(args, generate, detector, stages, windows, source)
   with video.VideoWriter(args.outfile, args.audio, source.width, source.height, source.fps,
@@ -398,27 +411,29 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   p.add_argument('--audio', required=True,
                  help='speech: any file ffmpeg reads (wav, mp3, the audio track of a video)')
   p.add_argument('--outfile', default='results/result_voice.mp4',
-                 help='output video, H.264 + AAC (default: %(default)s)')
+                 type=cli.output_file(VIDEO_EXTENSIONS),
+                 help='output video, H.264 + AAC, ending in ' + ', '.join(VIDEO_EXTENSIONS)
+                 + '; never one of the inputs (default: %(default)s)')
   p.add_argument('--static', type=flag, nargs='?', const=True, default=False,
                  help='use only the first video frame (images are always static)')
-  p.add_argument('--fps', type=float, default=25.0,
+  p.add_argument('--fps', type=cli.float_in(1, 240), default=25.0,
                  help='frame rate of the output for an image input (default: %(default)s); '
                  'videos keep their own rate')
-  p.add_argument('--pads', type=int, nargs=4, default=[0, 10, 0, 0],
+  p.add_argument('--pads', type=cli.int_in(-4096, 4096), nargs=4, default=[0, 10, 0, 0],
                  metavar=('TOP', 'BOTTOM', 'LEFT', 'RIGHT'),
                  help='pixels added around the detected face; include the chin (default: 0 10 0 0)')
-  p.add_argument('--face_det_batch_size', type=int, default=16,
+  p.add_argument('--face_det_batch_size', type=cli.int_in(1, 1024), default=16,
                  help='frames decoded and searched for faces per step (default: %(default)s)')
-  p.add_argument('--wav2lip_batch_size', type=int, default=16,
+  p.add_argument('--wav2lip_batch_size', type=cli.int_in(1, 4096), default=16,
                  help='frames per generator call (default: %(default)s, the fastest on CPU; '
                  'the reference uses 128, better on GPU/TPU)')
-  p.add_argument('--resize_factor', type=int, default=1,
-                 help='divide the frame size by this integer first (e.g. 2 for 1080p input); '
-                 'the output is smaller too')
-  p.add_argument('--crop', type=int, nargs=4, default=[0, -1, 0, -1],
+  p.add_argument('--resize_factor', type=cli.int_in(1, 64), default=1,
+                 help='divide the frame size by this integer (1..64) first (e.g. 2 for 1080p '
+                 'input); the output is smaller too')
+  p.add_argument('--crop', type=cli.int_in(-1, 100_000), nargs=4, default=[0, -1, 0, -1],
                  metavar=('TOP', 'BOTTOM', 'LEFT', 'RIGHT'),
                  help='keep only this region (after resize and rotate); -1 = the full extent')
-  p.add_argument('--box', type=int, nargs=4, default=[-1, -1, -1, -1],
+  p.add_argument('--box', type=cli.int_in(-1, 100_000), nargs=4, default=[-1, -1, -1, -1],
                  metavar=('Y1', 'Y2', 'X1', 'X2'),
                  help='a fixed face box for every frame, skipping detection (no pads, no '
                  'smoothing)')
@@ -444,25 +459,28 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                  'or a one-time verified download)')
   p.add_argument('--quiet', action='store_true', help='no progress bar')
   args = p.parse_args(argv)
-  for name in ('face_det_batch_size', 'wav2lip_batch_size', 'resize_factor'):
-    if getattr(args, name) < 1:
-      p.error(f'--{name} must be at least 1')
-  if args.fps <= 0:
-    p.error('--fps must be positive')
+  y1, y2, x1, x2 = args.box
+  if args.box != [-1] * 4 and (min(args.box) < 0 or y2 <= y1 or x2 <= x1):
+    p.error(f'argument --box: {y1} {y2} {x1} {x2} is not a box (need 0 <= Y1 < Y2 and '
+            '0 <= X1 < X2, or -1 -1 -1 -1 to detect faces)')
+  y1, y2, x1, x2 = args.crop
+  if min(y1, x1) < 0 or (y2 != -1 and y2 <= y1) or (x2 != -1 and x2 <= x1):
+    p.error(f'argument --crop: {y1} {y2} {x1} {x2} is empty (need 0 <= TOP < BOTTOM and '
+            '0 <= LEFT < RIGHT; -1 for BOTTOM or RIGHT is the full extent)')
   return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
   args = parse_args(argv)
-  try:
+
+  def body() -> int:
     report = run(args, progress=not args.quiet)
-  except (InferenceError, video.VideoError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  print(f'wrote {args.outfile}: {report.frames} frames at {report.fps:g} fps, '
-        f'{report.frames_with_face} with a face, in {report.seconds:.1f} s '
-        f'({report.frames / report.seconds:.1f} frames/s)')
-  return 0
+    print(f'wrote {args.outfile}: {report.frames} frames at {report.fps:g} fps, '
+          f'{report.frames_with_face} with a face, in {report.seconds:.1f} s '
+          f'({report.frames / report.seconds:.1f} frames/s)')
+    return 0
+
+  return cli.run(body, 'lipsync_jax.infer')
 
 
 if __name__ == '__main__':

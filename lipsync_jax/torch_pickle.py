@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, NamedTuple
 import ml_dtypes
 import numpy as np
 
+from lipsync_jax import cli
+
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 # How torch.save pickles that number (protocol 2, LONG1 of 10 bytes, STOP): comparing these
 # bytes instead of unpickling them keeps arbitrary files away from the unpickler.
@@ -28,7 +30,7 @@ STORAGE_DTYPES = {
 }
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(cli.UserError, pickle.UnpicklingError):
   """The checkpoint asks for a Python object that is not a tensor or a plain container."""
 
 
@@ -99,7 +101,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _load_zip(path: str) -> Any:
   with zipfile.ZipFile(path) as archive:
-    pkl = next(n for n in archive.namelist() if n.endswith('/data.pkl') or n == 'data.pkl')
+    pkl = next((n for n in archive.namelist() if n.endswith('/data.pkl') or n == 'data.pkl'),
+               None)
+    if pkl is None:
+      raise pickle.UnpicklingError('a zip archive without data.pkl: not a PyTorch checkpoint')
     root = pkl[:-len('data.pkl')]
     byteorder = (archive.read(root + 'byteorder').decode().strip()
                  if root + 'byteorder' in archive.namelist() else 'little')

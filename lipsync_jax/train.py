@@ -16,7 +16,8 @@ Checkpoints (orbax, `workdir/checkpoints`, every `checkpoint_every` steps, the l
 `keep_checkpoints` kept; the best eval model also in `workdir/best`) hold the train state, the
 grain iterator state and the schedule together, so a resumed run continues exactly. SIGTERM saves
 a checkpoint and exits 0; a NaN or Inf loss stops the run with an error, keeping the last good
-checkpoint.
+checkpoint. SIGINT (Ctrl-C) stops at once with exit status 130, keeping the last checkpoint (a
+save in progress is finished first).
 """
 from lipsync_jax import allocator
 
@@ -39,11 +40,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from data_pipeline import loaders
-from lipsync_jax import checkpoint, convert, logs, losses, models, steps
+from lipsync_jax import checkpoint, cli, convert, logs, losses, models, steps
 
 
-class TrainingError(RuntimeError):
-  pass
+class TrainingError(cli.UserError, RuntimeError):
+  """A run that cannot start or go on (config, expert, data, a non-finite loss)."""
 
 
 def maybe_initialize_distributed() -> None:
@@ -65,6 +66,20 @@ def make_mesh() -> Mesh:
 
 def global_batch(local: dict, sharding: NamedSharding) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def check_workdir(config, workdir: str) -> None:
+  """The generator's checkpoints must not land among its expert's: orbax would resume the
+  expert as the generator and rotate the expert's own checkpoints away."""
+  expert = config.get('expert_checkpoint')
+  if not expert:
+    return
+  expert, run = os.path.realpath(expert), os.path.realpath(workdir)
+  owned = [run] + [os.path.join(run, d) for d in ('checkpoints', 'best')]
+  if any(expert == d or expert.startswith(d + os.sep) for d in owned):
+    raise TrainingError(f'config.expert_checkpoint {config.expert_checkpoint} is this run\'s '
+                        f'workdir {workdir} (or in its checkpoints); training there would '
+                        'overwrite the expert: choose another --workdir')
 
 
 def load_expert(config) -> tuple:
@@ -92,6 +107,10 @@ class Run:
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
     self.kind = 'expert' if config.model.name == 'expert' else 'generator'
+    if not os.path.isfile(os.path.join(config.data.dir, 'dataset_info.json')):
+      raise TrainingError(f'config.data.dir {config.data.dir}: not a dataset written by '
+                          'data_pipeline.preprocess (no dataset_info.json; pass its '
+                          'clip_dataset/1.0.0 folder)')
     # Fail fast (before any compilation) on a missing or unreadable expert.
     expert_divisor, expert_variables = (load_expert(config) if self.kind == 'generator'
                                         else (None, None))
@@ -224,10 +243,10 @@ class Run:
       restored = self.ckpt.restore(step, args=ocp.args.Composite(
           meta=ocp.args.JsonRestore(), state=ocp.args.StandardRestore(abstract),
           data=grain.checkpoint.CheckpointRestore(self.train_iter)))
-    except Exception as e:  # orbax raises many types for damaged files
-      raise checkpoint.CheckpointError(
-          f'{self.workdir}: checkpoint {step} cannot be restored ({e}); move it away to '
-          'resume from an earlier one') from e
+    except Exception as e:  # pylint: disable=broad-except
+      raise checkpoint.restore_failed(
+          f'{self.workdir}: checkpoint {step} cannot be restored (move it away to resume from '
+          'an earlier one)', e) from e
     self.state = restored.state
     self.syncnet_wt = restored.meta['syncnet_wt']
     self.best_loss = restored.meta['best_loss']
@@ -238,6 +257,7 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
   """Runs (or resumes) a job until config.total_steps (or `stop_after` more steps), or until
   SIGTERM: then it saves, returns with 'preempted' True, and a rerun resumes."""
   maybe_initialize_distributed()
+  check_workdir(config, workdir)
   run = Run(config, workdir)
   step = run.restore_latest()
   if step:
@@ -271,13 +291,15 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
         logger.scalars(step, {**metrics, 'steps_per_s': rate,
                               'samples_per_s': rate * config.batch_size})
       if step % config.checkpoint_every == 0 or step == end or preempted:
-        run.save(step, eval_metrics)
+        with cli.deferred_interrupts():  # a Ctrl-C during the save takes effect after it
+          run.save(step, eval_metrics)
       if preempted:
         print(f'SIGTERM: checkpoint saved at step {step}; exiting', flush=True)
         break
   finally:
     logger.close()
     run.ckpt.wait_until_finished()
+    run.train_iter.close()  # stops grain's worker processes and frees their shared memory
     signal.signal(signal.SIGTERM, previous)
   return {'step': step, 'state': run.state, 'preempted': bool(preempted),
           **{k: float(v) for k, v in metrics.items()}}
@@ -290,14 +312,18 @@ def main(argv):
   config = _CONFIG.value
   if not config.data.dir:
     raise app.UsageError('set --config.data.dir to a dataset written by data_pipeline.preprocess')
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  with open(os.path.join(_WORKDIR.value, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
-  try:
-    train(config, _WORKDIR.value)
-  except (TrainingError, checkpoint.CheckpointError, convert.ConversionError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+
+  def body() -> int:
+    check_workdir(config, _WORKDIR.value)  # before anything is written there
+    workdir = cli.ensure_folder(_WORKDIR.value, 'training run')
+    with cli.atomic_output(os.path.join(workdir, 'config.json'), suffix='.json') as tmp:
+      with open(tmp, 'w') as f:
+        f.write(config.to_json_best_effort(indent=2))
+    train(config, workdir)
+    return 0
+
+  # SIGTERM stays train()'s own: save a checkpoint and exit 0 (preemption).
+  sys.exit(cli.run(body, 'lipsync_jax.train', signums=(signal.SIGINT,)))
 
 
 if __name__ == '__main__':

@@ -6,9 +6,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
+import jax
 import numpy as np
 import pytest
+
+from lipsync_jax import checkpoint, models
 
 # One XLA compilation cache for the session, shared with the subprocesses tests start: many
 # tests compile the same tiny train steps, and a cache hit takes seconds instead of ~30 s.
@@ -55,6 +59,55 @@ def save_pth(path, state_dict, legacy, wrap=None, prefix=''):
            'global_step': 1234, 'global_epoch': 5}
   torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
   return str(path)
+
+
+def random_checkpoint(path, name, width_divisor=8):
+  """An untrained model (He-normal kernels, unit BatchNorm), drawn in numpy: no compilation."""
+  abstract = jax.eval_shape(lambda: models.init(models.build(name, width_divisor), name,
+                                                jax.random.key(0)))
+  rng = np.random.default_rng(0)
+
+  def draw(path, leaf):
+    key = path[-1].key
+    if key == 'kernel':
+      return rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
+    return np.full(leaf.shape, 1.0 if key in ('scale', 'var') else 0.0, np.float32)
+
+  variables = jax.tree_util.tree_map_with_path(draw, abstract)
+  checkpoint.save_model(str(path), name, variables, width_divisor=width_divisor)
+  return str(path)
+
+
+def children(pid: int) -> list:
+  """Pids whose parent is `pid` (from /proc)."""
+  found = []
+  for entry in os.listdir('/proc'):
+    if entry.isdigit():
+      try:
+        with open(f'/proc/{entry}/stat') as f:
+          fields = f.read().rsplit(')', 1)[1].split()
+      except OSError:
+        continue
+      if int(fields[1]) == pid:
+        found.append(int(entry))
+  return found
+
+
+def alive(pid: int) -> bool:
+  """Running (a zombie waiting for a reaper does not count)."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except OSError:
+    return False
+
+
+def wait_for(condition, seconds: float, what: str):
+  deadline = time.time() + seconds
+  while not condition():
+    if time.time() > deadline:
+      raise AssertionError(f'timed out waiting for {what}')
+    time.sleep(0.2)
 
 
 def parity(name: str):

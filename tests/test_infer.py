@@ -11,8 +11,9 @@ import librosa
 import numpy as np
 import pytest
 
-from conftest import FACE_MODEL, MEDIA, ROOT, load_parity_weights, parity, require, save_pth
-from lipsync_jax import audio, checkpoint, convert, faces, infer, models, video
+from conftest import (FACE_MODEL, MEDIA, ROOT, load_parity_weights, parity, random_checkpoint,
+                      require, save_pth)
+from lipsync_jax import audio, convert, faces, infer, video
 
 TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
 
@@ -26,23 +27,6 @@ def stream_info(path, kind):
                         'stream=width,height,r_frame_rate,duration,nb_frames', '-of', 'json',
                         str(path)], capture_output=True, text=True, check=True).stdout
   return json.loads(out)['streams'][0]
-
-
-def random_checkpoint(path, name, width_divisor=8):
-  """An untrained model (He-normal kernels, unit BatchNorm), drawn in numpy: no compilation."""
-  abstract = jax.eval_shape(lambda: models.init(models.build(name, width_divisor), name,
-                                                jax.random.key(0)))
-  rng = np.random.default_rng(0)
-
-  def draw(path, leaf):
-    key = path[-1].key
-    if key == 'kernel':
-      return rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
-    return np.full(leaf.shape, 1.0 if key in ('scale', 'var') else 0.0, np.float32)
-
-  variables = jax.tree_util.tree_map_with_path(draw, abstract)
-  checkpoint.save_model(str(path), name, variables, width_divisor=width_divisor)
-  return str(path)
 
 
 @pytest.fixture(scope='module')
@@ -284,7 +268,7 @@ def media(tmp_path_factory):
     ('video_without_audio', 'mute.mp4'),
     ('no_face_image', 'blank.png: no face in frame 0'),
     ('no_face_video', 'noface.mp4: no face found in any frame'),
-    ('unwritable_output', 'cannot write to the folder'),
+    ('unwritable_output', 'a_file: is a file, so the output video cannot go in'),
     ('wrong_model', "holds a 'expert' model"),
     ('corrupt_checkpoint', 'corrupt.pth: not a readable PyTorch checkpoint'),
 ])

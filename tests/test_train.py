@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import expert
-from conftest import ROOT
+from conftest import ROOT, alive, children, wait_for
 from lipsync_jax import checkpoint, convert, train
 
 
@@ -117,6 +117,33 @@ def test_sigterm_saves_and_exits_cleanly(synthetic_dataset, tmp_path):
   assert checkpoint.latest_step(str(workdir / 'checkpoints')) == step >= 2
 
 
+@pytest.mark.slow
+def test_sigint_stops_with_its_workers_and_keeps_the_checkpoints(synthetic_dataset, tmp_path):
+  data_dir, _ = synthetic_dataset
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'lipsync_jax.train', '--config', 'configs/expert.py:tiny',
+       '--workdir', str(workdir), f'--config.data.dir={data_dir}', '--config.batch_size=8',
+       '--config.data.workers=1', '--config.log_every=1', '--config.eval_every=100000',
+       '--config.checkpoint_every=2', '--config.total_steps=100000'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  for line in proc.stdout:  # wait until it has saved at least once
+    if line.startswith('step 3:') or time.time() > deadline:
+      break
+  workers = children(proc.pid)
+  proc.send_signal(signal.SIGINT)
+  began = time.time()
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-2000:]
+  assert 'Traceback' not in err and 'interrupted by SIGINT' in err, err[-2000:]
+  assert time.time() - began < 60
+  assert workers  # grain's worker process and its resource tracker
+  wait_for(lambda: not any(alive(p) for p in workers), 10, "grain's workers to end")
+  assert checkpoint.latest_step(str(workdir / 'checkpoints')) >= 2
+  assert not [p for p in (workdir / 'checkpoints').iterdir() if 'tmp' in p.name]
+
+
 def test_preemption_in_process_reports_it(synthetic_dataset, tmp_path, monkeypatch):
   # Library callers (the demo, learn_synthetic) must learn that the run stopped early.
   data_dir, _ = synthetic_dataset
@@ -183,5 +210,5 @@ def test_corrupt_checkpoint_and_missing_expert(synthetic_dataset, tmp_path):
   with pytest.raises(train.TrainingError, match='expert_checkpoint is empty'):
     train.train(gen, str(tmp_path / 'gen'))
   gen.expert_checkpoint = str(tmp_path / 'nowhere')
-  with pytest.raises(checkpoint.CheckpointError, match='no such checkpoint directory'):
+  with pytest.raises(checkpoint.CheckpointError, match='no such checkpoint file or directory'):
     train.train(gen, str(tmp_path / 'gen'))

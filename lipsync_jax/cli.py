@@ -1,0 +1,255 @@
+"""What every command-line entry point shares: user errors, signals, safe outputs, flag checks.
+
+The guarantees (README, "What happens when things go wrong"):
+* inputs are never modified: an output that resolves to an input (same path, symlink or hard
+  link) is refused before any work (`refuse_overwriting_inputs`);
+* outputs appear whole or not at all: they are written under a hidden temporary name beside the
+  target and renamed on success; any other exit, a signal included, removes it (`atomic_output`);
+* SIGINT and SIGTERM become an `Interrupted` exception in the main thread (`run`), so every
+  `finally` and context manager runs (temporary files, ffmpeg children, worker pools) before the
+  command exits with 128 + the signal number;
+* a user mistake ends in one `error: ...` line naming the file or flag and exit status 1, never a
+  traceback.
+"""
+import argparse
+import contextlib
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from typing import Callable, Dict, Iterator, Optional, Sequence
+
+EXIT_ERROR = 1
+
+
+class UserError(Exception):
+  """Input the command cannot use; the message names the file or flag and the problem. Every
+  module's error class derives from it, so `run` reports them all the same way."""
+
+
+class Interrupted(BaseException):
+  """SIGINT or SIGTERM arrived. A BaseException, like KeyboardInterrupt, so that no
+  `except Exception` swallows it."""
+
+  def __init__(self, signum: int):
+    super().__init__(f'interrupted by {signal.Signals(signum).name}')
+    self.signum = signum
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + self.signum
+
+
+def warn(message: str) -> None:
+  print(f'warning: {message}', file=sys.stderr, flush=True)
+
+
+# -- signals ---------------------------------------------------------------------------------------
+_depth = 0  # nesting of `run` (the demo runs preprocess and infer inside itself)
+
+
+@contextlib.contextmanager
+def signals_raise(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+  """Within the block, the first of `signums` raises Interrupted in the main thread; later ones
+  are ignored while the cleanup it starts runs, except that a third forces an exit."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+
+  def handler(signum, _frame):
+    received.append(signum)
+    if len(received) >= 3:
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    if len(received) == 1:
+      if _deferring:
+        _deferred.append(signum)
+      else:
+        raise Interrupted(signum)
+
+  previous = {s: signal.signal(s, handler) for s in signums}
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+_deferring = []  # one entry per open deferred_interrupts block
+_deferred = []  # a signal that arrived inside one
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+  """A block that must not be cut short (a checkpoint save): a signal that arrives inside it
+  raises Interrupted only when it ends."""
+  _deferring.append(True)
+  try:
+    yield
+  finally:
+    _deferring.pop()
+  if not _deferring and _deferred:
+    raise Interrupted(_deferred.pop())
+
+
+def _exit_worker(signum, _frame):
+  sys.exit(128 + signum)  # SystemExit: `finally` blocks run, multiprocessing prints nothing
+
+
+def ignore_interrupts_in_worker() -> None:
+  """For worker processes: SIGINT is the parent's to handle (a terminal sends it to the whole
+  process group); SIGTERM (the parent's terminate) exits through `finally` blocks, so temporary
+  files are removed; and the worker dies with its parent even if the parent is killed outright."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, _exit_worker)
+  if sys.platform.startswith('linux'):
+    import ctypes  # pylint: disable=import-outside-toplevel
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+      ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def run(body: Callable[[], int], prog: str,
+        signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> int:
+  """Runs a command's body with signals raising Interrupted; returns its exit status.
+
+  UserError and OSError (a file system problem: permissions, a full disk) print one `error:`
+  line and give 1; Interrupted gives 128 + signum. Nested inside another `run` (the demo),
+  Interrupted propagates so the outer command stops too.
+  """
+  global _depth
+  _depth += 1
+  try:
+    with signals_raise(signums):
+      try:
+        return body()
+      except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return EXIT_ERROR
+      except OSError as e:
+        where = f'{e.filename}: ' if e.filename else ''
+        print(f'error: {where}{e.strerror or e}', file=sys.stderr)
+        return EXIT_ERROR
+  except Interrupted as e:
+    if _depth > 1:
+      raise
+    print(f'{prog}: {e}; stopped, no partial output left', file=sys.stderr)
+    return e.exit_code
+  finally:
+    _depth -= 1
+
+
+# -- inputs and outputs ----------------------------------------------------------------------------
+def same_file(a: str, b: str) -> bool:
+  """Whether two paths name the same file: equal after resolving symlinks, or one inode (hard
+  links)."""
+  if os.path.realpath(a) == os.path.realpath(b):
+    return True
+  try:
+    return os.path.samefile(a, b)
+  except OSError:  # either does not exist
+    return False
+
+
+def refuse_overwriting_inputs(outputs: Dict[str, Optional[str]],
+                              inputs: Dict[str, Optional[str]]) -> None:
+  """UserError if any output path (by flag name) resolves to any input path."""
+  for out_flag, out in outputs.items():
+    for in_flag, source in inputs.items():
+      if out and source and same_file(out, source):
+        raise UserError(f'{out_flag} {out} is the same file as {in_flag} {source}; refusing to '
+                        'overwrite an input (choose another output path)')
+
+
+def ensure_folder(folder: str, what: str = 'output') -> str:
+  """Creates `folder` if needed and proves a file can be written in it; UserError otherwise."""
+  folder = os.path.abspath(folder)
+  existing = folder
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise UserError(f'{existing}: is a file, so the {what} cannot go in {folder}')
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix='.write_test_'):
+      pass
+  except OSError as e:
+    raise UserError(f'{folder}: cannot write the {what} there ({e.strerror})') from e
+  return folder
+
+
+def _umask() -> int:
+  mask = os.umask(0)  # the only portable way to read it is to set it
+  os.umask(mask)
+  return mask
+
+
+def _remove(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path, ignore_errors=True)
+  elif os.path.lexists(path):
+    os.remove(path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, suffix: str = '', directory: bool = False) -> Iterator[str]:
+  """Yields a hidden temporary path beside `path` (a file, or a folder with `directory`). When
+  the block succeeds it gets a new file's mode and replaces `path` (a folder may replace only
+  an empty one); on any other exit, Interrupted included, it is removed."""
+  folder, name = os.path.split(os.path.abspath(path))
+  tmp = None
+  try:
+    if directory:
+      tmp = tempfile.mkdtemp(dir=folder, prefix=f'.{name}.', suffix=suffix)
+    else:
+      fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{name}.', suffix=suffix)
+      os.close(fd)
+    yield tmp
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())  # mkstemp/mkdtemp: owner-only
+    os.replace(tmp, path)
+  finally:
+    if tmp is not None:
+      _remove(tmp)
+
+
+# -- flag values (argparse `type=` callables: argparse names the flag in its message) ------------
+def int_in(low: int, high: int) -> Callable[[str], int]:
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+    if not low <= value <= high:
+      raise argparse.ArgumentTypeError(f'{value} is outside {low}..{high}')
+    return value
+  parse.__name__ = 'integer'
+  return parse
+
+
+def float_in(low: float, high: float) -> Callable[[str], float]:
+  def parse(text: str) -> float:
+    try:
+      value = float(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+    if not math.isfinite(value) or not low <= value <= high:
+      raise argparse.ArgumentTypeError(f'{text} is outside {low:g}..{high:g}')
+    return value
+  parse.__name__ = 'number'
+  return parse
+
+
+def output_file(extensions: Sequence[str]) -> Callable[[str], str]:
+  """A file to be written: not empty, not a folder, ending in one of `extensions`."""
+  def parse(text: str) -> str:
+    if not text or text.endswith(('/', os.sep)) or os.path.isdir(text):
+      raise argparse.ArgumentTypeError(f'{text!r} is a folder; give a file name, e.g. '
+                                       f'{os.path.join(text or ".", "result" + extensions[0])}')
+    if not text.lower().endswith(tuple(extensions)):
+      raise argparse.ArgumentTypeError(f'{text!r} must end in ' + ', '.join(extensions))
+    return text
+  parse.__name__ = 'file name'
+  return parse

@@ -1,0 +1,327 @@
+"""Every CLI against a table of bad inputs and flag values, as a careless user would try them.
+
+Each case asserts: the exit status; no traceback (the CLIs run in-process, so an escaping
+exception fails the test with it); a message naming the problem; no new file in the output
+folder unless the input was legitimately usable; every input byte-identical afterwards.
+"""
+import dataclasses
+import hashlib
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import zipfile
+from typing import Callable, List, Optional
+
+import numpy as np
+import pytest
+import scipy.io.wavfile
+
+from conftest import (FACE_MODEL, MEDIA, PARITY, ROOT, load_parity_weights, random_checkpoint,
+                      require, save_pth)
+from data_pipeline import preprocess
+from lipsync_jax import audio, convert, infer, video
+
+TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
+
+
+def ffmpeg(*args):
+  subprocess.run(['ffmpeg', '-y', '-v', 'error', *map(str, args)], check=True)
+
+
+class _Evil:
+  def __reduce__(self):
+    return os.system, ('touch pwned',)
+
+
+def _write_float_wav(path, source, bad_value):
+  wav = audio.load_audio(str(source))[:16000].copy()
+  wav[4000:4010] = bad_value
+  scipy.io.wavfile.write(str(path), 16000, wav.astype(np.float32))
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+  """Every input file the cases use, in one folder that is hashed before and after each case."""
+  d = tmp_path_factory.mktemp('inputs')
+  head, speech = require(TALKING_HEAD), require(MEDIA / 'speech_en_16k_stereo.wav')
+  require(FACE_MODEL)
+  ffmpeg('-i', speech, '-ss', '1', '-t', '1', '-ac', '1', d / 'speech.wav')
+  ffmpeg('-i', speech, '-ss', '1', '-t', '2', '-ac', '1', d / 'speech2.wav')
+  shutil.copy(d / 'speech.wav', d / '-x.wav')
+  ffmpeg('-i', head, '-t', '1', '-c:v', 'libx264', '-c:a', 'aac', d / 'face.mp4')
+  shutil.copy(MEDIA / 'face_photo.png', d / 'image.png')
+  ffmpeg('-i', require(MEDIA / 'speech_850x480_30fps.mp4'), '-c', 'copy', '-metadata:s:v:0',
+         'rotate=90', d / 'rotated.mp4')
+  ffmpeg('-i', head, '-t', '2', '-movflags', '+faststart', d / 'whole.mp4')
+  data = (d / 'whole.mp4').read_bytes()
+  (d / 'truncated.mp4').write_bytes(data[:len(data) // 2])
+  os.remove(d / 'whole.mp4')
+  _write_float_wav(d / 'inf.wav', d / 'speech.wav', np.inf)
+  _write_float_wav(d / 'nan.wav', d / 'speech.wav', np.nan)
+  (d / 'empty.wav').write_bytes(b'')
+  (d / 'text.wav').write_text('not audio\n')
+  (d / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + np.random.default_rng(2).bytes(200))
+  (d / 'corrupt.pth').write_bytes(np.random.default_rng(1).bytes(300))
+  (d / 'empty.pth').write_bytes(b'')
+  (d / 'a_file').write_text('x')
+  (d / 'bad.onnx').write_bytes(np.random.default_rng(3).bytes(1000))
+  (d / 'folder').mkdir()
+  with zipfile.ZipFile(d / 'notzip.pth', 'w') as z:
+    z.writestr('hello.txt', 'a zip, not a torch file')
+  with zipfile.ZipFile(d / 'evil.pth', 'w') as z:
+    z.writestr('archive/data.pkl', pickle.dumps(_Evil(), protocol=2))
+  random_checkpoint(d / 'ckpt', 'wav2lip')
+  random_checkpoint(d / 'expert_ckpt', 'expert')
+  shutil.copytree(d / 'ckpt', d / 'damaged_ckpt')
+  for f in (d / 'damaged_ckpt' / '0' / 'variables' / 'ocdbt.process_0' / 'd').iterdir():
+    f.write_bytes(b'garbage')
+  if (PARITY / 'syncnet_weights.npz').exists():  # a full-size expert under unusual names
+    pytest.importorskip('torch')
+    weights = load_parity_weights('syncnet')
+    save_pth(d / 'expert.PTH', weights, legacy=True)
+    save_pth(d / 'expert.pth.tar', weights, legacy=False)
+  _corpus(d / 'corpus', d)
+  return d
+
+
+def _corpus(root, d):
+  """Two good clips, and one each with infinite audio samples, no face, and garbage bytes."""
+  spk = root / 'spk'
+  spk.mkdir(parents=True)
+  ffmpeg('-i', require(TALKING_HEAD), '-t', '1.2', '-c:v', 'libx264', '-c:a', 'aac',
+         spk / 'good1.mp4')
+  ffmpeg('-i', TALKING_HEAD, '-ss', '3', '-t', '1.2', '-c:v', 'libx264', '-c:a', 'aac',
+         spk / 'good2.mp4')
+  # mov muxer under an .mp4 name: the only common container that keeps float PCM (and its inf)
+  ffmpeg('-i', spk / 'good1.mp4', '-i', d / 'inf.wav', '-map', '0:v', '-map', '1:a', '-c:v',
+         'copy', '-c:a', 'pcm_f32le', '-f', 'mov', spk / 'infaudio.mp4')
+  ffmpeg('-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=25', '-f', 'lavfi', '-i',
+         'sine=frequency=300:sample_rate=16000', '-t', '1.2', '-pix_fmt', 'yuv420p',
+         spk / 'noface.mp4')
+  (spk / 'garbage.mp4').write_bytes(np.random.default_rng(4).bytes(5000))
+  (root / 'empty').mkdir()
+
+
+@dataclasses.dataclass
+class Case:
+  id: str
+  cli: str  # infer | preprocess | convert | train
+  argv: List[str]  # {in}: the inputs folder, {out}: an empty output folder
+  rc: int
+  message: str  # expected in stderr (stdout too where the run succeeds)
+  setup: Optional[Callable] = None  # (inputs, out) -> None: files the case puts in {out}
+  cwd_inputs: bool = False
+  needs: Optional[str] = None  # an input file that may be absent (parity weights)
+
+
+def I(*flags, face='{in}/face.mp4', audio_='{in}/speech.wav', ckpt='{in}/ckpt',
+      out='{out}/result.mp4'):
+  """infer's argv with these inputs and extra flags."""
+  return ['--checkpoint_path', ckpt, '--face', face, '--audio', audio_, '--outfile', out,
+          '--quiet', *flags]
+
+
+def P(*flags, root='{in}/corpus', out='{out}/pre'):
+  return ['--data_root', root, '--out', out, '--workers', '2', *flags]
+
+
+def _link(kind):
+  def make(d, out):
+    target = d / ('face.mp4' if kind == 'hard' else 'speech.wav')
+    (os.link if kind == 'hard' else os.symlink)(target, out / 'result.mp4')
+  return make
+
+
+CASES = [
+    # outputs that are inputs
+    Case('outfile_is_face', 'infer', I(out='{in}/face.mp4'), 1, 'same file as --face'),
+    Case('outfile_is_audio', 'infer', I(face='{in}/image.png', out='{in}/speech.wav'), 2,
+         "must end in .mp4"),
+    Case('outfile_is_audio_track', 'infer', I(face='{in}/image.png', audio_='{in}/face.mp4',
+                                              out='{in}/face.mp4'), 1, 'same file as --audio'),
+    Case('outfile_hard_link_to_face', 'infer', I(), 1, 'same file as --face', _link('hard')),
+    Case('outfile_symlink_to_audio', 'infer', I(face='{in}/image.png'), 1,
+         'same file as --audio', _link('sym')),
+    Case('outfile_is_a_folder', 'infer', I(out='{out}/'), 2, '--outfile'),
+    Case('outfile_existing_folder', 'infer', I(out='{in}/folder'), 2, 'is a folder'),
+    Case('outfile_wrong_extension', 'infer', I(out='{out}/result.wav'), 2, '--outfile'),
+    Case('outfile_under_a_file', 'infer', I(out='{in}/a_file/result.mp4'), 1,
+         'a_file: is a file'),
+    Case('convert_onto_itself', 'convert', ['{in}/corrupt.pth', '{in}/corrupt.pth'], 1,
+         'same file as checkpoint'),
+    Case('preprocess_out_is_data_root', 'preprocess', P(out='{in}/corpus'), 1,
+         'is the --data_root folder'),
+    # audio
+    Case('audio_with_inf', 'infer', I(audio_='{in}/inf.wav'), 1, 'inf.wav: the audio contains '
+         'infinite samples'),
+    Case('audio_with_nan', 'infer', I(audio_='{in}/nan.wav'), 1, 'NaN samples'),
+    Case('audio_empty_file', 'infer', I(audio_='{in}/empty.wav'), 1, 'empty.wav'),
+    Case('audio_text_file', 'infer', I(audio_='{in}/text.wav'), 1, 'text.wav: unreadable'),
+    Case('audio_missing', 'infer', I(audio_='{in}/nope.wav'), 1, 'nope.wav: no such file'),
+    Case('audio_named_like_an_option', 'infer',
+         ['--checkpoint_path', '{in}/ckpt', '--face', '{in}/face.mp4', '--audio=-x.wav',
+          '--outfile', '{out}/result.mp4', '--quiet'], 0, 'wrote', cwd_inputs=True),
+    # faces and videos
+    Case('face_missing', 'infer', I(face='{in}/nope.mp4'), 1, 'nope.mp4: no such file'),
+    Case('face_is_a_folder', 'infer', I(face='{in}/folder'), 1, 'folder: is a folder'),
+    Case('face_corrupt_image', 'infer', I(face='{in}/corrupt.png'), 1, 'not a readable image'),
+    Case('face_rotated_phone_video', 'infer', I(face='{in}/rotated.mp4'), 0, 'with a face'),
+    Case('face_truncated_video', 'infer', I(face='{in}/truncated.mp4',
+                                            audio_='{in}/speech2.wav'), 0, 'truncated'),
+    # flag values
+    Case('box_negative', 'infer', I('--box', '-5', '100', '0', '100'), 2, '--box'),
+    Case('box_inverted', 'infer', I('--box', '200', '100', '0', '100'), 2, '--box'),
+    Case('box_beyond_frame', 'infer', I('--box', '100', '900', '100', '300'), 1,
+         '--box 100 900 100 300 reaches beyond the 512x512'),
+    Case('pads_swallow_the_face', 'infer', I('--pads', '-300', '-300', '0', '0'), 1,
+         '--pads -300 -300 0 0 leave nothing'),
+    Case('pads_absurd', 'infer', I('--pads', '0', '99999', '0', '0'), 2, '--pads'),
+    Case('pads_not_integers', 'infer', I('--pads', '0', 'ten', '0', '0'), 2, '--pads'),
+    Case('resize_factor_1000', 'infer', I('--resize_factor', '1000'), 2, '--resize_factor'),
+    Case('resize_factor_too_small_frames', 'infer', I('--resize_factor', '64'), 1,
+         '--resize_factor 64 shrinks the 512x512'),
+    Case('resize_factor_zero', 'infer', I('--resize_factor', '0'), 2, '--resize_factor'),
+    Case('fps_nan', 'infer', I('--fps', 'nan', face='{in}/image.png'), 2, '--fps'),
+    Case('fps_inf', 'infer', I('--fps', 'inf', face='{in}/image.png'), 2, '--fps'),
+    Case('fps_tiny', 'infer', I('--fps', '1e-9', face='{in}/image.png'), 2, '--fps'),
+    Case('fps_text', 'infer', I('--fps', 'fast', face='{in}/image.png'), 2, '--fps'),
+    Case('wav2lip_batch_size_zero', 'infer', I('--wav2lip_batch_size', '0'), 2,
+         '--wav2lip_batch_size'),
+    Case('face_det_batch_size_huge', 'infer', I('--face_det_batch_size', '10000000'), 2,
+         '--face_det_batch_size'),
+    Case('crop_empty', 'infer', I('--crop', '300', '100', '0', '-1'), 2, '--crop'),
+    Case('crop_negative', 'infer', I('--crop', '-5', '-1', '0', '-1'), 2, '--crop'),
+    Case('paste_unknown', 'infer', I('--paste', 'soft'), 2, '--paste'),
+    # checkpoints and models
+    Case('checkpoint_missing', 'infer', I(ckpt='{in}/nope'), 1, 'nope: no such checkpoint'),
+    Case('checkpoint_corrupt', 'infer', I(ckpt='{in}/corrupt.pth'), 1,
+         'corrupt.pth: not a readable PyTorch checkpoint'),
+    Case('checkpoint_empty_file', 'infer', I(ckpt='{in}/empty.pth'), 1,
+         'empty.pth: not a readable PyTorch checkpoint'),
+    Case('checkpoint_zip_not_torch', 'infer', I(ckpt='{in}/notzip.pth'), 1,
+         'notzip.pth: not a readable PyTorch checkpoint (a zip archive without data.pkl'),
+    Case('checkpoint_unsafe_pickle', 'infer', I(ckpt='{in}/evil.pth'), 1,
+         'evil.pth: refusing to load posix.system'),
+    Case('checkpoint_damaged_orbax', 'infer', I(ckpt='{in}/damaged_ckpt'), 1,
+         'cannot restore the variables'),
+    Case('checkpoint_wrong_model', 'infer', I(ckpt='{in}/expert_ckpt'), 1,
+         "holds a 'expert' model"),
+    Case('checkpoint_upper_case_pth', 'infer', I(ckpt='{in}/expert.PTH'), 1,
+         "expert.PTH: holds a 'expert' model", needs='expert.PTH'),
+    Case('face_model_missing', 'infer', I('--face_model', '{in}/nope.onnx'), 1,
+         'nope.onnx: face detector model not found'),
+    Case('face_model_garbage', 'infer', I('--face_model', '{in}/bad.onnx'), 1,
+         'bad.onnx: not a YuNet face detector model'),
+    # convert
+    Case('convert_pth_tar', 'convert', ['{in}/expert.pth.tar', '{out}/converted'], 0,
+         'wrote expert checkpoint', needs='expert.pth.tar'),
+    Case('convert_corrupt', 'convert', ['{in}/corrupt.pth', '{out}/converted'], 1,
+         'corrupt.pth: not a readable PyTorch checkpoint'),
+    Case('convert_unsafe', 'convert', ['{in}/evil.pth', '{out}/converted'], 1,
+         'evil.pth: refusing to load'),
+    Case('convert_out_is_a_file', 'convert', ['{in}/corrupt.pth', '{in}/a_file'], 1,
+         'a_file: exists and is a file'),
+    Case('convert_out_under_a_file', 'convert', ['{in}/corrupt.pth', '{in}/a_file/out'], 1,
+         'a_file: is a file'),
+    Case('convert_out_not_empty', 'convert', ['{in}/corrupt.pth', '{in}/corpus'], 1,
+         'exists and is not empty'),
+    # preprocess
+    Case('preprocess_missing_root', 'preprocess', P(root='{in}/nope'), 1,
+         'nope: no such folder'),
+    Case('preprocess_no_clips', 'preprocess', P(root='{in}/corpus/empty'), 1, 'no clips found'),
+    Case('preprocess_out_under_a_file', 'preprocess', P(out='{in}/a_file/pre'), 1,
+         'a_file: is a file'),
+    Case('preprocess_missing_filelists', 'preprocess', P('--filelists', '{in}/nope'), 1,
+         'nope: no such folder (--filelists)'),
+    Case('preprocess_zero_workers', 'preprocess', P('--workers', '0'), 2, '--workers'),
+]
+
+MAINS = {'infer': infer.main, 'preprocess': preprocess.main, 'convert': convert.main}
+
+
+def _snapshot(folder) -> dict:
+  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob('*')) if p.is_file() and not p.is_symlink()}
+
+
+def _listing(folder) -> list:
+  return sorted(str(p.relative_to(folder)) for p in folder.rglob('*'))
+
+
+@pytest.fixture(autouse=True)
+def face_model(monkeypatch):
+  monkeypatch.setenv('LIPSYNC_JAX_FACE_MODEL', str(require(FACE_MODEL)))
+
+
+@pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, inputs, tmp_path, capsys, monkeypatch):
+  if case.needs and not (inputs / case.needs).exists():
+    pytest.skip(f'{case.needs} needs the parity weights and torch')
+  out = tmp_path / 'out'
+  out.mkdir()
+  if case.setup:
+    case.setup(inputs, out)
+  if case.cwd_inputs:
+    monkeypatch.chdir(inputs)
+  argv = [a.replace('{in}', str(inputs)).replace('{out}', str(out)) for a in case.argv]
+  before, listed = _snapshot(inputs), _listing(out)
+  try:
+    rc = MAINS[case.cli](argv)
+  except SystemExit as e:  # argparse
+    rc = e.code
+  stdout, stderr = capsys.readouterr()
+  assert rc == case.rc, stderr[-2000:]
+  assert 'Traceback' not in stderr, stderr
+  assert case.message in (stderr if rc else stdout + stderr), stderr[-2000:]
+  assert _snapshot(inputs) == before  # every input byte-identical
+  assert not (inputs / 'pwned').exists()
+  if rc:
+    assert _listing(out) == listed  # nothing left behind
+    return
+  if case.cli == 'infer':
+    written = [f for f in os.listdir(out) if f not in listed]
+    assert written == ['result.mp4'], written
+    info = video.probe_video(str(out / 'result.mp4'))
+    if case.id == 'face_rotated_phone_video':  # decoded upright (850x480 stored)
+      assert (info.width, info.height) == (480, 850)
+
+
+def test_bad_clips_are_skipped_and_named(inputs, tmp_path, capsys):
+  """Bad clips among good ones: each skipped and named with its reason (infinite audio
+  samples, no face, garbage bytes), the good ones kept, no temporary files in the clip cache,
+  the inputs untouched."""
+  out = tmp_path / 'pre'
+  before = _snapshot(inputs)
+  assert preprocess.main(P(root=str(inputs / 'corpus'), out=str(out))) == 0
+  text, err = capsys.readouterr()
+  assert 'Traceback' not in err and _snapshot(inputs) == before
+  assert 'skipped 3 clips' in text
+  assert 'spk/infaudio: bad audio: ' in text and 'infinite samples' in text
+  assert 'spk/noface: no face' in text and 'spk/garbage: unreadable' in text
+  assert 'train' in text.split('wrote')[1]
+  assert sorted(os.listdir(out / '_clips')) == ['spk__good1.npz', 'spk__good2.npz']
+
+
+def _train(*flags, workdir):
+  return subprocess.run(
+      [sys.executable, '-m', 'lipsync_jax.train', '--workdir', str(workdir), *flags],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_train_refuses_bad_setups(inputs, tmp_path):
+  """train's CLI: a missing dataset and a workdir that would overwrite the expert are refused
+  before any compilation, with exit status 1 and no traceback."""
+  proc = _train('--config', 'configs/expert.py:tiny', f'--config.data.dir={tmp_path}/nope',
+                workdir=tmp_path / 'run')
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  assert 'nope: not a dataset written by data_pipeline.preprocess' in proc.stderr
+  expert = tmp_path / 'expert_run'
+  shutil.copytree(inputs / 'expert_ckpt', expert / 'checkpoints')
+  before = _snapshot(expert)
+  proc = _train('--config', 'configs/wav2lip.py:tiny', f'--config.data.dir={tmp_path}',
+                f'--config.expert_checkpoint={expert}', workdir=expert)
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  assert 'would overwrite the expert' in proc.stderr
+  assert _snapshot(expert) == before
