@@ -12,7 +12,11 @@ def base(model: str, variant: str = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(
       name=model, width_divisor=TINY_WIDTH_DIVISOR if tiny else 1,
-      dtype='float32',  # 'bfloat16': mixed precision on GPU/TPU (params and BN stats stay f32)
+      # 'auto': bfloat16 compute on GPU/TPU (params, BN statistics, losses stay float32),
+      # float32 on CPU; or 'float32' / 'bfloat16' anywhere.
+      dtype='auto',
+      # 'auto': XLA's own convolutions on GPU/TPU, the CPU-tuned kernels on CPU; or 'xla' / 'cpu'.
+      conv_impl='auto',
   ))
   c.data = ml_collections.ConfigDict(dict(
       dir='',  # the TFDS ArrayRecord dataset written by data_pipeline.preprocess

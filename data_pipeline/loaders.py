@@ -19,14 +19,32 @@ from typing import Tuple
 
 import cv2
 import grain
+import jax
 from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lipsync_jax import audio
+from lipsync_jax import audio, models
 
 T = 5  # frames per window
 PREFETCH_BATCHES = 2  # per process (each worker process too)
+
+
+def batch_spec(kind: str, batch_size: int) -> dict:
+  """Shapes and dtypes of one batch of `kind` (as make_dataset yields them), for compiling a
+  step ahead of time without data."""
+  image, mel = (models.IMG_SIZE,) * 2, models.MEL_SHAPE
+  spec = {'mel_window': ((batch_size,) + mel, np.float32)}
+  if kind == 'expert':
+    spec.update(face=((batch_size, image[0] // 2, image[1], 3 * T), np.uint8),
+                label=((batch_size,), np.float32))
+  elif kind == 'generator':
+    spec.update(faces=((batch_size, T) + image + (6,), np.uint8),
+                mels=((batch_size, T) + mel, np.float32),
+                gt=((batch_size, T) + image + (3,), np.uint8))
+  else:
+    raise ValueError(f'unknown batch kind {kind!r}')
+  return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
 
 
 def clip_source(data_dir: str, split: str):

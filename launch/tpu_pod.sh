@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Train on a Cloud TPU pod slice: the same command on every worker of TPU VM NAME in ZONE.
 #   launch/tpu_pod.sh NAME ZONE CONFIG WORKDIR [--config.x=y ...]
-#   launch/tpu_pod.sh my-v4-32 us-central2-b configs/wav2lip_gan.py gs://bucket/runs/gan \
-#       --config.data.dir=gs://bucket/lrs2/clip_dataset/1.0.0
+#   launch/tpu_pod.sh my-v4-32 us-central2-b configs/wav2lip_gan.py /mnt/bucket/runs/gan \
+#       --config.data.dir=/mnt/bucket/lrs2/clip_dataset/1.0.0
 # Assumes this repository is checked out at ~/lipsync_jax on every worker with
 # `pip install -e . "jax[tpu]"` done. On TPU, jax.distributed.initialize() finds the other
-# workers by itself; each worker reads its own shard of clips. WORKDIR should be a GCS path
-# (orbax writes checkpoints there from all workers).
+# workers by itself; each worker reads its own shard of clips. WORKDIR must be one folder that
+# every worker sees (e.g. a bucket mounted with gcsfuse at the same path): gs:// URLs are not
+# supported by the trainer yet. A SIGTERM (or maintenance notice) on any worker stops all of
+# them at the same step with a checkpoint.
 set -euo pipefail
 if [ $# -lt 4 ]; then
-  sed -n '2,9p' "$0"; exit 2
+  sed -n '2,11p' "$0"; exit 2
 fi
 name=$1 zone=$2 config=$3 workdir=$4
 shift 4

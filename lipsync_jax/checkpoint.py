@@ -92,7 +92,12 @@ def load_model(directory: str, expect: Optional[str] = None,
   if expect is not None and name != expect:
     raise CheckpointError(f'{directory}: holds a {name!r} model, but a {expect!r} is needed')
   module = models.build(name, meta.get('width_divisor', 1))
-  abstract = jax.eval_shape(lambda: models.init(module, name, jax.random.key(0)))
+  # Restored onto this process's first device whatever topology saved it (a pod-trained
+  # workdir read for inference on one machine: orbax refuses the saved sharding otherwise).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      jax.eval_shape(lambda: models.init(module, name, jax.random.key(0))))
   try:
     restored = manager(directory, create=False).restore(
         step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)))

@@ -142,6 +142,41 @@ def run(body: Callable[[], int], prog: str,
     _depth -= 1
 
 
+# -- compilation cache -----------------------------------------------------------------------------
+CACHE_ENV = 'LIPSYNC_JAX_COMPILATION_CACHE'  # a folder, or 'off'
+
+
+def default_compilation_cache() -> str:
+  """$LIPSYNC_JAX_COMPILATION_CACHE, else <$LIPSYNC_JAX_CACHE or ~/.cache/lipsync_jax>/xla."""
+  root = os.environ.get('LIPSYNC_JAX_CACHE',
+                        os.path.join(os.path.expanduser('~'), '.cache', 'lipsync_jax'))
+  return os.environ.get(CACHE_ENV) or os.path.join(root, 'xla')
+
+
+def enable_compilation_cache(folder: Optional[str]) -> Optional[str]:
+  """Persists XLA executables in `folder` (None or 'off': no cache), so a second run with the
+  same shapes skips compilation; returns the folder used. A cache already chosen through JAX's
+  own JAX_COMPILATION_CACHE_DIR wins. A folder that cannot be created only costs the cache."""
+  if folder in (None, '', 'off') or os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return os.environ.get('JAX_COMPILATION_CACHE_DIR')
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    warn(f'{folder}: no compilation cache ({e.strerror})')
+    return None
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update('jax_compilation_cache_dir', folder)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  return folder
+
+
+def add_compilation_cache_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--compilation_cache', default=default_compilation_cache(),
+                      metavar='DIR', help='keep compiled XLA programs here so the next run with '
+                      "the same shapes starts at once; 'off' disables it (default: "
+                      f'${CACHE_ENV} or %(default)s)')
+
+
 # -- inputs and outputs ----------------------------------------------------------------------------
 def same_file(a: str, b: str) -> bool:
   """Whether two paths name the same file: equal after resolving symlinks, or one inode (hard

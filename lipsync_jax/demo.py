@@ -203,6 +203,7 @@ def main(argv=None) -> int:
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--out', default='demo_out', help='output folder (default: %(default)s)')
   add_stage_flags(parser, speakers=10, expert_steps=1000, generator_steps=300)
+  cli.add_compilation_cache_flag(parser)
   args = parser.parse_args(argv)
   return cli.run(lambda: run(args), 'lipsync_jax.demo')
 
@@ -210,6 +211,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
   """All five stages into args.out; returns the exit status."""
   began = time.perf_counter()
+  cli.enable_compilation_cache(args.compilation_cache)
   out = cli.ensure_folder(args.out, 'demo')
   data_dir = build_corpus(out, args)
   expert_dir, generator_dir = train_models(out, data_dir, args)
@@ -218,7 +220,8 @@ def run(args) -> int:
   speech = new_speech(out)
   result = os.path.join(out, 'result.mp4')
   flags = ['--checkpoint_path', generator_dir, '--face', face, '--audio', speech,
-           '--outfile', result] + (['--face_model', args.face_model] if args.face_model else [])
+           '--outfile', result, '--compilation_cache', args.compilation_cache] + (
+               ['--face_model', args.face_model] if args.face_model else [])
   if infer.main(flags):
     return 1
   write_side_by_side(face, result, speech, os.path.join(out, 'side_by_side.mp4'))

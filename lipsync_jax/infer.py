@@ -63,9 +63,8 @@ class Stages(collections.Counter):
 
 
 # -- inputs ---------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnums=0)
-def _generate(module, params, mels, crops):
-  """[0, 1] faces for uint8 crops; jitted once per module and batch shape, even across runs."""
+def generate_faces(module, params, mels, crops):
+  """[0, 1] faces for uint8 crops (the lower half is masked here, as the reference does)."""
   compute = module.dtype or jnp.float32
   crops = crops.astype(jnp.float32) / 255.0
   masked = crops.at[:, models.IMG_SIZE // 2:].set(0.0)  # the reference: lower half hidden,
@@ -73,11 +72,16 @@ def _generate(module, params, mels, crops):
   return module.apply(params, mels.astype(compute), faces_in.astype(compute)).astype(jnp.float32)
 
 
+# Jitted once per module and batch shape, even across runs.
+_generate = jax.jit(generate_faces, static_argnums=0)
+
+
 def load_generator(path: str, dtype: str):
   """generate(mels, uint8 crops) -> [0, 1] faces, BatchNorm folded, from a .pth or orbax
   checkpoint."""
   module, variables = convert.load_checkpoint(path, 'wav2lip')
-  folded = models.build('wav2lip', module.width_divisor, jnp.dtype(dtype), folded_bn=True)
+  dtype = models.compute_dtype_for(dtype, jax.default_backend())
+  folded = models.build('wav2lip', module.width_divisor, dtype, folded_bn=True)
   params = jax.device_put(fold_batchnorm(variables))
   return functools.partial(_generate, folded, params)
 
@@ -452,12 +456,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                  "frame, one frame later than in training; the video may end up to 0.2 s "
                  "before the audio), bilinear crops, uint8 truncation, hard paste, "
                  "abort on a frame without a face, no frame-rate resampling")
-  p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
-                 help='generator compute type; bfloat16 is for GPU/TPU')
+  p.add_argument('--dtype', choices=('auto', 'float32', 'bfloat16'), default='auto',
+                 help='generator compute type (default auto: bfloat16 on GPU/TPU, float32 on '
+                 'CPU)')
   p.add_argument('--face_model', default=None,
                  help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, the cache, '
                  'or a one-time verified download)')
   p.add_argument('--quiet', action='store_true', help='no progress bar')
+  cli.add_compilation_cache_flag(p)
   args = p.parse_args(argv)
   y1, y2, x1, x2 = args.box
   if args.box != [-1] * 4 and (min(args.box) < 0 or y2 <= y1 or x2 <= x1):
@@ -474,6 +480,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   args = parse_args(argv)
 
   def body() -> int:
+    cli.enable_compilation_cache(args.compilation_cache)
     report = run(args, progress=not args.quiet)
     print(f'wrote {args.outfile}: {report.frames} frames at {report.fps:g} fps, '
           f'{report.frames_with_face} with a face, in {report.seconds:.1f} s '

@@ -3,6 +3,11 @@
 Every block keeps the reference's structure so that official weights map one to one:
 `ConvBlock` = conv (or transposed conv) -> BatchNorm -> [+ input] -> ReLU, and
 `LeakyConvBlock` = conv -> LeakyReLU(0.01) without normalisation.
+
+Convolutions come in two implementations with equal results and gradients (`conv_impl`):
+'xla', XLA's own convolutions (input-dilated for the transposed ones), for TPU and GPU, and
+'cpu', a per-tap matmul kernel gradient and sub-pixel transposed convolutions, which are
+several times faster on XLA:CPU and slower elsewhere. `conv_impl_for` picks by platform.
 """
 import functools
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
@@ -13,6 +18,17 @@ import numpy as np
 from flax import linen as nn
 
 Pair = Union[int, Sequence[int]]
+CONV_IMPLS = ('auto', 'xla', 'cpu')
+
+
+def conv_impl_for(setting: str, platform: str) -> str:
+  """'xla' or 'cpu' for a `model.conv_impl` setting on a device platform ('cpu', 'gpu', 'tpu'):
+  'auto' means the CPU kernels on the CPU backend only."""
+  if setting not in CONV_IMPLS:
+    raise ValueError(f'unknown conv_impl {setting!r}; expected one of {CONV_IMPLS}')
+  if setting == 'auto':
+    return 'cpu' if platform == 'cpu' else 'xla'
+  return setting
 
 
 def pair(v: Pair) -> tuple:
@@ -118,9 +134,14 @@ def _conv2d_bwd(strides, padding, precision, residuals, dy):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def _check_impl(impl: str) -> None:
+  if impl not in ('xla', 'cpu'):  # 'auto' is resolved by the caller, who knows the target
+    raise ValueError(f"conv_impl must be 'xla' or 'cpu' here (see conv_impl_for), not {impl!r}")
+
+
 class Conv(nn.Module):
   """Conv2d with torch's symmetric padding, nn.Conv's parameters ('kernel' (kh, kw, Cin, Cout),
-  'bias') and dtype promotion, and `conv2d`'s fast kernel gradient."""
+  'bias') and dtype promotion; with conv_impl 'cpu', `conv2d`'s fast kernel gradient."""
   features: int
   kernel_size: Pair
   strides: Pair = 1
@@ -128,6 +149,7 @@ class Conv(nn.Module):
   kernel_init: Callable = he_normal()
   dtype: Optional[jnp.dtype] = None
   precision: Optional[str] = None
+  conv_impl: str = 'cpu'
 
   @nn.compact
   def __call__(self, x):
@@ -136,7 +158,9 @@ class Conv(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     padding = tuple((p, p) for p in pair(self.padding))
-    return conv2d(x, kernel, pair(self.strides), padding, self.precision) + bias
+    _check_impl(self.conv_impl)
+    conv = conv2d if self.conv_impl == 'cpu' else _plain_conv
+    return conv(x, kernel, pair(self.strides), padding, self.precision) + bias
 
 
 class _Phase(NamedTuple):
@@ -171,9 +195,9 @@ class ConvTranspose(nn.Module):
   """ConvTranspose2d with torch's padding / output_padding.
 
   The kernel is stored (kh, kw, Cin, Cout), i.e. torch's (Cin, Cout, kh, kw) moved to the back.
-  Strided ones run as stride x stride plain convolutions whose outputs interleave (sub-pixel
-  form): XLA's CPU kernels for input-dilated convolutions are slow, and their weight gradient
-  is ~30x slower than this.
+  conv_impl 'xla': one input-dilated convolution with the flipped kernel. 'cpu': strided ones
+  run as stride x stride plain convolutions whose outputs interleave (sub-pixel form): XLA's CPU
+  kernels for input-dilated convolutions are slow, and their weight gradient is ~30x slower.
   """
   features: int
   kernel_size: Pair
@@ -182,6 +206,7 @@ class ConvTranspose(nn.Module):
   output_padding: int = 0
   dtype: Optional[jnp.dtype] = None
   precision: Optional[str] = None
+  conv_impl: str = 'cpu'
 
   @nn.compact
   def __call__(self, x):
@@ -191,6 +216,14 @@ class ConvTranspose(nn.Module):
     dtype = self.dtype or x.dtype
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     (sh, sw), (ph, pw) = pair(self.strides), pair(self.padding)
+    _check_impl(self.conv_impl)
+    if self.conv_impl == 'xla':
+      op = self.output_padding
+      y = jax.lax.conv_general_dilated(
+          x, kernel[::-1, ::-1], (1, 1),
+          ((kh - 1 - ph, kh - 1 - ph + op), (kw - 1 - pw, kw - 1 - pw + op)),
+          lhs_dilation=(sh, sw), dimension_numbers=_NHWC, precision=self.precision)
+      return y + bias.astype(dtype)
     out_h, rows = _phases(x.shape[1], kh, sh, ph, self.output_padding)
     out_w, cols = _phases(x.shape[2], kw, sw, pw, self.output_padding)
     y = jnp.zeros((x.shape[0], out_h, out_w, self.features), dtype)
@@ -203,12 +236,13 @@ class ConvTranspose(nn.Module):
     return y + bias.astype(dtype)
 
 
-def _conv(layer: Layer, name: str, dtype, precision):
+def _conv(layer: Layer, name: str, dtype, precision, conv_impl):
   if layer.transpose:
     return ConvTranspose(layer.features, layer.kernel, layer.stride, layer.padding,
-                         layer.output_padding, dtype=dtype, precision=precision, name=name)
+                         layer.output_padding, dtype=dtype, precision=precision,
+                         conv_impl=conv_impl, name=name)
   return Conv(layer.features, layer.kernel, layer.stride, layer.padding, dtype=dtype,
-              precision=precision, name=name)
+              precision=precision, conv_impl=conv_impl, name=name)
 
 
 class ConvBlock(nn.Module):
@@ -217,11 +251,12 @@ class ConvBlock(nn.Module):
   folded_bn: bool = False
   dtype: Optional[jnp.dtype] = None
   precision: Optional[str] = None
+  conv_impl: str = 'cpu'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     y = _conv(self.layer, 'conv_t' if self.layer.transpose else 'conv', self.dtype,
-              self.precision)(x)
+              self.precision, self.conv_impl)(x)
     if not self.folded_bn:
       y = BatchNorm(use_running_average=not train, name='bn')(y)
     if self.layer.residual:
@@ -234,10 +269,12 @@ class LeakyConvBlock(nn.Module):
   layer: Layer
   dtype: Optional[jnp.dtype] = None
   precision: Optional[str] = None
+  conv_impl: str = 'cpu'
 
   @nn.compact
   def __call__(self, x):
-    return nn.leaky_relu(_conv(self.layer, 'conv', self.dtype, self.precision)(x), 0.01)
+    return nn.leaky_relu(_conv(self.layer, 'conv', self.dtype, self.precision,
+                               self.conv_impl)(x), 0.01)
 
 
 def fold_batchnorm(variables: dict, epsilon: float = 1e-5) -> dict:

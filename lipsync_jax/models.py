@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from lipsync_jax.layers import Conv, ConvBlock, Layer, LeakyConvBlock
+from lipsync_jax.layers import Conv, ConvBlock, Layer, LeakyConvBlock, conv_impl_for
 
 L = Layer
 
@@ -96,12 +96,14 @@ class _Net(nn.Module):
   dtype: Optional[jnp.dtype] = None
   precision: Optional[str] = None
   folded_bn: bool = False
+  conv_impl: str = 'cpu'  # or 'xla' (layers.conv_impl_for chooses by platform)
 
   def scaled(self, layer: Layer) -> Layer:
     return layer._replace(features=max(layer.features // self.width_divisor, 4))
 
   def block(self, layer: Layer, name: str) -> ConvBlock:
-    return ConvBlock(self.scaled(layer), self.folded_bn, self.dtype, self.precision, name=name)
+    return ConvBlock(self.scaled(layer), self.folded_bn, self.dtype, self.precision,
+                     self.conv_impl, name=name)
 
   def sequence(self, x, layers: Sequence[Layer], prefix: str, train: bool):
     for j, layer in enumerate(layers):
@@ -132,7 +134,7 @@ class Wav2Lip(_Net):
       x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
     x = self.block(GENERATOR_OUTPUT, 'output_block_0')(x, train)
     x = Conv(3, 1, kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
-             precision=self.precision, name='output_block_1')(x)
+             precision=self.precision, conv_impl=self.conv_impl, name='output_block_1')(x)
     out = nn.sigmoid(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
     return unfold_time(out, batch) if windowed else out
 
@@ -171,11 +173,22 @@ class QualityDiscriminator(_Net):
     x = lower_half(fold_time(face) if face.ndim == 5 else face)
     for i, layers in enumerate(DISC_FACE_ENCODER):
       for j, layer in enumerate(layers):
-        x = LeakyConvBlock(self.scaled(layer), self.dtype, self.precision,
+        x = LeakyConvBlock(self.scaled(layer), self.dtype, self.precision, self.conv_impl,
                            name=f'face_encoder_blocks_{i}_{j}')(x)
     x = Conv(1, 1, kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
-             precision=self.precision, name='binary_pred_0')(x)
+             precision=self.precision, conv_impl=self.conv_impl, name='binary_pred_0')(x)
     return nn.sigmoid(x.reshape(x.shape[0], -1).astype(jnp.promote_types(x.dtype, jnp.float32)))
+
+
+def compute_dtype_for(setting: str, platform: str) -> jnp.dtype:
+  """The activation dtype of a `model.dtype` setting on a platform: 'auto' is bfloat16 on TPU
+  and GPU (parameters, BatchNorm statistics and losses stay float32) and float32 on CPU, where
+  bfloat16 convolutions are not faster."""
+  if setting == 'auto':
+    return jnp.dtype(jnp.float32 if platform == 'cpu' else jnp.bfloat16)
+  if setting not in ('float32', 'bfloat16', 'float64'):
+    raise ValueError(f"unknown model dtype {setting!r}; expected auto, float32 or bfloat16")
+  return jnp.dtype(setting)
 
 
 MODELS = {'wav2lip': Wav2Lip, 'expert': SyncNet, 'quality_disc': QualityDiscriminator}
@@ -184,12 +197,15 @@ MEL_SHAPE = (80, 16, 1)
 
 
 def build(name: str, width_divisor: int = 1, dtype=None, precision=None,
-          folded_bn: bool = False) -> nn.Module:
-  """Builds a network by name ('wav2lip', 'expert', 'quality_disc')."""
+          folded_bn: bool = False, conv_impl: str = 'auto') -> nn.Module:
+  """Builds a network by name ('wav2lip', 'expert', 'quality_disc'). conv_impl 'auto' picks
+  the kernels for the default backend; pass the target's (layers.conv_impl_for) when compiling
+  for another platform."""
   if name not in MODELS:
     raise ValueError(f'unknown model {name!r}; expected one of {sorted(MODELS)}')
   return MODELS[name](width_divisor=width_divisor, dtype=dtype, precision=precision,
-                      folded_bn=folded_bn)
+                      folded_bn=folded_bn,
+                      conv_impl=conv_impl_for(conv_impl, jax.default_backend()))
 
 
 def example_inputs(name: str, n: int = 1, dtype=jnp.float32) -> tuple:

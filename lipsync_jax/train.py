@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any, Callable, NamedTuple, Optional
 
 import grain
 import jax
@@ -36,11 +37,12 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from data_pipeline import loaders
-from lipsync_jax import checkpoint, cli, convert, logs, losses, models, steps
+from lipsync_jax import checkpoint, cli, convert, layers, logs, losses, models, steps
 
 
 class TrainingError(cli.UserError, RuntimeError):
@@ -101,6 +103,89 @@ def learning_rate(config, base: float):
   raise TrainingError(f'unknown lr_schedule {config.lr_schedule!r}; expected constant or cosine')
 
 
+class Training(NamedTuple):
+  """A job's networks and pure functions, independent of data and devices: what Run jits on its
+  mesh and benchmarks/aot_tpu.py compiles for TPU topologies it does not have."""
+  kind: str  # 'expert' or 'generator'
+  model: Any
+  expert: Any  # the frozen expert judging a generator, else None
+  init: Callable  # key -> train state
+  # (state, uint8 batch, expert variables, syncnet_wt, health) -> (state, metrics, health)
+  step: Callable
+  evaluate: Callable  # (state, uint8 batch, expert variables) -> (metrics, generated or None)
+
+
+def no_health() -> dict:
+  """The step's record of the first non-finite loss: step 0 means none yet."""
+  return {'step': jnp.zeros((), jnp.int32), 'loss': jnp.zeros((), jnp.float32)}
+
+
+def make_training(config, platform: str, expert_divisor: Optional[int] = None) -> Training:
+  """The networks (dtype and convolution kernels chosen for `platform`: 'cpu', 'gpu', 'tpu'),
+  optimizers, state initialiser, train step and eval step of `config`."""
+  kind = 'expert' if config.model.name == 'expert' else 'generator'
+  try:
+    dtype = models.compute_dtype_for(config.model.dtype, platform)
+    conv_impl = layers.conv_impl_for(config.model.conv_impl, platform)
+  except ValueError as e:
+    raise TrainingError(f'config.model: {e}') from e
+  build = lambda name, divisor=config.model.width_divisor: models.build(
+      name, divisor, dtype, conv_impl=conv_impl)
+  tx = optax.adam(learning_rate(config, config.learning_rate), config.adam_b1, config.adam_b2)
+  model = build(config.model.name)
+  expert = disc = disc_tx = None
+  if kind == 'expert':
+    step = steps.expert_step(model, tx)
+  else:
+    expert = build('expert', expert_divisor)
+    if config.disc_wt > 0:
+      disc = build('quality_disc')
+      disc_tx = optax.adam(learning_rate(config, config.disc_learning_rate), config.adam_b1,
+                           config.adam_b2)
+    step = steps.generator_step(model, expert, tx, disc, disc_tx, config.expert_train_mode)
+
+  def init(key):
+    keys = jax.random.split(key, 2)
+    variables = models.init(model, config.model.name, keys[0])
+    zero = jnp.zeros((), jnp.int32)
+    if kind == 'expert':
+      return steps.ExpertState(zero, variables['params'], variables['batch_stats'],
+                               tx.init(variables['params']))
+    disc_params = models.init(disc, 'quality_disc', keys[1])['params'] if disc else None
+    return steps.GeneratorState(
+        zero, variables['params'], variables['batch_stats'], tx.init(variables['params']),
+        disc_params, disc_tx.init(disc_params) if disc else None)
+
+  loss_name = 'loss' if kind == 'expert' else 'total'
+
+  def train_step(state, batch, expert_vars, syncnet_wt, health):
+    batch = loaders.to_float(batch)
+    if kind == 'expert':
+      state, metrics = step(state, batch)
+    else:
+      state, metrics = step(state, expert_vars, batch, syncnet_wt, config.disc_wt)
+    loss = metrics[loss_name].astype(jnp.float32)
+    first = (health['step'] == 0) & ~jnp.isfinite(loss)
+    health = {'step': jnp.where(first, state.step, health['step']),
+              'loss': jnp.where(first, loss, health['loss'])}
+    return state, metrics, health
+
+  def evaluate(state, batch, expert_vars):
+    batch = loaders.to_float(batch)
+    if kind == 'expert':
+      loss, (cos, _) = losses.expert_loss(state.params, state.batch_stats, model,
+                                          batch['mel_window'], batch['face'], batch['label'],
+                                          False)
+      return {'loss': loss, 'accuracy': steps.expert_accuracy(cos, batch['label'])}, None
+    generated = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                            batch['mels'], batch['faces'])
+    sync, _ = losses.sync_loss(expert, expert_vars, batch['mel_window'], generated,
+                               config.expert_train_mode)
+    return {'l1': jnp.mean(jnp.abs(generated - batch['gt'])), 'sync': sync}, generated
+
+  return Training(kind, model, expert, init, train_step, evaluate)
+
+
 class Run:
   """Everything one training job needs: models, states, jitted steps, data, checkpoints."""
 
@@ -121,37 +206,18 @@ class Run:
     if config.batch_size % n_dev:
       raise TrainingError(f'batch_size {config.batch_size} is not a multiple of the {n_dev} '
                           'devices')
-    dtype = jnp.dtype(config.model.dtype)
-    build = lambda name: models.build(name, config.model.width_divisor, dtype)
-    keys = jax.random.split(jax.random.key(config.seed), 2)
-    tx = optax.adam(learning_rate(config, config.learning_rate), config.adam_b1,
-                    config.adam_b2)
-    self.model = build(config.model.name)
-    variables = models.init(self.model, config.model.name, keys[0])
-    zero = jnp.zeros((), jnp.int32)
-    if self.kind == 'expert':
-      state = steps.ExpertState(zero, variables['params'], variables['batch_stats'],
-                                tx.init(variables['params']))
-      step = steps.expert_step(self.model, tx)
-      self.expert_variables = None
-    else:
-      self.expert = models.build('expert', expert_divisor, dtype)
-      self.expert_variables = jax.device_put(expert_variables, self.replicated)
-      disc = disc_tx = disc_params = None
-      if config.disc_wt > 0:
-        disc = build('quality_disc')
-        disc_params = models.init(disc, 'quality_disc', keys[1])['params']
-        disc_tx = optax.adam(learning_rate(config, config.disc_learning_rate),
-                             config.adam_b1, config.adam_b2)
-      state = steps.GeneratorState(
-          zero, variables['params'], variables['batch_stats'], tx.init(variables['params']),
-          disc_params, disc_tx.init(disc_params) if disc else None)
-      step = steps.generator_step(self.model, self.expert, tx, disc, disc_tx,
-                                  config.expert_train_mode)
-    self.state = jax.device_put(state, self.replicated)
+    self.training = make_training(config, self.mesh.devices.flat[0].platform, expert_divisor)
+    self.model, self.expert = self.training.model, self.training.expert
+    self.expert_variables = (None if expert_variables is None
+                             else jax.device_put(expert_variables, self.replicated))
+    self.state = jax.jit(lambda: self.training.init(jax.random.key(config.seed)),
+                         out_shardings=self.replicated)()
     self.syncnet_wt = config.get('syncnet_wt', 0.0)
-    self._step = jax.jit(self._wrap(step), donate_argnums=0)
-    self._eval = jax.jit(self._eval_fn)
+    self._step = jax.jit(self.training.step, donate_argnums=(0, 4))
+    # The first non-finite loss (step, value), kept on the device: the loop reads it with the
+    # metrics every log_every steps instead of waiting on the device every step.
+    self.health = jax.jit(no_health, out_shardings=self.replicated)()
+    self._eval = jax.jit(self.training.evaluate)
     local_batch = config.batch_size // jax.process_count()
     self.train_iter = iter(loaders.make_dataset(
         config.data.dir, 'train', self.kind, local_batch, config.data.seed,
@@ -172,32 +238,28 @@ class Run:
                 barrier_sync_key_prefix='best')))
     self.best_loss = float('inf')
 
-  def _wrap(self, step):
-    if self.kind == 'expert':
-      return lambda state, batch, *_: step(state, loaders.to_float(batch))
-    disc_wt = self.config.disc_wt
-    return lambda state, batch, expert_vars, syncnet_wt: step(
-        state, expert_vars, loaders.to_float(batch), syncnet_wt, disc_wt)
+  def next_batch(self):
+    """The next global batch, on its devices (an explicit transfer)."""
+    return global_batch(next(self.train_iter), self.data_sharding)
 
-  def _eval_fn(self, state, batch, expert_vars):
-    """(metrics, generated faces or None)."""
-    batch = loaders.to_float(batch)
-    if self.kind == 'expert':
-      loss, (cos, _) = losses.expert_loss(state.params, state.batch_stats, self.model,
-                                          batch['mel_window'], batch['face'], batch['label'],
-                                          False)
-      return {'loss': loss, 'accuracy': steps.expert_accuracy(cos, batch['label'])}, None
-    generated = self.model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                                 batch['mels'], batch['faces'])
-    sync, _ = losses.sync_loss(self.expert, expert_vars, batch['mel_window'], generated,
-                               self.config.expert_train_mode)
-    return {'l1': jnp.mean(jnp.abs(generated - batch['gt'])), 'sync': sync}, generated
-
-  def train_step(self):
-    batch = global_batch(next(self.train_iter), self.data_sharding)
-    self.state, metrics = self._step(self.state, batch, self.expert_variables,
-                                     jnp.float32(self.syncnet_wt))
+  def train_step(self, batch=None):
+    """Dispatches one step and returns its metrics as device arrays (nothing waits for the
+    device here). The caller may pass the batch it already put on the devices."""
+    batch = self.next_batch() if batch is None else batch
+    if getattr(self, '_syncnet_wt_on_device', (None,))[0] != self.syncnet_wt:
+      self._syncnet_wt_on_device = (self.syncnet_wt, jax.device_put(
+          np.float32(self.syncnet_wt), self.replicated))
+    self.state, metrics, self.health = self._step(
+        self.state, batch, self.expert_variables, self._syncnet_wt_on_device[1], self.health)
     return metrics
+
+  def check_health(self) -> None:
+    """TrainingError if any step so far had a non-finite loss (reads the device)."""
+    health = jax.device_get(self.health)
+    if int(health['step']):
+      raise TrainingError(f"loss is {float(health['loss'])} at step {int(health['step'])}; "
+                          f'stopping. The last good checkpoint is step '
+                          f'{self.ckpt.latest_step()} in {self.workdir}')
 
   def evaluate(self):
     """(mean eval metrics, this process's first-batch samples (gt, generated, reference) for
@@ -210,9 +272,10 @@ class Run:
       local = next(it)
       metrics, generated = self._eval(self.state, global_batch(local, self.data_sharding),
                                       self.expert_variables)
-      totals.append(metrics)
+      totals.append(jax.device_get(metrics))
       if i == 0 and generated is not None:
-        mine = np.concatenate([s.data for s in generated.addressable_shards])[:len(local['gt'])]
+        mine = np.concatenate(jax.device_get([s.data for s in generated.addressable_shards])
+                              )[:len(local['gt'])]
         samples = (local['gt'] / 255.0, mine, local['faces'][..., 3:] / 255.0)
     return {f'eval_{k}': float(np.mean([t[k] for t in totals])) for k in totals[0]}, samples
 
@@ -253,28 +316,64 @@ class Run:
     return step
 
 
+class Preemption:
+  """Whether to stop and save now. One process: a SIGTERM sets a flag. Several: JAX's
+  preemption sync manager (jax.distributed) hears a SIGTERM, or the TPU VM's maintenance
+  notice, on any process and has every process agree on the same step to save at, so the
+  collective checkpoint is not left waiting for a process that already stopped."""
+
+  def __init__(self):
+    self.coordinated = jax.process_count() > 1
+    self.requested = False
+    self._previous = None
+    if not self.coordinated:  # (several: the sync manager's own SIGTERM handler stays)
+      self._previous = signal.signal(signal.SIGTERM, self._request)
+
+  def _request(self, *_):
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    """Called once per step, with the same step on every process."""
+    if self.coordinated:
+      self.requested = self.requested or multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
 def train(config, workdir: str, stop_after: int = None) -> dict:
   """Runs (or resumes) a job until config.total_steps (or `stop_after` more steps), or until
-  SIGTERM: then it saves, returns with 'preempted' True, and a rerun resumes."""
+  SIGTERM: then it saves, returns with 'preempted' True, and a rerun resumes.
+
+  In steady state the loop never waits on the device: steps are dispatched asynchronously,
+  the next batch is put on the devices while the current step runs, and metrics (with the
+  non-finite-loss check) are read every log_every steps and before every checkpoint."""
   maybe_initialize_distributed()
   check_workdir(config, workdir)
   run = Run(config, workdir)
   step = run.restore_latest()
   if step:
     print(f'resumed from step {step}', flush=True)
-  preempted = []
-  previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  preemption = Preemption()
   end = config.total_steps if stop_after is None else min(config.total_steps, step + stop_after)
   metrics, start = {}, time.perf_counter()
   logger = logs.Logger(workdir)
+  batch = None
   try:
     while step < end:
-      metrics = run.train_step()
+      metrics = run.train_step(batch if batch is not None else run.next_batch())
       step += 1
-      loss = float(metrics['loss' if run.kind == 'expert' else 'total'])
-      if not np.isfinite(loss):
-        raise TrainingError(f'loss is {loss} at step {step}; stopping. The last good '
-                            f'checkpoint is step {run.ckpt.latest_step()} in {workdir}')
+      preempted = preemption.reached(step)
+      evaluate = step % config.eval_every == 0 or step == end
+      save = step % config.checkpoint_every == 0 or step == end or preempted
+      # Put the next batch on the devices while this step runs, except before a save: the
+      # checkpointed data iterator must not be one batch ahead of the model.
+      batch = None if save else run.next_batch()
+      if evaluate or save or step % config.log_every == 0:
+        run.check_health()
+        metrics = jax.device_get(metrics)
       eval_metrics = None
       if step % config.eval_every == 0 or step == end:
         eval_metrics, samples = run.evaluate()
@@ -290,19 +389,20 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
         start = time.perf_counter()
         logger.scalars(step, {**metrics, 'steps_per_s': rate,
                               'samples_per_s': rate * config.batch_size})
-      if step % config.checkpoint_every == 0 or step == end or preempted:
+      if save:
         with cli.deferred_interrupts():  # a Ctrl-C during the save takes effect after it
           run.save(step, eval_metrics)
       if preempted:
         print(f'SIGTERM: checkpoint saved at step {step}; exiting', flush=True)
         break
+    run.check_health()
   finally:
     logger.close()
     run.ckpt.wait_until_finished()
     run.train_iter.close()  # stops grain's worker processes and frees their shared memory
-    signal.signal(signal.SIGTERM, previous)
-  return {'step': step, 'state': run.state, 'preempted': bool(preempted),
-          **{k: float(v) for k, v in metrics.items()}}
+    preemption.close()
+  return {'step': step, 'state': run.state, 'preempted': preemption.requested,
+          **{k: float(v) for k, v in jax.device_get(metrics).items()}}
 
 
 def main(argv):

@@ -20,6 +20,9 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='lipsync_jax_xla_')
   atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], True)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+# The CPU backend only, here and in the subprocesses tests start, even where libtpu is
+# installed (the tpu-aot extra): test_aot_tpu.py compiles for TPU topologies explicitly.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get('LIPSYNC_JAX_SHARED', ROOT.parent / 'shared'))

@@ -50,6 +50,8 @@ def test_generator_batches(dataset):
   assert b['faces'].dtype == b['gt'].dtype == np.uint8
   assert b['mels'].dtype == b['mel_window'].dtype == np.float32
   assert b['gt'].max() > 128
+  assert {k: (v.shape, v.dtype) for k, v in b.items()} == {
+      k: (v.shape, v.dtype) for k, v in loaders.batch_spec('generator', 16).items()}
   scaled = loaders.to_float(b)
   assert scaled['gt'].dtype == np.float32 and 0.5 < scaled['gt'].max() <= 1.0
   np.testing.assert_array_equal(scaled['gt'] * 255, b['gt'])
@@ -72,6 +74,8 @@ def test_expert_batches_balanced_and_in_sync(dataset):
   it = iter(loaders.make_dataset(data_dir, 'train', 'expert', 32, seed=1, min_offset=3))
   batches = [next(it) for _ in range(8)]
   assert batches[0]['face'].shape == (32, 48, 96, 15)
+  assert {k: (v.shape, v.dtype) for k, v in batches[0].items()} == {
+      k: (v.shape, v.dtype) for k, v in loaders.batch_spec('expert', 32).items()}
   labels = np.concatenate([b['label'] for b in batches])
   assert 0.35 < labels.mean() < 0.65
   faces = np.concatenate([b['face'] for b in batches]) / 255.0

@@ -312,6 +312,25 @@ def test_awkward_videos_work(tiny_checkpoint, media, tmp_path, name):
   assert sum(1 for _ in video.read_frames(str(out))) == 25  # 1 s of audio
 
 
+def test_rotated_phone_video_decodes_upright(tmp_path):
+  """A clip with rotation metadata (every phone video held upright) is decoded as players show
+  it: the stored frames turned by the display matrix, at the turned size, face found."""
+  clip = require(MEDIA / 'speech_850x480_30fps.mp4')
+  rotated = tmp_path / 'rotated.mp4'
+  ffmpeg('-i', clip, '-c', 'copy', '-metadata:s:v:0', 'rotate=90', rotated)  # stored as before
+  info = video.probe_video(str(rotated))
+  assert (info.width, info.height) == (480, 850)
+  detector = faces.FaceDetector()
+  for k, (stored, upright) in enumerate(zip(video.read_frames(str(clip)),
+                                            video.read_frames(str(rotated)))):
+    # ffmpeg's display matrix for rotate=90 turns the picture counter-clockwise
+    np.testing.assert_array_equal(upright, cv2.rotate(stored, cv2.ROTATE_90_COUNTERCLOCKWISE))
+    if k % 50 == 0:
+      assert detector.detect(upright) is not None
+    if k == 100:
+      break
+
+
 def test_image_input_and_help(tiny_checkpoint, media, tmp_path, capsys):
   out = tmp_path / 'still.mp4'
   assert infer.main(_common(tiny_checkpoint, require(MEDIA / 'face_photo.png'),

@@ -13,7 +13,8 @@ torch = pytest.importorskip('torch')
 @pytest.mark.parametrize('cin,cout,k,stride,pad,out_pad,size', [
     (4, 3, 3, 2, 1, 1, 5), (4, 3, 3, 1, 0, 0, 1), (2, 3, 4, 2, 1, 0, 6), (3, 2, 5, 3, 2, 1, 4),
     (2, 2, 3, 2, 0, 0, 3)])
-def test_conv_transpose_matches_torch(cin, cout, k, stride, pad, out_pad, size):
+@pytest.mark.parametrize('conv_impl', ['cpu', 'xla'])
+def test_conv_transpose_matches_torch(cin, cout, k, stride, pad, out_pad, size, conv_impl):
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, size, size, cin))
   w, b = rng.standard_normal((cin, cout, k, k)), rng.standard_normal(cout)
@@ -21,7 +22,7 @@ def test_conv_transpose_matches_torch(cin, cout, k, stride, pad, out_pad, size):
       torch.tensor(x).permute(0, 3, 1, 2), torch.tensor(w), torch.tensor(b), stride=stride,
       padding=pad, output_padding=out_pad).permute(0, 2, 3, 1).numpy()
   with jax.enable_x64(True):
-    out = ConvTranspose(cout, k, stride, pad, out_pad).apply(
+    out = ConvTranspose(cout, k, stride, pad, out_pad, conv_impl=conv_impl).apply(
         {'params': {'kernel': w.transpose(2, 3, 0, 1), 'bias': b}}, x)
   assert out.shape == ref.shape
   np.testing.assert_allclose(out, ref, atol=1e-12)

@@ -13,14 +13,16 @@ from lipsync_jax import convert, models
 from lipsync_jax.losses import bce, cosine_similarity
 
 PRECISIONS = [pytest.param(np.float32, id='f32'), pytest.param(np.float64, id='f64')]
+# Both convolution implementations (layers.py) must match the original.
+CONV_IMPLS = pytest.mark.parametrize('conv_impl', ['cpu', 'xla'])
 
 
 def _tol(dtype, f32_tol):
   return 1e-10 if dtype == np.float64 else f32_tol
 
 
-def _model(name, dtype):
-  module = models.build(name)
+def _model(name, dtype, conv_impl='auto'):
+  module = models.build(name, conv_impl=conv_impl)
   variables = convert.variables_from_state_dict(load_parity_weights(
       {'wav2lip': 'wav2lip', 'expert': 'syncnet', 'quality_disc': 'disc'}[name]),
       module, name, dtype)
@@ -37,10 +39,11 @@ def _check_running_stats(updates, io, dtype, tol):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('dtype', PRECISIONS)
-def test_generator(dtype):
+@CONV_IMPLS
+def test_generator(dtype, conv_impl):
   io = parity('wav2lip_io')
   with jax.enable_x64(dtype == np.float64):
-    module, variables = _model('wav2lip', dtype)
+    module, variables = _model('wav2lip', dtype, conv_impl)
     apply = jax.jit(module.apply)
     out4 = apply(variables, mels_to_nhwc(io['in/mel_4d']).astype(dtype),
                  nchw_to_nhwc(io['in/face_4d']).astype(dtype))
@@ -74,10 +77,11 @@ def test_generator_intermediate_features():
 
 @pytest.mark.slow
 @pytest.mark.parametrize('dtype', PRECISIONS)
-def test_expert(dtype):
+@CONV_IMPLS
+def test_expert(dtype, conv_impl):
   io = parity('syncnet_io')
   with jax.enable_x64(dtype == np.float64):
-    module, variables = _model('expert', dtype)
+    module, variables = _model('expert', dtype, conv_impl)
     mel = mels_to_nhwc(io['in/mel']).astype(dtype)
     face = nchw_to_nhwc(io['in/face']).astype(dtype)
     y = io['in/y'].astype(dtype)
@@ -99,10 +103,11 @@ def test_expert(dtype):
 
 
 @pytest.mark.parametrize('dtype', PRECISIONS)
-def test_quality_discriminator(dtype):
+@CONV_IMPLS
+def test_quality_discriminator(dtype, conv_impl):
   io = parity('disc_io')
   with jax.enable_x64(dtype == np.float64):
-    module, variables = _model('quality_disc', dtype)
+    module, variables = _model('quality_disc', dtype, conv_impl)
     pred = jax.jit(module.apply)(variables, windows_to_nhwc(io['in/face_5d']).astype(dtype))
     assert pred.shape == (10, 1)
     tol = _tol(dtype, 1e-5)

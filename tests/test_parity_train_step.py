@@ -14,7 +14,7 @@ import pytest
 
 from conftest import mels_to_nhwc, nchw_to_nhwc, parity, rel_l2, windows_to_nhwc
 from lipsync_jax import convert, losses
-from test_parity_forward import _model
+from test_parity_forward import CONV_IMPLS, _model
 
 PRECISIONS = [pytest.param(np.float32, id='f32'), pytest.param(np.float64, id='f64')]
 
@@ -82,12 +82,13 @@ def _generator_step(gen, expert, disc, gen_vars, expert_vars, disc_params, batch
 
 @pytest.mark.slow
 @pytest.mark.parametrize('dtype', PRECISIONS)
-def test_hq_training_step(dtype):
+@CONV_IMPLS
+def test_hq_training_step(dtype, conv_impl):
   io = parity('train_step')
   with jax.enable_x64(dtype == np.float64):
-    gen, gen_vars = _model('wav2lip', dtype)
-    expert, expert_vars = _model('expert', dtype)
-    disc, disc_vars = _model('quality_disc', dtype)
+    gen, gen_vars = _model('wav2lip', dtype, conv_impl)
+    expert, expert_vars = _model('expert', dtype, conv_impl)
+    disc, disc_vars = _model('quality_disc', dtype, conv_impl)
     batch = {'faces': windows_to_nhwc(io['in/face_5d']), 'mels': mels_to_nhwc(io['in/mel_5d']),
              'mel_window': mels_to_nhwc(io['in/window_mel']), 'gt': windows_to_nhwc(io['in/gt_5d'])}
     batch = jax.tree.map(lambda x: jnp.asarray(x, dtype), batch)
@@ -112,10 +113,11 @@ def test_hq_training_step(dtype):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('dtype', PRECISIONS)
-def test_expert_training_step(dtype):
+@CONV_IMPLS
+def test_expert_training_step(dtype, conv_impl):
   io, sync_io = parity('train_step'), parity('syncnet_io')
   with jax.enable_x64(dtype == np.float64):
-    expert, variables = _model('expert', dtype)
+    expert, variables = _model('expert', dtype, conv_impl)
     args = (mels_to_nhwc(sync_io['in/mel']).astype(dtype),
             nchw_to_nhwc(sync_io['in/face']).astype(dtype), sync_io['in/y'].astype(dtype))
     (loss, (cos, _)), grads = jax.jit(jax.value_and_grad(

@@ -77,6 +77,70 @@ def test_two_processes_with_jax_distributed_agree(synthetic_dataset, tmp_path):
   assert (tmp_path / 'run' / 'checkpoints' / '3').is_dir()
 
 
+def _two_process_cli(workdir, data_dir, port, total_steps, **kwargs):
+  """Starts `python -m lipsync_jax.train` as the two processes of one jax.distributed job."""
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i),
+               XLA_FLAGS='--xla_force_host_platform_device_count=1')
+    procs.append(subprocess.Popen(
+        [sys.executable, '-m', 'lipsync_jax.train', '--config', 'configs/expert.py:tiny',
+         '--workdir', str(workdir), f'--config.data.dir={data_dir}', '--config.batch_size=8',
+         '--config.data.workers=0', '--config.log_every=1', '--config.eval_every=100000',
+         '--config.checkpoint_every=100000', f'--config.total_steps={total_steps}'],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs))
+  return procs
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_preemption_is_agreed_across_processes(synthetic_dataset, tmp_path):
+  """SIGTERM to one process of two: both save the same step (JAX's preemption sync point),
+  exit 0, and the rerun resumes to the parameters of an uninterrupted run."""
+  data_dir, _ = synthetic_dataset
+  procs = _two_process_cli(tmp_path / 'run', data_dir, _free_port(), 100000)
+  deadline = time.time() + 300
+  for line in procs[0].stdout:  # process 0 logs; wait until the job is really training
+    if line.startswith('step 3:') or time.time() > deadline:
+      break
+  procs[1].send_signal(signal.SIGTERM)
+  saved = []
+  for proc in procs:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert 'SIGTERM: checkpoint saved at step' in out, (out[-500:], err[-2000:])
+    saved.append(int(out.split('SIGTERM: checkpoint saved at step ')[1].split(';')[0]))
+  assert saved[0] == saved[1] >= 3
+  step = saved[0]
+  assert checkpoint.latest_step(str(tmp_path / 'run' / 'checkpoints')) == step
+  port = _free_port()
+  jobs = (_two_process_cli(tmp_path / 'run', data_dir, port, step + 2)
+          + _two_process_cli(tmp_path / 'straight', data_dir, _free_port(), step + 2))
+  outs = [proc.communicate(timeout=600) for proc in jobs]
+  for proc, (out, err) in zip(jobs, outs):
+    assert proc.returncode == 0, err[-3000:]
+  assert f'resumed from step {step}' in outs[0][0]
+  resumed = checkpoint.load_model(str(tmp_path / 'run' / 'checkpoints'))[2]
+  straight = checkpoint.load_model(str(tmp_path / 'straight' / 'checkpoints'))[2]
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+
+
+def test_steps_make_no_implicit_transfers(synthetic_dataset, tmp_path):
+  """The loop (steps, logging, evaluation, checkpoints) moves data only explicitly: batches
+  put on the devices, metrics read every log_every steps."""
+  data_dir, _ = synthetic_dataset
+  config = _config(data_dir, total_steps=4, log_every=2, eval_every=2, checkpoint_every=2)
+  with jax.transfer_guard('disallow'):
+    result = train.train(config, str(tmp_path / 'run'))
+  assert result['step'] == 4 and np.isfinite(result['loss'])
+
+
 @pytest.mark.slow
 def test_resume_is_exact(synthetic_dataset, tmp_path):
   data_dir, _ = synthetic_dataset
@@ -149,11 +213,11 @@ def test_preemption_in_process_reports_it(synthetic_dataset, tmp_path, monkeypat
   data_dir, _ = synthetic_dataset
   original, calls = train.Run.train_step, []
 
-  def step_then_sigterm(run):
+  def step_then_sigterm(run, batch=None):
     calls.append(1)
     if len(calls) == 2:
       os.kill(os.getpid(), signal.SIGTERM)
-    return original(run)
+    return original(run, batch)
 
   monkeypatch.setattr(train.Run, 'train_step', step_then_sigterm)
   result = train.train(_config(data_dir, total_steps=5, eval_every=100), str(tmp_path / 'run'))

@@ -1,0 +1,337 @@
+"""Ahead-of-time compilation for TPU topologies this machine does not have: memory and speed.
+
+    pip install -e '.[tpu-aot]'     # libtpu, the version jax[tpu] pins for our jax
+    python benchmarks/aot_tpu.py --topology v5e-8 --job wav2lip_gan --dtype bfloat16
+    python benchmarks/aot_tpu.py --json aot.json      # every topology x job x dtype (hours)
+
+Each configuration's step (as `python -m lipsync_jax.train` runs it: data parallel over every
+chip, state replicated, XLA's convolutions) or the inference generator (BatchNorm folded, uint8
+crops) is lowered for the topology's compile-only devices and compiled by libtpu. Printed per
+chip: arguments / temporaries / outputs (memory_analysis: exact) and the headroom to the chip's
+HBM, TFLOP and bytes from cost_analysis, the model's analytic FLOPs, a projected step time and
+MFU. A configuration that does not fit says so and, with --find_max_batch, the largest per-chip
+batch that does. Exit status 1 when the reference configuration (wav2lip_gan, 16 windows per
+chip, bfloat16) does not fit a chip it was asked for.
+
+Projection (XLA's cost_analysis is not a time: its optimal_seconds came out negative for the
+GAN step, and its flop count includes padded and rematerialised work): a roofline per
+instruction of the compiled HLO's entry computation, each taking
+max(its convolution and dot FLOPs / peak, the bytes of its operands and result / HBM
+bandwidth), summed. It assumes every kernel runs at the roofline (no launch gaps, perfect
+overlap of copies), so it is a lower bound on the step time, and the MFU an upper bound.
+MFU = analytic model FLOPs (forward x 3 for training) / (step time x peak).
+"""
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Dict, List, NamedTuple, Tuple
+
+os.environ.setdefault('TPU_ACCELERATOR_TYPE', 'v5litepod-8')  # quiets libtpu on a TPU-less host
+os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # the host backend; TPUs are compile-only
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import topologies
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import expert as expert_config  # noqa: E402
+from configs import wav2lip as wav2lip_config  # noqa: E402
+from configs import wav2lip_gan as gan_config  # noqa: E402
+from data_pipeline import loaders  # noqa: E402
+from lipsync_jax import infer, layers, models, summary, train  # noqa: E402
+
+GIB = 2 ** 30
+# chip: (HBM bytes, peak bf16 FLOP/s, HBM bytes/s) per chip, from the public Cloud TPU
+# system-architecture pages. A v4 chip's two TensorCores compile as two devices: each device
+# gets half.
+CHIPS = {
+    'v5e': (16 * GIB, 197e12, 819e9),
+    'v4': (32 * GIB, 275e12, 1228e9),
+    'v5p': (95 * GIB, 459e12, 2765e9),
+    'v6e': (32 * GIB, 918e12, 1640e9),
+}
+TOPOLOGIES = {'v5e-4': 'v5e:2x2', 'v5e-8': 'v5e:2x4', 'v4-8': 'v4:2x2x1', 'v5p-8': 'v5p:2x2x1',
+              'v6e-8': 'v6e:2x4'}
+JOBS = {'expert': (expert_config, 64), 'wav2lip': (wav2lip_config, 16),
+        'wav2lip_gan': (gan_config, 16), 'infer': (wav2lip_config, 128)}
+REFERENCE = ('wav2lip_gan', 16, 'bfloat16')
+
+
+def devices_for(topology: str):
+  return topologies.get_topology_desc(platform='tpu', topology_name=TOPOLOGIES[topology]).devices
+
+
+def device_specs(topology: str, n_devices: int) -> tuple:
+  """(HBM bytes, peak FLOP/s, HBM bytes/s) of one compile device of the topology."""
+  chip, shape = TOPOLOGIES[topology].split(':')
+  per_chip = n_devices // math.prod(int(d) for d in shape.split('x'))
+  return tuple(v / per_chip for v in CHIPS[chip])
+
+
+# -- the programs ----------------------------------------------------------------------------------
+def _abstract(tree, sharding):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def lower_training(job: str, per_chip: int, dtype: str, width_divisor: int, mesh: Mesh):
+  """The jitted train step of `job` on `mesh`, lowered with abstract state and batch."""
+  config = JOBS[job][0].get_config()
+  config.model.dtype, config.model.width_divisor = dtype, width_divisor
+  config.model.conv_impl = 'auto'
+  training = train.make_training(config, 'tpu', expert_divisor=width_divisor)
+  data, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
+  state = _abstract(jax.eval_shape(training.init, jax.random.key(0)), replicated)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data) for k, v in
+           loaders.batch_spec(training.kind, per_chip * mesh.size).items()}
+  expert_vars = None
+  if training.kind == 'generator':
+    expert_vars = _abstract(jax.eval_shape(lambda: models.init(
+        training.expert, 'expert', jax.random.key(0))), replicated)
+  health = _abstract(jax.eval_shape(train.no_health), replicated)
+  syncnet_wt = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
+  step = jax.jit(training.step, donate_argnums=(0, 4))
+  return step.lower(state, batch, expert_vars, syncnet_wt, health)
+
+
+def lower_inference(per_chip: int, dtype: str, width_divisor: int, mesh: Mesh):
+  """infer's generator (BatchNorm folded, uint8 crops in, [0, 1] faces out) on `mesh`."""
+  compute = models.compute_dtype_for(dtype, 'tpu')
+  folded = models.build('wav2lip', width_divisor, compute, folded_bn=True,
+                        conv_impl=layers.conv_impl_for('auto', 'tpu'))
+  unfolded = models.build('wav2lip', width_divisor)
+  params = _abstract(jax.eval_shape(lambda: layers.fold_batchnorm(
+      models.init(unfolded, 'wav2lip', jax.random.key(0)))), NamedSharding(mesh, P()))
+  data = NamedSharding(mesh, P('data'))
+  n = per_chip * mesh.size
+  mels = jax.ShapeDtypeStruct((n,) + models.MEL_SHAPE, jnp.float32, sharding=data)
+  crops = jax.ShapeDtypeStruct((n, models.IMG_SIZE, models.IMG_SIZE, 3), jnp.uint8,
+                               sharding=data)
+  generate = jax.jit(lambda p, m, c: infer.generate_faces(folded, p, m, c))
+  return generate.lower(params, mels, crops)
+
+
+def analytic_flops(job: str, per_chip: int, width_divisor: int) -> float:
+  """Model FLOPs per chip and step: convolution multiply-adds x 2 of every network evaluation,
+  x 3 for the backward pass of a training step (PaLM-style MFU accounting)."""
+  def forward(name):
+    module = models.build(name, width_divisor)
+    return sum(summary.flops_per_block(module, name).values())
+  if job == 'infer':
+    return per_chip * forward('wav2lip')
+  if job == 'expert':
+    return 3 * per_chip * forward('expert')
+  frames = per_chip * loaders.T
+  evaluations = frames * forward('wav2lip') + per_chip * forward('expert')
+  if job == 'wav2lip_gan':  # generator's adversarial term, then the discriminator on real + fake
+    evaluations += 3 * frames * forward('quality_disc') / 2  # lower halves only
+  return 3 * evaluations
+
+
+# -- the roofline ----------------------------------------------------------------------------------
+_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
+          'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8}
+_SHAPE = re.compile(r'\b(pred|[suf]\d+|bf16)\[([\d,]*)\]')
+_INSTR = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$')
+_FREE = ('parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast', 'after-all')
+
+
+class _Instr(NamedTuple):
+  shape: str  # the result type text, e.g. 'bf16[8,96,96,32]{...}' or a tuple of them
+  opcode: str
+  operands: List[str]  # instruction names
+  line: str
+
+
+def _shape_bytes(text: str) -> int:
+  return sum(_BYTES[t] * math.prod(int(d) for d in dims.split(',') if d)
+             for t, dims in _SHAPE.findall(text))
+
+
+def _dims(text: str) -> List[int]:
+  m = _SHAPE.search(text)
+  return [int(d) for d in m.group(2).split(',') if d] if m else []
+
+
+def parse_hlo(hlo: str) -> Tuple[Dict[str, List[_Instr]], Dict[str, _Instr]]:
+  """(instructions per computation, 'ENTRY' for the entry one; every instruction by name)."""
+  computations, by_name, name = {}, {}, None
+  for line in hlo.splitlines():
+    header = re.match(r'^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$', line)
+    if header:
+      name = 'ENTRY' if header.group(1) else header.group(2)
+      computations[name] = []
+      continue
+    m = _INSTR.match(line)
+    if name and m:
+      args = m.group(4).split(')', 1)[0]
+      instr = _Instr(m.group(2), m.group(3), re.findall(r'%([\w.\-]+)', args), line)
+      computations[name].append(instr)
+      by_name[m.group(1)] = instr
+  return computations, by_name
+
+
+def _op_flops(instr: _Instr, by_name: Dict[str, _Instr]) -> float:
+  """Multiply-adds x 2 of a convolution (output x window x input features per group) or a
+  dot (output x contracted size); 0 for anything else."""
+  if instr.opcode == 'convolution':
+    rhs = _dims(by_name[instr.operands[1]].shape)
+    labels = re.search(r'dim_labels=\w+_(\w+)->', instr.line).group(1)
+    window = math.prod(k for k, c in zip(rhs, labels) if c.isdigit())
+    # the kernel's 'i' dimension is already the input features of one group
+    return 2.0 * math.prod(_dims(instr.shape)) * window * rhs[labels.index('i')]
+  if instr.opcode == 'dot':
+    lhs = _dims(by_name[instr.operands[0]].shape)
+    contracting = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', instr.line)
+    k = math.prod(lhs[int(i)] for i in contracting.group(1).split(',') if i) if contracting else 1
+    return 2.0 * math.prod(_dims(instr.shape)) * k
+  return 0.0
+
+
+def roofline_seconds(hlo: str, peak: float, bandwidth: float) -> Tuple[float, float]:
+  """(seconds, FLOPs) of the entry computation's instructions at their rooflines: each one
+  max(FLOPs / peak, (operand + result bytes) / bandwidth); a fusion's FLOPs are those of the
+  convolutions and dots in the computations it calls."""
+  computations, by_name = parse_hlo(hlo)
+
+  def called_flops(instr: _Instr, seen: tuple) -> float:
+    total = _op_flops(instr, by_name)
+    for called in re.findall(r'(?:calls|to_apply|body)=%?([\w.\-]+)', instr.line):
+      if called not in seen:
+        total += sum(called_flops(i, seen + (called,)) for i in computations.get(called, []))
+    return total
+
+  seconds = flops = 0.0
+  for instr in computations.get('ENTRY', []):
+    if instr.opcode in _FREE:
+      continue
+    op_flops = called_flops(instr, ())
+    moved = _shape_bytes(instr.shape) + sum(_shape_bytes(by_name[o].shape)
+                                            for o in instr.operands if o in by_name)
+    seconds += max(op_flops / peak, moved / bandwidth)
+    flops += op_flops
+  return seconds, flops
+
+
+# -- one configuration -----------------------------------------------------------------------------
+def measure(topology: str, job: str, per_chip: int, dtype: str, width_divisor: int) -> dict:
+  devices = devices_for(topology)
+  mesh = Mesh(np.asarray(devices), ('data',))
+  hbm, peak, bandwidth = device_specs(topology, len(devices))
+  row = {'topology': topology, 'chips': len(devices), 'job': job, 'per_chip': per_chip,
+         'dtype': dtype, 'width_divisor': width_divisor}
+  began = time.perf_counter()
+  lowered = (lower_inference(per_chip, dtype, width_divisor, mesh) if job == 'infer' else
+             lower_training(job, per_chip, dtype, width_divisor, mesh))
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # pylint: disable=broad-except
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    row.update(fits=False, error=str(e).splitlines()[0][:300],
+               compile_s=round(time.perf_counter() - began, 1))
+    return row
+  row['compile_s'] = round(time.perf_counter() - began, 1)
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  used = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+  seconds, hlo_flops = roofline_seconds(compiled.as_text(), peak, bandwidth)
+  model_flops = analytic_flops(job, per_chip, width_divisor)
+  frames = per_chip * len(devices) * (1 if job in ('infer', 'expert') else loaders.T)
+  row.update(
+      fits=used <= hbm, hbm_gib=hbm / GIB,
+      arguments_gib=mem.argument_size_in_bytes / GIB, temporaries_gib=mem.temp_size_in_bytes / GIB,
+      outputs_gib=mem.output_size_in_bytes / GIB, aliased_gib=mem.alias_size_in_bytes / GIB,
+      used_gib=used / GIB, headroom=1 - used / hbm,
+      xla_tflop=float(cost.get('flops', 0)) / 1e12,
+      xla_gbytes=float(cost.get('bytes accessed', 0)) / 1e9,
+      hlo_conv_tflop=hlo_flops / 1e12, model_tflop=model_flops / 1e12,
+      projected_step_s=seconds, projected_mfu=model_flops / (seconds * peak) if seconds else 0)
+  row['windows_per_s' if job == 'expert' else 'frames_per_s'] = frames / seconds if seconds else 0
+  return row
+
+
+def largest_fitting_batch(topology, job, dtype, width_divisor, start) -> int:
+  """Halves until one fits, then bisects up to the largest per-chip batch that fits."""
+  low, high = 0, start
+  while high > 1 and not measure(topology, job, high, dtype, width_divisor)['fits']:
+    low, high = 0, high // 2
+  low = high if measure(topology, job, high, dtype, width_divisor)['fits'] else 0
+  high = start
+  while high - low > 1:
+    mid = (low + high) // 2
+    if measure(topology, job, mid, dtype, width_divisor)['fits']:
+      low = mid
+    else:
+      high = mid
+  return low
+
+
+def describe(row: dict) -> str:
+  head = (f"{row['topology']:6} {row['job']:11} {row['per_chip']:4}/chip {row['dtype']:8} "
+          f"/{row['width_divisor']}")
+  if not row['fits'] and 'used_gib' not in row:
+    return f"{head}  DOES NOT FIT ({row['error'][:120]})"
+  rate = row.get('frames_per_s') or row.get('windows_per_s')
+  unit = 'windows/s' if row['job'] == 'expert' else 'frames/s'
+  return (f"{head}  {'fits' if row['fits'] else 'DOES NOT FIT'}: "
+          f"args {row['arguments_gib']:.2f} + temp {row['temporaries_gib']:.2f} + out "
+          f"{row['outputs_gib']:.2f} - aliased {row['aliased_gib']:.2f} = "
+          f"{row['used_gib']:.2f} of {row['hbm_gib']:.1f} GiB ({row['headroom']:.0%} headroom); "
+          f"XLA {row['xla_tflop']:.2f} TFLOP {row['xla_gbytes']:.1f} GB; model "
+          f"{row['model_tflop']:.2f} TFLOP; step {row['projected_step_s'] * 1e3:.1f} ms, "
+          f"{rate:,.0f} {unit} per slice, MFU {row['projected_mfu']:.0%} (roofline); "
+          f"compiled in {row['compile_s']:.0f} s")
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--topology', nargs='+', default=['v5e-8', 'v4-8', 'v5p-8', 'v6e-8'],
+                      choices=sorted(TOPOLOGIES))
+  parser.add_argument('--job', nargs='+', default=list(JOBS), choices=list(JOBS))
+  parser.add_argument('--dtype', nargs='+', default=['bfloat16', 'float32'],
+                      choices=['bfloat16', 'float32'])
+  parser.add_argument('--per_chip', type=int, default=None,
+                      help='batch per chip (default: 64 windows for the expert, 16 windows of 5 '
+                      'frames for the generators, 128 frames for inference)')
+  parser.add_argument('--width_divisor', type=int, default=1, help='8: the tiny models')
+  parser.add_argument('--find_max_batch', action='store_true',
+                      help='for a configuration that does not fit, find the largest batch that '
+                      'does (several more compilations)')
+  parser.add_argument('--json', default=None, help='merge the rows into this JSON file')
+  args = parser.parse_args(argv)
+  rows, missed_reference = [], False
+  for topology in args.topology:
+    for job in args.job:
+      for dtype in (['bfloat16'] if job == 'infer' else args.dtype):
+        per_chip = args.per_chip or JOBS[job][1]
+        row = measure(topology, job, per_chip, dtype, args.width_divisor)
+        if not row['fits'] and args.find_max_batch:
+          row['largest_fitting_per_chip'] = largest_fitting_batch(
+              topology, job, dtype, args.width_divisor, per_chip)
+        print(describe(row) + (f"; largest fitting batch {row['largest_fitting_per_chip']}"
+                               if 'largest_fitting_per_chip' in row else ''), flush=True)
+        rows.append(row)
+        if (job, per_chip, dtype) == REFERENCE and args.width_divisor == 1 and not row['fits']:
+          missed_reference = True
+        if args.json:
+          old = json.load(open(args.json)) if os.path.exists(args.json) else []
+          key = lambda r: (r['topology'], r['job'], r['per_chip'], r['dtype'],
+                           r['width_divisor'])
+          merged = {key(r): r for r in old + [row]}
+          with open(args.json, 'w') as f:
+            json.dump(list(merged.values()), f, indent=1)
+  print('command: python benchmarks/aot_tpu.py ' + ' '.join(argv or sys.argv[1:]))
+  return 1 if missed_reference else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
