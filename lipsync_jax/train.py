@@ -52,14 +52,20 @@ class TrainingError(cli.UserError, RuntimeError):
 def maybe_initialize_distributed() -> None:
   """Joins a multi-process job: from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
   JAX_PROCESS_ID, or, with LIPSYNC_JAX_DISTRIBUTED=auto (TPU pods, Slurm), as jax detects it."""
-  if jax.distributed.is_initialized():
-    return
-  if 'JAX_COORDINATOR_ADDRESS' in os.environ:
-    jax.distributed.initialize(os.environ['JAX_COORDINATOR_ADDRESS'],
-                               int(os.environ['JAX_NUM_PROCESSES']),
-                               int(os.environ['JAX_PROCESS_ID']))
-  elif os.environ.get('LIPSYNC_JAX_DISTRIBUTED') == 'auto':
-    jax.distributed.initialize()
+  if not jax.distributed.is_initialized():
+    if 'JAX_COORDINATOR_ADDRESS' in os.environ:
+      jax.distributed.initialize(os.environ['JAX_COORDINATOR_ADDRESS'],
+                                 int(os.environ['JAX_NUM_PROCESSES']),
+                                 int(os.environ['JAX_PROCESS_ID']))
+    elif os.environ.get('LIPSYNC_JAX_DISTRIBUTED') == 'auto':
+      jax.distributed.initialize()
+  if jax.process_count() > 1:
+    # orbax's default barriers are device collectives, run from its async-save threads beside
+    # the train step's own: on CPU (gloo) they interleave differently per process and abort
+    # ('collective mismatch'). The coordination service's barriers do not touch the devices.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    flags.FLAGS.experimental_orbax_use_distributed_barrier = True
 
 
 def make_mesh() -> Mesh:
@@ -218,16 +224,23 @@ class Run:
     # metrics every log_every steps instead of waiting on the device every step.
     self.health = jax.jit(no_health, out_shardings=self.replicated)()
     self._eval = jax.jit(self.training.evaluate)
+    # XLA:CPU runs dispatched programs concurrently, and with several processes their gloo
+    # collectives then interleave differently on each one (an abort: 'collective mismatch').
+    # Accelerators run a device's programs in order, so only such CPU jobs wait for each step
+    # (and save checkpoints synchronously).
+    self.serialize_steps = self.mesh.devices.flat[0].platform == 'cpu' and jax.process_count() > 1
     local_batch = config.batch_size // jax.process_count()
     self.train_iter = iter(loaders.make_dataset(
         config.data.dir, 'train', self.kind, local_batch, config.data.seed,
         config.data.min_offset, config.data.workers,
         (jax.process_index(), jax.process_count())))
     self.local_batch = local_batch
+    # Async saves run orbax's collectives from a thread; only where devices keep order.
     self.ckpt = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, 'checkpoints')),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                             enable_async_checkpointing=True))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=config.keep_checkpoints,
+            enable_async_checkpointing=not self.serialize_steps))
     # Its own barrier names: saved at the same step as `ckpt`, orbax's multi-process barriers
     # (keyed by step) would otherwise collide.
     self.best = ocp.CheckpointManager(
@@ -251,6 +264,8 @@ class Run:
           np.float32(self.syncnet_wt), self.replicated))
     self.state, metrics, self.health = self._step(
         self.state, batch, self.expert_variables, self._syncnet_wt_on_device[1], self.health)
+    if self.serialize_steps:
+      jax.block_until_ready(self.health)
     return metrics
 
   def check_health(self) -> None:

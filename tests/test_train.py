@@ -1,6 +1,7 @@
 """Training loop: device-count invariance, two processes, exact resume, preemption, NaN and
 checkpoint errors."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,33 +100,49 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def _gloo_abort(proc, err) -> bool:
+  """An XLA:CPU two-process job that died in gloo ('collective mismatch', SIGABRT): seen
+  intermittently on 2 cores, cause not found (the older two-process test never hits it)."""
+  return proc.returncode == -signal.SIGABRT and 'gloo' in err
+
+
+def _run_job(workdir, data_dir, total_steps, signal_after=None, tries=3):
+  """Runs a two-process job to the end (or, with signal_after, SIGTERMs process 1 once process
+  0 has logged that step); returns [(stdout, stderr)] of both. Retries a gloo abort."""
+  for attempt in range(tries):
+    if signal_after is not None:
+      shutil.rmtree(workdir, ignore_errors=True)
+    procs = _two_process_cli(workdir, data_dir, _free_port(), total_steps)
+    if signal_after is not None:
+      deadline = time.time() + 300
+      for line in procs[0].stdout:  # process 0 logs; wait until the job is really training
+        if line.startswith(f'step {signal_after}:') or time.time() > deadline:
+          break
+      procs[1].send_signal(signal.SIGTERM)
+    results = [proc.communicate(timeout=600) for proc in procs]
+    if attempt + 1 < tries and any(_gloo_abort(p, e) for p, (_, e) in zip(procs, results)):
+      print(f'gloo abort in {workdir}, attempt {attempt + 1}; retrying')
+      continue
+    for proc, (_, err) in zip(procs, results):
+      assert proc.returncode == 0, err[:2000] + '\n...\n' + err[-1000:]
+    return results
+
+
 @pytest.mark.slow
 def test_preemption_is_agreed_across_processes(synthetic_dataset, tmp_path):
   """SIGTERM to one process of two: both save the same step (JAX's preemption sync point),
   exit 0, and the rerun resumes to the parameters of an uninterrupted run."""
   data_dir, _ = synthetic_dataset
-  procs = _two_process_cli(tmp_path / 'run', data_dir, _free_port(), 100000)
-  deadline = time.time() + 300
-  for line in procs[0].stdout:  # process 0 logs; wait until the job is really training
-    if line.startswith('step 3:') or time.time() > deadline:
-      break
-  procs[1].send_signal(signal.SIGTERM)
   saved = []
-  for proc in procs:
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+  for out, err in _run_job(tmp_path / 'run', data_dir, 100000, signal_after=3):
     assert 'SIGTERM: checkpoint saved at step' in out, (out[-500:], err[-2000:])
     saved.append(int(out.split('SIGTERM: checkpoint saved at step ')[1].split(';')[0]))
   assert saved[0] == saved[1] >= 3
   step = saved[0]
   assert checkpoint.latest_step(str(tmp_path / 'run' / 'checkpoints')) == step
-  port = _free_port()
-  jobs = (_two_process_cli(tmp_path / 'run', data_dir, port, step + 2)
-          + _two_process_cli(tmp_path / 'straight', data_dir, _free_port(), step + 2))
-  outs = [proc.communicate(timeout=600) for proc in jobs]
-  for proc, (out, err) in zip(jobs, outs):
-    assert proc.returncode == 0, err[-3000:]
-  assert f'resumed from step {step}' in outs[0][0]
+  resumed_out = _run_job(tmp_path / 'run', data_dir, step + 2)[0][0]
+  assert f'resumed from step {step}' in resumed_out
+  _run_job(tmp_path / 'straight', data_dir, step + 2)
   resumed = checkpoint.load_model(str(tmp_path / 'run' / 'checkpoints'))[2]
   straight = checkpoint.load_model(str(tmp_path / 'straight' / 'checkpoints'))[2]
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
