@@ -78,20 +78,24 @@ def test_two_processes_with_jax_distributed_agree(synthetic_dataset, tmp_path):
   assert (tmp_path / 'run' / 'checkpoints' / '3').is_dir()
 
 
-def _two_process_cli(workdir, data_dir, port, total_steps, **kwargs):
-  """Starts `python -m lipsync_jax.train` as the two processes of one jax.distributed job."""
-  procs = []
-  for i in range(2):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
-               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i),
-               XLA_FLAGS='--xla_force_host_platform_device_count=1')
-    procs.append(subprocess.Popen(
-        [sys.executable, '-m', 'lipsync_jax.train', '--config', 'configs/expert.py:tiny',
-         '--workdir', str(workdir), f'--config.data.dir={data_dir}', '--config.batch_size=8',
-         '--config.data.workers=0', '--config.log_every=1', '--config.eval_every=100000',
-         '--config.checkpoint_every=100000', f'--config.total_steps={total_steps}'],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs))
-  return procs
+def _train_cli(workdir, data_dir, env=None, workers=0, checkpoint_every=100000,
+               total_steps=100000):
+  """`python -m lipsync_jax.train` on the tiny expert, logging every step."""
+  return subprocess.Popen(
+      [sys.executable, '-m', 'lipsync_jax.train', '--config', 'configs/expert.py:tiny',
+       '--workdir', str(workdir), f'--config.data.dir={data_dir}', '--config.batch_size=8',
+       f'--config.data.workers={workers}', '--config.log_every=1',
+       '--config.eval_every=100000', f'--config.checkpoint_every={checkpoint_every}',
+       f'--config.total_steps={total_steps}'],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _two_process_cli(workdir, data_dir, port, total_steps):
+  """The train CLI as the two processes of one jax.distributed job."""
+  return [_train_cli(workdir, data_dir, total_steps=total_steps, env=dict(
+      os.environ, PYTHONPATH=str(ROOT), JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+      JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i),
+      XLA_FLAGS='--xla_force_host_platform_device_count=1')) for i in range(2)]
 
 
 def _free_port():
@@ -180,12 +184,7 @@ def test_resume_is_exact(synthetic_dataset, tmp_path):
 def test_sigterm_saves_and_exits_cleanly(synthetic_dataset, tmp_path):
   data_dir, _ = synthetic_dataset
   workdir = tmp_path / 'run'
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'lipsync_jax.train', '--config', 'configs/expert.py:tiny',
-       '--workdir', str(workdir), f'--config.data.dir={data_dir}', '--config.batch_size=8',
-       '--config.data.workers=0', '--config.log_every=1', '--config.eval_every=100000',
-       '--config.checkpoint_every=100000', '--config.total_steps=100000'],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = _train_cli(workdir, data_dir)
   deadline = time.time() + 240
   for line in proc.stdout:  # wait until it is really training
     if line.startswith('step 2:') or time.time() > deadline:
@@ -202,12 +201,7 @@ def test_sigterm_saves_and_exits_cleanly(synthetic_dataset, tmp_path):
 def test_sigint_stops_with_its_workers_and_keeps_the_checkpoints(synthetic_dataset, tmp_path):
   data_dir, _ = synthetic_dataset
   workdir = tmp_path / 'run'
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'lipsync_jax.train', '--config', 'configs/expert.py:tiny',
-       '--workdir', str(workdir), f'--config.data.dir={data_dir}', '--config.batch_size=8',
-       '--config.data.workers=1', '--config.log_every=1', '--config.eval_every=100000',
-       '--config.checkpoint_every=2', '--config.total_steps=100000'],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = _train_cli(workdir, data_dir, workers=1, checkpoint_every=2)
   deadline = time.time() + 240
   for line in proc.stdout:  # wait until it has saved at least once
     if line.startswith('step 3:') or time.time() > deadline:
