@@ -251,30 +251,26 @@ def atomic_output(path: str, suffix: str = '', directory: bool = False) -> Itera
 
 
 # -- flag values (argparse `type=` callables: argparse names the flag in its message) ------------
-def int_in(low: int, high: int) -> Callable[[str], int]:
-  def parse(text: str) -> int:
+def _ranged(convert: Callable, noun: str, low, high) -> Callable[[str], object]:
+  """A `type=` callable: `convert(text)`, finite and within low..high."""
+  def parse(text: str):
     try:
-      value = int(text)
+      value = convert(text)
     except ValueError:
-      raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
-    if not low <= value <= high:
-      raise argparse.ArgumentTypeError(f'{value} is outside {low}..{high}')
-    return value
-  parse.__name__ = 'integer'
-  return parse
-
-
-def float_in(low: float, high: float) -> Callable[[str], float]:
-  def parse(text: str) -> float:
-    try:
-      value = float(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+      raise argparse.ArgumentTypeError(f'{text!r} is not {noun}') from None
     if not math.isfinite(value) or not low <= value <= high:
       raise argparse.ArgumentTypeError(f'{text} is outside {low:g}..{high:g}')
     return value
-  parse.__name__ = 'number'
+  parse.__name__ = noun.split()[-1]  # argparse's 'invalid <name> value' wording
   return parse
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+  return _ranged(int, 'an integer', low, high)
+
+
+def float_in(low: float, high: float) -> Callable[[str], float]:
+  return _ranged(float, 'a number', low, high)
 
 
 def output_file(extensions: Sequence[str]) -> Callable[[str], str]:

@@ -219,6 +219,7 @@ class Run:
     self.state = jax.jit(lambda: self.training.init(jax.random.key(config.seed)),
                          out_shardings=self.replicated)()
     self.syncnet_wt = config.get('syncnet_wt', 0.0)
+    self._syncnet_wt_on_device = (None, None)  # (value, its replicated device copy)
     self._step = jax.jit(self.training.step, donate_argnums=(0, 4))
     # The first non-finite loss (step, value), kept on the device: the loop reads it with the
     # metrics every log_every steps instead of waiting on the device every step.
@@ -259,7 +260,7 @@ class Run:
     """Dispatches one step and returns its metrics as device arrays (nothing waits for the
     device here). The caller may pass the batch it already put on the devices."""
     batch = self.next_batch() if batch is None else batch
-    if getattr(self, '_syncnet_wt_on_device', (None,))[0] != self.syncnet_wt:
+    if self._syncnet_wt_on_device[0] != self.syncnet_wt:  # changes once per run at most
       self._syncnet_wt_on_device = (self.syncnet_wt, jax.device_put(
           np.float32(self.syncnet_wt), self.replicated))
     self.state, metrics, self.health = self._step(
