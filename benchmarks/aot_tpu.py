@@ -15,11 +15,15 @@ chip, bfloat16) does not fit a chip it was asked for.
 
 Projection (XLA's cost_analysis is not a time: its optimal_seconds came out negative for the
 GAN step, and its flop count includes padded and rematerialised work): a roofline per
-instruction of the compiled HLO's entry computation, each taking
-max(its convolution and dot FLOPs / peak, the bytes of its operands and result / HBM
-bandwidth), summed. It assumes every kernel runs at the roofline (no launch gaps, perfect
-overlap of copies), so it is a lower bound on the step time, and the MFU an upper bound.
-MFU = analytic model FLOPs (forward x 3 for training) / (step time x peak).
+instruction of the compiled HLO's entry computation, each taking the largest of its
+convolution and dot FLOPs / peak, its HBM bytes / HBM bandwidth (operands and result; buffers
+the compiler placed in VMEM are free, an async copy or slice moves its result once) and, for a
+collective, its ring traffic / inter-chip bandwidth. The step time is their sum. Two
+assumptions pull in opposite directions: each kernel runs at its roofline (optimistic), and
+nothing overlaps (pessimistic: TPUs overlap async copies and collectives with compute).
+MFU = analytic model FLOPs (forward x 3 for training) / (step time x peak). --top N prints
+where the time goes: compute-, memory- and network-bound totals and the N costliest ops with
+their convolutions; --dump_hlo keeps the compiled HLO.
 """
 import argparse
 import json
@@ -49,14 +53,14 @@ from data_pipeline import loaders  # noqa: E402
 from lipsync_jax import infer, layers, models, summary, train  # noqa: E402
 
 GIB = 2 ** 30
-# chip: (HBM bytes, peak bf16 FLOP/s, HBM bytes/s) per chip, from the public Cloud TPU
-# system-architecture pages. A v4 chip's two TensorCores compile as two devices: each device
-# gets half.
+# chip: (HBM bytes, peak bf16 FLOP/s, HBM bytes/s, inter-chip interconnect bytes/s over all
+# links) per chip, from the public Cloud TPU system-architecture pages. A v4 chip's two
+# TensorCores compile as two devices: each device gets half.
 CHIPS = {
-    'v5e': (16 * GIB, 197e12, 819e9),
-    'v4': (32 * GIB, 275e12, 1228e9),
-    'v5p': (95 * GIB, 459e12, 2765e9),
-    'v6e': (32 * GIB, 918e12, 1640e9),
+    'v5e': (16 * GIB, 197e12, 819e9, 200e9),
+    'v4': (32 * GIB, 275e12, 1228e9, 300e9),
+    'v5p': (95 * GIB, 459e12, 2765e9, 600e9),
+    'v6e': (32 * GIB, 918e12, 1640e9, 448e9),
 }
 TOPOLOGIES = {'v5e-4': 'v5e:2x2', 'v5e-8': 'v5e:2x4', 'v4-8': 'v4:2x2x1', 'v5p-8': 'v5p:2x2x1',
               'v6e-8': 'v6e:2x4'}
@@ -70,7 +74,7 @@ def devices_for(topology: str):
 
 
 def device_specs(topology: str, n_devices: int) -> tuple:
-  """(HBM bytes, peak FLOP/s, HBM bytes/s) of one compile device of the topology."""
+  """(HBM bytes, peak FLOP/s, HBM bytes/s, ICI bytes/s) of one compile device of the topology."""
   chip, shape = TOPOLOGIES[topology].split(':')
   per_chip = n_devices // math.prod(int(d) for d in shape.split('x'))
   return tuple(v / per_chip for v in CHIPS[chip])
@@ -81,12 +85,14 @@ def _abstract(tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def lower_training(job: str, per_chip: int, dtype: str, width_divisor: int, mesh: Mesh):
-  """The jitted train step of `job` on `mesh`, lowered with abstract state and batch."""
+def lower_training(job: str, per_chip: int, dtype: str, width_divisor: int, mesh: Mesh,
+                   platform: str = 'tpu'):
+  """The jitted train step of `job` on `mesh` (its networks built for `platform`), lowered
+  with abstract state and batch."""
   config = JOBS[job][0].get_config()
   config.model.dtype, config.model.width_divisor = dtype, width_divisor
   config.model.conv_impl = 'auto'
-  training = train.make_training(config, 'tpu', expert_divisor=width_divisor)
+  training = train.make_training(config, platform, expert_divisor=width_divisor)
   data, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
   state = _abstract(jax.eval_shape(training.init, jax.random.key(0)), replicated)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data) for k, v in
@@ -138,7 +144,13 @@ def analytic_flops(job: str, per_chip: int, width_divisor: int) -> float:
 # -- the roofline ----------------------------------------------------------------------------------
 _BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
           'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8}
-_SHAPE = re.compile(r'\b(pred|[suf]\d+|bf16)\[([\d,]*)\]')
+_SHAPE = re.compile(r'\b(pred|[suf]\d+|bf16)\[([\d,]*)\](\{[^}]*\})?')
+_ON_CHIP = 'S(1)'  # a layout's memory space 1: the core's VMEM, not HBM
+_ASYNC_DONE = ('copy-done', 'slice-done', 'all-reduce-done', 'all-gather-done',
+               'collective-permute-done')  # the matching -start moved the bytes
+_COLLECTIVES = {'all-reduce': 2.0, 'all-reduce-start': 2.0, 'all-gather': 1.0,
+                'all-gather-start': 1.0, 'reduce-scatter': 1.0, 'all-to-all': 1.0,
+                'collective-permute': 1.0, 'collective-permute-start': 1.0}  # ring passes
 _INSTR = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$')
 _FREE = ('parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast', 'after-all')
 
@@ -150,9 +162,12 @@ class _Instr(NamedTuple):
   line: str
 
 
-def _shape_bytes(text: str) -> int:
+def _shape_bytes(text: str, hbm_only: bool = True) -> int:
+  """Bytes of the buffers in a type text; by default only those in HBM (VMEM ones cost no HBM
+  traffic)."""
   return sum(_BYTES[t] * math.prod(int(d) for d in dims.split(',') if d)
-             for t, dims in _SHAPE.findall(text))
+             for t, dims, layout in _SHAPE.findall(text)
+             if not (hbm_only and _ON_CHIP in layout))
 
 
 def _dims(text: str) -> List[int]:
@@ -172,7 +187,9 @@ def parse_hlo(hlo: str) -> Tuple[Dict[str, List[_Instr]], Dict[str, _Instr]]:
     m = _INSTR.match(line)
     if name and m:
       args = m.group(4).split(')', 1)[0]
-      instr = _Instr(m.group(2), m.group(3), re.findall(r'%([\w.\-]+)', args), line)
+      # compiled HLO names operands '%name'; lowered (unoptimised) HLO writes bare names
+      operands = re.findall(r'%([\w.\-]+)', args) or [a.strip() for a in args.split(',')]
+      instr = _Instr(m.group(2), m.group(3), operands, line)
       computations[name].append(instr)
       by_name[m.group(1)] = instr
   return computations, by_name
@@ -195,36 +212,92 @@ def _op_flops(instr: _Instr, by_name: Dict[str, _Instr]) -> float:
   return 0.0
 
 
-def roofline_seconds(hlo: str, peak: float, bandwidth: float) -> Tuple[float, float]:
-  """(seconds, FLOPs) of the entry computation's instructions at their rooflines: each one
-  max(FLOPs / peak, (operand + result bytes) / bandwidth); a fusion's FLOPs are those of the
-  convolutions and dots in the computations it calls."""
+class OpCost(NamedTuple):
+  """One entry-computation instruction at its roofline."""
+  name: str
+  opcode: str
+  shape: str
+  flops: float  # of the convolutions and dots it runs (in the computations it calls)
+  bytes: int  # HBM bytes of its operands + result (VMEM buffers excluded)
+  seconds: float  # the largest of the three terms below
+  bound: str  # 'compute' (flops / peak), 'memory' (bytes / HBM bandwidth) or 'network' (ICI)
+  convolutions: Tuple[str, ...]  # 'result = lhs (*) rhs window' of each convolution inside
+
+
+def _conv_text(instr: _Instr, by_name: Dict[str, _Instr]) -> str:
+  operands = [by_name[o].shape.split('{')[0] if o in by_name else o for o in instr.operands[:2]]
+  window = re.search(r'window=\{([^}]*)\}', instr.line)
+  return (f"{instr.shape.split('{')[0]} = {operands[0]} (*) {operands[1]} "
+          f"{window.group(1) if window else ''}")
+
+
+def roofline(hlo: str, peak: float, bandwidth: float, ici: float = 0.0,
+             devices: int = 1) -> List[OpCost]:
+  """Every costly instruction of the compiled HLO's entry computation at its roofline: the
+  largest of FLOPs / peak (a fusion's FLOPs: the convolutions and dots of the computations it
+  calls), HBM bytes / bandwidth (buffers placed in VMEM cost none; an async copy or slice
+  moves its result once, at its start) and, for a collective, the ring algorithm's bytes per
+  chip / ICI bandwidth."""
   computations, by_name = parse_hlo(hlo)
 
-  def called_flops(instr: _Instr, seen: tuple) -> float:
-    total = _op_flops(instr, by_name)
-    for called in re.findall(r'(?:calls|to_apply|body)=%?([\w.\-]+)', instr.line):
-      if called not in seen:
-        total += sum(called_flops(i, seen + (called,)) for i in computations.get(called, []))
-    return total
+  def called(instr: _Instr, seen: tuple):
+    yield instr
+    for name in re.findall(r'(?:calls|to_apply|body)=%?([\w.\-]+)', instr.line):
+      if name not in seen:
+        for inner in computations.get(name, []):
+          yield from called(inner, seen + (name,))
 
-  seconds = flops = 0.0
+  costs = []
   for instr in computations.get('ENTRY', []):
-    if instr.opcode in _FREE:
+    if instr.opcode in _FREE or instr.opcode in _ASYNC_DONE:
       continue
-    op_flops = called_flops(instr, ())
-    moved = _shape_bytes(instr.shape) + sum(_shape_bytes(by_name[o].shape)
-                                            for o in instr.operands if o in by_name)
-    seconds += max(op_flops / peak, moved / bandwidth)
-    flops += op_flops
-  return seconds, flops
+    inside = list(called(instr, ()))
+    flops = sum(_op_flops(i, by_name) for i in inside)
+    operands = [by_name[o].shape for o in instr.operands if o in by_name]
+    if instr.opcode.endswith('-start'):  # (operands..., result, context): moves one result
+      moved = max(_shape_bytes(instr.shape, False)
+                  - sum(_shape_bytes(o, False) for o in operands), 0)
+    else:
+      moved = _shape_bytes(instr.shape) + sum(_shape_bytes(o) for o in operands)
+    terms = {'compute': flops / peak, 'memory': moved / bandwidth, 'network': 0.0}
+    if instr.opcode in _COLLECTIVES and ici and devices > 1:
+      payload = sum(_BYTES[t] * math.prod(int(d) for d in dims.split(',') if d)
+                    for t, dims, _ in _SHAPE.findall(instr.shape))
+      terms['network'] = _COLLECTIVES[instr.opcode] * (devices - 1) / devices * payload / ici
+    bound = max(terms, key=terms.get)
+    convs = tuple(_conv_text(i, by_name) for i in inside if i.opcode == 'convolution')
+    costs.append(OpCost(instr.line.split('=')[0].strip().lstrip('%').replace('ROOT ', ''),
+                        instr.opcode, instr.shape.split('{')[0][:60], flops, moved,
+                        terms[bound], bound, convs))
+  return costs
+
+
+def breakdown(costs: List[OpCost], top: int) -> str:
+  """Where the projected time goes: compute-, memory- and network-bound totals, then the
+  costliest ops."""
+  total = sum(c.seconds for c in costs) or 1.0
+  lines = []
+  for kind in ('compute', 'memory', 'network'):
+    part = [c for c in costs if c.bound == kind]
+    seconds = sum(c.seconds for c in part)
+    lines.append(f'  {kind}-bound: {len(part)} ops, {seconds * 1e3:.1f} ms ({seconds / total:.0%}'
+                 f'), {sum(c.flops for c in part) / 1e12:.2f} TFLOP, '
+                 f'{sum(c.bytes for c in part) / 1e9:.1f} GB')
+  for c in sorted(costs, key=lambda c: -c.seconds)[:top]:
+    lines.append(f'  {c.seconds * 1e3:7.2f} ms {c.bound:7} {c.flops / 1e9:9.1f} GFLOP '
+                 f'{c.bytes / 1e6:8.1f} MB  {c.opcode} {c.name} -> {c.shape}')
+    lines.extend(f'{"":22}conv {t}' for t in c.convolutions[:3])
+  return '\n'.join(lines)
 
 
 # -- one configuration -----------------------------------------------------------------------------
-def measure(topology: str, job: str, per_chip: int, dtype: str, width_divisor: int) -> dict:
+def measure(topology: str, job: str, per_chip: int, dtype: str, width_divisor: int,
+            top: int = 0, dump_hlo: str = None) -> dict:
+  """One configuration's row; with `top`, row['breakdown'] names its costliest ops; with
+  `dump_hlo` (a folder), the compiled HLO is written there."""
   devices = devices_for(topology)
   mesh = Mesh(np.asarray(devices), ('data',))
-  hbm, peak, bandwidth = device_specs(topology, len(devices))
+  hbm, peak, bandwidth, ici = device_specs(topology, len(devices))
   row = {'topology': topology, 'chips': len(devices), 'job': job, 'per_chip': per_chip,
          'dtype': dtype, 'width_divisor': width_divisor}
   began = time.perf_counter()
@@ -244,7 +317,16 @@ def measure(topology: str, job: str, per_chip: int, dtype: str, width_divisor: i
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   used = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
           + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
-  seconds, hlo_flops = roofline_seconds(compiled.as_text(), peak, bandwidth)
+  hlo = compiled.as_text()
+  if dump_hlo:
+    os.makedirs(dump_hlo, exist_ok=True)
+    name = f'{topology}_{job}_{per_chip}_{dtype}_{width_divisor}.hlo'
+    with open(os.path.join(dump_hlo, name), 'w') as f:
+      f.write(hlo)
+  costs = roofline(hlo, peak, bandwidth, ici, len(devices))
+  seconds, hlo_flops = sum(c.seconds for c in costs), sum(c.flops for c in costs)
+  if top:
+    row['breakdown'] = breakdown(costs, top)
   model_flops = analytic_flops(job, per_chip, width_divisor)
   frames = per_chip * len(devices) * (1 if job in ('infer', 'expert') else loaders.T)
   row.update(
@@ -308,18 +390,25 @@ def main(argv=None) -> int:
                       help='for a configuration that does not fit, find the largest batch that '
                       'does (several more compilations)')
   parser.add_argument('--json', default=None, help='merge the rows into this JSON file')
+  parser.add_argument('--top', type=int, default=0,
+                      help='also print where the projected time goes: compute- vs '
+                      'memory-bound totals and the N costliest ops with their convolutions')
+  parser.add_argument('--dump_hlo', default=None, help='write each compiled HLO to this folder')
   args = parser.parse_args(argv)
   rows, missed_reference = [], False
   for topology in args.topology:
     for job in args.job:
       for dtype in (['bfloat16'] if job == 'infer' else args.dtype):
         per_chip = args.per_chip or JOBS[job][1]
-        row = measure(topology, job, per_chip, dtype, args.width_divisor)
+        row = measure(topology, job, per_chip, dtype, args.width_divisor, args.top,
+                      args.dump_hlo)
         if not row['fits'] and args.find_max_batch:
           row['largest_fitting_per_chip'] = largest_fitting_batch(
               topology, job, dtype, args.width_divisor, per_chip)
         print(describe(row) + (f"; largest fitting batch {row['largest_fitting_per_chip']}"
                                if 'largest_fitting_per_chip' in row else ''), flush=True)
+        if 'breakdown' in row:
+          print(row['breakdown'], flush=True)
         rows.append(row)
         if (job, per_chip, dtype) == REFERENCE and args.width_divisor == 1 and not row['fits']:
           missed_reference = True

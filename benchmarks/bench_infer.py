@@ -38,13 +38,12 @@ def main():
       ckpt = os.path.join(tmp, 'generator')
       module = models.build('wav2lip')
       checkpoint.save_model(ckpt, 'wav2lip', models.init(module, 'wav2lip', jax.random.key(0)))
-    flags = infer.parse_args(['--checkpoint_path', ckpt, '--face', args.face, '--audio',
-                              args.face, '--outfile', os.path.join(tmp, 'out.mp4'), '--quiet',
-                              '--wav2lip_batch_size', str(args.wav2lip_batch_size)])
+    options = infer.Options(wav2lip_batch_size=args.wav2lip_batch_size)
     print(f'{args.face}, full-size generator, batch {args.wav2lip_batch_size}, '
           f'{jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} cores')
     for run in range(args.runs):
-      report = infer.run(flags, progress=False)
+      report = infer.lipsync(args.face, args.face, ckpt, os.path.join(tmp, 'out.mp4'), options,
+                             progress=False)
       label = 'cold (compiles)' if run == 0 else 'warm'
       print(f'run {run + 1} {label}: {report.frames} frames in {report.seconds:.1f} s = '
             f'{report.frames / report.seconds:.1f} frames/s end to end')

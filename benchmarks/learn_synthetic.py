@@ -83,18 +83,16 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--out', default='runs/learn_synthetic',
                       help='work folder; rerunning with the same one reuses finished stages')
-  demo.add_stage_flags(parser, speakers=16, expert_steps=3500, generator_steps=2000)
-  parser.add_argument('--expert_width_divisor', type=int, default=4,
-                      help='channel widths of the expert divided by this (8: the tiny config)')
-  parser.add_argument('--expert_batch', type=int, default=64,
-                      help='expert batch size (64, as the reference; the tiny config: 16)')
+  demo.add_stage_flags(parser, demo.Settings(speakers=16, expert_steps=3500,
+                                             generator_steps=2000, expert_width_divisor=4,
+                                             expert_batch=64))
   args = parser.parse_args()
+  settings = demo.settings_from_args(args)
   began = time.perf_counter()
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
-  data_dir = demo.build_corpus(out, args)
-  expert_dir, generator_dir = demo.train_models(out, data_dir, args, args.expert_width_divisor,
-                                                args.expert_batch)
+  data_dir = demo.build_corpus(out, settings)
+  expert_dir, generator_dir = demo.train_models(out, data_dir, settings)
   expert = convert.load_checkpoint(expert_dir, 'expert')
   test_pairs = expert_pairs(data_dir, 'test', expert)
   # The reference never thresholds its expert (it trains on -log cos); a decision rule fitted on
@@ -110,10 +108,8 @@ def main():
   for i, clip in enumerate(clips):
     speech = clips[(i + 1) % len(clips)]  # another held-out sentence (and voice)
     result = os.path.join(out, f'result_{i}.mp4')
-    flags = ['--checkpoint_path', generator_dir, '--face', clip, '--audio', speech,
-             '--outfile', result, '--quiet']
-    if infer.main(flags + (['--face_model', args.face_model] if args.face_model else [])):
-      sys.exit(1)
+    infer.lipsync(clip, speech, generator_dir, result, infer.Options(face_model=args.face_model),
+                  progress=False)
     crops = demo.face_crops(result, detector)
     truth = synthetic.mouth_track(audio.load_audio(speech), len(crops))[:, 0]
     correlations.append([lagged_r(demo.mouth_darkness(crops), truth, lag) for lag in (-1, 0, 1)])

@@ -23,6 +23,7 @@ import hashlib
 import multiprocessing
 import os
 import sys
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -132,7 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--workers', type=cli.int_in(1, 1024), default=os.cpu_count(),
                       help='clips processed in parallel (default: the number of cores)')
   parser.add_argument('--face_model', default=None,
-                      help='YuNet .onnx (default: $LIPSYNC_JAX_FACE_MODEL, cache, download)')
+                      help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, '
+                      'else the packaged one)')
   return parser.parse_args(argv)
 
 
@@ -153,23 +155,26 @@ def process_clips(todo, data_root: str, cache_of: dict, workers: int, model: str
   return skipped
 
 
-def preprocess(args) -> int:
-  if not os.path.isdir(args.data_root):
-    raise cli.UserError(f'{args.data_root}: no such folder (--data_root)')
-  if cli.same_file(args.out, args.data_root):
-    raise cli.UserError(f'--out {args.out} is the --data_root folder; write the dataset '
+def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
+               workers: Optional[int] = None, face_model: Optional[str] = None) -> str:
+  """Preprocesses every clip under data_root (<speaker>/<clip>.mp4) into a TFDS dataset under
+  `out`; returns the dataset folder the trainer's config.data.dir takes."""
+  if not os.path.isdir(data_root):
+    raise cli.UserError(f'{data_root}: no such folder (--data_root)')
+  if cli.same_file(out, data_root):
+    raise cli.UserError(f'--out {out} is the --data_root folder; write the dataset '
                         'elsewhere so the raw videos stay apart')
-  if args.filelists and not os.path.isdir(args.filelists):
-    raise cli.UserError(f'{args.filelists}: no such folder (--filelists)')
-  model = faces.resolve_model(args.face_model)
-  splits = assign_splits(find_clips(args.data_root), args.filelists)
+  if filelists and not os.path.isdir(filelists):
+    raise cli.UserError(f'{filelists}: no such folder (--filelists)')
+  model = faces.resolve_model(face_model)
+  splits = assign_splits(find_clips(data_root), filelists)
   if not splits:
-    raise cli.UserError(f'no clips found under {args.data_root} (expected '
+    raise cli.UserError(f'no clips found under {data_root} (expected '
                         '<speaker>/<clip>.mp4)')
-  cache = cli.ensure_folder(os.path.join(args.out, '_clips'), 'preprocessed clips')
+  cache = cli.ensure_folder(os.path.join(out, '_clips'), 'preprocessed clips')
   cache_of = {c: os.path.join(cache, c.replace('/', '__') + '.npz') for c in splits}
   todo = [c for c in splits if not os.path.exists(cache_of[c])]
-  skipped = process_clips(todo, args.data_root, cache_of, args.workers, model)
+  skipped = process_clips(todo, data_root, cache_of, workers or os.cpu_count(), model)
   examples = collections.defaultdict(list)
   for clip, split in splits.items():
     if os.path.exists(cache_of[clip]):
@@ -179,8 +184,8 @@ def preprocess(args) -> int:
     for clip, reason in sorted(skipped.items()):
       print(f'  {clip}: {reason}')
   if not examples:
-    raise cli.UserError(f'none of the {len(splits)} clips under {args.data_root} could be used')
-  builder = records.ClipDataset(data_dir=args.out, file_format='array_record',
+    raise cli.UserError(f'none of the {len(splits)} clips under {data_root} could be used')
+  builder = records.ClipDataset(data_dir=out, file_format='array_record',
                                 split_examples=dict(examples))
   tfds.disable_progress_bar()
   # Regenerated from the clip cache on every run (cheap), so clips added since are included.
@@ -188,12 +193,17 @@ def preprocess(args) -> int:
       download_mode=tfds.download.GenerateMode.FORCE_REDOWNLOAD))
   counts = {s: len(v) for s, v in examples.items()}
   print(f'wrote {builder.data_dir}: ' + ', '.join(f'{s} {n} clips' for s, n in counts.items()))
-  return 0
+  return builder.data_dir
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  return cli.run(lambda: preprocess(args), 'data_pipeline.preprocess')
+
+  def body() -> int:
+    preprocess(args.data_root, args.out, args.filelists, args.workers, args.face_model)
+    return 0
+
+  return cli.run(body, 'data_pipeline.preprocess')
 
 
 if __name__ == '__main__':

@@ -237,7 +237,8 @@ def main(argv=None) -> int:
   parser.add_argument('--offset_frames', type=int, default=0,
                       help='write the audio this many frames late (negative: early)')
   parser.add_argument('--face_model', default=None,
-                      help='YuNet .onnx (default: $LIPSYNC_JAX_FACE_MODEL, cache, download)')
+                      help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, '
+                      'else the packaged one)')
   parser.add_argument('--workers', type=int, default=os.cpu_count(), help='parallel clips')
   parser.add_argument('--seed', type=int, default=0, help='everything is determined by it')
   args = parser.parse_args(argv)

@@ -18,13 +18,16 @@ if __name__ == '__main__':
   allocator.use_tcmalloc()  # before the heavy imports: re-runs this command under tcmalloc
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
 import subprocess
 import sys
 import time
+from typing import Optional, Tuple
 
+import cv2
 import numpy as np
 
 from configs import expert as expert_config
@@ -44,34 +47,64 @@ def stage(title: str):
   print(f'\n== {title} ({elapsed // 60}:{elapsed % 60:02d} elapsed) ==', flush=True)
 
 
-def add_stage_flags(parser: argparse.ArgumentParser, speakers: int, expert_steps: int,
-                    generator_steps: int) -> None:
-  """The flags build_corpus and train_models read from `args`, with these defaults."""
-  parser.add_argument('--speakers', type=int, default=speakers, help='synthetic identities')
-  parser.add_argument('--clips_per_speaker', type=int, default=4, help='clips per identity')
-  parser.add_argument('--expert_steps', type=int, default=expert_steps,
+@dataclasses.dataclass
+class Settings:
+  """What the demo's stages read; the CLI flags of the same names."""
+  speakers: int = 10  # synthetic identities
+  clips_per_speaker: int = 4
+  expert_steps: int = 1000
+  generator_steps: int = 300
+  face_model: Optional[str] = None  # default: $LIPSYNC_JAX_FACE_MODEL, else the packaged YuNet
+  seed: int = 0  # of the corpus
+  dtype: str = 'auto'  # compute dtype of both trainings
+  expert_width_divisor: Optional[int] = None  # default: the tiny config's (8)
+  expert_batch: Optional[int] = None  # default: the tiny config's (16)
+
+
+def add_stage_flags(parser: argparse.ArgumentParser, defaults: Settings) -> None:
+  """The flags of Settings' fields, with `defaults`' values."""
+  d = defaults
+  parser.add_argument('--speakers', type=int, default=d.speakers, help='synthetic identities')
+  parser.add_argument('--clips_per_speaker', type=int, default=d.clips_per_speaker,
+                      help='clips per identity')
+  parser.add_argument('--expert_steps', type=int, default=d.expert_steps,
                       help='expert training steps')
-  parser.add_argument('--generator_steps', type=int, default=generator_steps,
+  parser.add_argument('--generator_steps', type=int, default=d.generator_steps,
                       help='generator training steps')
-  parser.add_argument('--face_model', default=None,
-                      help='YuNet .onnx (default: $LIPSYNC_JAX_FACE_MODEL, the cache, or a '
-                      'one-time verified download)')
-  parser.add_argument('--seed', type=int, default=0, help='corpus seed')
+  parser.add_argument('--face_model', default=d.face_model,
+                      help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, '
+                      'else the packaged one)')
+  parser.add_argument('--seed', type=int, default=d.seed, help='corpus seed')
+  parser.add_argument('--dtype', default=d.dtype, choices=['auto', 'float32', 'bfloat16'],
+                      help='compute dtype of both trainings (auto: bfloat16 on GPU/TPU, float32 '
+                      'on CPU; parameters, BatchNorm statistics and losses stay float32)')
+  parser.add_argument('--expert_width_divisor', type=int, default=d.expert_width_divisor,
+                      help="channel widths of the expert divided by this (default: the tiny "
+                      "config's 8)")
+  parser.add_argument('--expert_batch', type=int, default=d.expert_batch,
+                      help="expert batch size (default: the tiny config's 16; the reference: 64)")
 
 
-def build_corpus(out: str, args) -> str:
+def settings_from_args(args: argparse.Namespace) -> Settings:
+  return Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
+
+
+def build_corpus(out: str, settings: Settings) -> str:
+  """The synthetic corpus in out/corpus, preprocessed into out/preprocessed; returns the
+  dataset folder (both stages are skipped when already done)."""
   raw, pre = os.path.join(out, 'corpus'), os.path.join(out, 'preprocessed')
-  face_flag = ['--face_model', args.face_model] if args.face_model else []
+  face_flag = ['--face_model', settings.face_model] if settings.face_model else []
   if not os.path.exists(os.path.join(raw, 'test.txt')):
-    stage(f'1/5 synthetic corpus: {args.speakers} speakers x {args.clips_per_speaker} clips')
-    if synthetic.main(['--out', raw, '--speakers', str(args.speakers), '--clips_per_speaker',
-                       str(args.clips_per_speaker), '--seed', str(args.seed)] + face_flag):
+    stage(f'1/5 synthetic corpus: {settings.speakers} speakers x '
+          f'{settings.clips_per_speaker} clips')
+    if synthetic.main(['--out', raw, '--speakers', str(settings.speakers),
+                       '--clips_per_speaker', str(settings.clips_per_speaker), '--seed',
+                       str(settings.seed)] + face_flag):
       raise SystemExit(1)
   data_dir = os.path.join(pre, 'clip_dataset', '1.0.0')
   if not os.path.isdir(data_dir):
     stage('2/5 preprocessing (faces, crops, mels -> ArrayRecord)')
-    if preprocess.main(['--data_root', raw, '--out', pre, '--filelists', raw] + face_flag):
-      raise SystemExit(1)
+    data_dir = preprocess.preprocess(raw, pre, raw, face_model=settings.face_model)
   return data_dir
 
 
@@ -89,29 +122,32 @@ def _train_or_exit(config, workdir: str):
                      'resume')
 
 
-def train_models(out: str, data_dir: str, args, expert_width_divisor: int = None,
-                 expert_batch: int = None):
-  """Trains the expert, then the generator judged by it; the expert's width and batch default
-  to the tiny config's."""
+def train_models(out: str, data_dir: str, settings: Settings) -> Tuple[str, str]:
+  """Trains the expert (out/expert), then the tiny generator judged by it (out/generator);
+  returns the two workdirs. A rerun resumes (or skips) each."""
   expert_dir, generator_dir = os.path.join(out, 'expert'), os.path.join(out, 'generator')
   config = expert_config.get_config('tiny')
   # 3e-3: on the synthetic corpus, 1500 steps reach 87.6% test accuracy (1e-3: 82.2%, 1e-2: 84.4%)
-  config.data.dir, config.total_steps, config.learning_rate = data_dir, args.expert_steps, 3e-3
-  config.model.width_divisor = expert_width_divisor or config.model.width_divisor
-  config.batch_size = expert_batch or config.batch_size
+  config.data.dir, config.total_steps, config.learning_rate = (data_dir, settings.expert_steps,
+                                                               3e-3)
+  config.model.width_divisor = settings.expert_width_divisor or config.model.width_divisor
+  config.batch_size = settings.expert_batch or config.batch_size
   config.lr_schedule = 'cosine'  # a short run ends better annealed
-  config.eval_every = config.checkpoint_every = eval_every(args.expert_steps)
+  config.model.dtype = settings.dtype
+  config.eval_every = config.checkpoint_every = eval_every(settings.expert_steps)
   config.log_every = 50
-  stage(f'3/5 training the expert ({args.expert_steps} steps of {config.batch_size} windows, '
-        f'widths / {config.model.width_divisor})')
+  stage(f'3/5 training the expert ({settings.expert_steps} steps of {config.batch_size} '
+        f'windows, widths / {config.model.width_divisor})')
   _train_or_exit(config, expert_dir)
   config = wav2lip_config.get_config('tiny')
-  config.data.dir, config.total_steps, config.learning_rate = data_dir, args.generator_steps, 1e-3
+  config.data.dir, config.total_steps, config.learning_rate = (data_dir,
+                                                               settings.generator_steps, 1e-3)
   config.lr_schedule = 'cosine'
+  config.model.dtype = settings.dtype
   config.expert_checkpoint = expert_dir
-  config.eval_every = config.checkpoint_every = eval_every(args.generator_steps)
+  config.eval_every = config.checkpoint_every = eval_every(settings.generator_steps)
   config.log_every = 25
-  stage(f'4/5 training the tiny generator ({args.generator_steps} steps)')
+  stage(f'4/5 training the tiny generator ({settings.generator_steps} steps)')
   _train_or_exit(config, generator_dir)
   return expert_dir, generator_dir
 
@@ -173,13 +209,27 @@ def expert_in_sync_rate(crops: np.ndarray, speech: str, expert: tuple) -> float:
 
 
 def write_side_by_side(face: str, result: str, speech: str, out_path: str) -> None:
-  """input | result, frame by frame (the input looped or cut as inference does), with the
-  speech."""
+  """input | result, frame by frame (the input looped forward as inference loops it, resized
+  to the result's height), with the speech. Streams: any length of video."""
   info = video.probe_video(result)
-  inputs = itertools.cycle(list(video.read_frames(face)))  # a short synthetic clip
-  with video.VideoWriter(out_path, speech, 2 * info.width, info.height, info.fps) as writer:
-    for left, right in zip(inputs, video.read_frames(result)):
-      writer.write(np.concatenate([left, right], axis=1))
+
+  def looped():
+    if face.lower().endswith(infer.IMAGE_EXTENSIONS):
+      yield from itertools.repeat(cv2.imread(face, cv2.IMREAD_COLOR))
+    while True:
+      empty = True
+      for frame in video.read_frames(face):
+        empty = False
+        yield frame
+      if empty:
+        return
+
+  inputs = looped()
+  first = next(inputs)
+  width = round(first.shape[1] * info.height / first.shape[0] / 2) * 2
+  with video.VideoWriter(out_path, speech, width + info.width, info.height, info.fps) as writer:
+    for left, right in zip(itertools.chain([first], inputs), video.read_frames(result)):
+      writer.write(np.concatenate([cv2.resize(left, (width, info.height)), right], axis=1))
 
 
 def report(out: str, figures: dict, plots: list) -> str:
@@ -202,30 +252,35 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m lipsync_jax.demo',
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--out', default='demo_out', help='output folder (default: %(default)s)')
-  add_stage_flags(parser, speakers=10, expert_steps=1000, generator_steps=300)
+  add_stage_flags(parser, Settings())
   cli.add_compilation_cache_flag(parser)
   args = parser.parse_args(argv)
-  return cli.run(lambda: run(args), 'lipsync_jax.demo')
+
+  def body() -> int:
+    cli.enable_compilation_cache(args.compilation_cache)
+    run(args.out, settings_from_args(args))
+    return 0
+
+  return cli.run(body, 'lipsync_jax.demo')
 
 
-def run(args) -> int:
-  """All five stages into args.out; returns the exit status."""
+def run(out: str, settings: Optional[Settings] = None) -> dict:
+  """All five stages into `out`; returns the report's figures with the paths of result.mp4,
+  side_by_side.mp4 and report.md (keys 'result', 'side_by_side', 'report')."""
+  settings = settings or Settings()
   began = time.perf_counter()
-  cli.enable_compilation_cache(args.compilation_cache)
-  out = cli.ensure_folder(args.out, 'demo')
-  data_dir = build_corpus(out, args)
-  expert_dir, generator_dir = train_models(out, data_dir, args)
+  out = cli.ensure_folder(out, 'demo')
+  data_dir = build_corpus(out, settings)
+  expert_dir, generator_dir = train_models(out, data_dir, settings)
   stage('5/5 lip-syncing a held-out face to new speech')
   face, face_opening = held_out_face(out)
   speech = new_speech(out)
   result = os.path.join(out, 'result.mp4')
-  flags = ['--checkpoint_path', generator_dir, '--face', face, '--audio', speech,
-           '--outfile', result, '--compilation_cache', args.compilation_cache] + (
-               ['--face_model', args.face_model] if args.face_model else [])
-  if infer.main(flags):
-    return 1
-  write_side_by_side(face, result, speech, os.path.join(out, 'side_by_side.mp4'))
-  detector = faces.FaceDetector(args.face_model)
+  infer.lipsync(face, speech, generator_dir, result,
+                infer.Options(face_model=settings.face_model))
+  side_by_side = os.path.join(out, 'side_by_side.mp4')
+  write_side_by_side(face, result, speech, side_by_side)
+  detector = faces.FaceDetector(settings.face_model)
   result_crops, input_crops = face_crops(result, detector), face_crops(face, detector)
   opening = synthetic.mouth_track(audio.load_audio(speech), len(result_crops))[:, 0]
   n = len(face_opening)
@@ -254,8 +309,8 @@ def run(args) -> int:
   figures['wall time'] = f'{(time.perf_counter() - began) / 60:.1f} min'
   path = report(out, figures, plots)
   print('\n' + '\n'.join(f'{k}: {v}' for k, v in figures.items()))
-  print(f'\nwrote {result}, {os.path.join(out, "side_by_side.mp4")} and {path}')
-  return 0
+  print(f'\nwrote {result}, {side_by_side} and {path}')
+  return dict(figures, result=result, side_by_side=side_by_side, report=path)
 
 
 if __name__ == '__main__':

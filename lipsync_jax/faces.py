@@ -5,16 +5,12 @@ smoothed over time as the reference does (mean of each box and the next 4); padd
 (top, bottom, left, right); cropped and resized to 96x96. A frame without a face yields None,
 never an exception.
 
-The detector model comes from an explicit path, else $LIPSYNC_JAX_FACE_MODEL, else the cache
-folder ($LIPSYNC_JAX_CACHE or ~/.cache/lipsync_jax), else it is downloaded once from the OpenCV
-model zoo into that cache and checked against its sha256.
+The detector model ships inside the package (lipsync_jax/assets, MIT licence beside it), so
+nothing is downloaded; an explicit path or $LIPSYNC_JAX_FACE_MODEL overrides it.
 """
 import collections
-import hashlib
 import os
 import pathlib
-import tempfile
-import urllib.request
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
@@ -23,51 +19,21 @@ import numpy as np
 from lipsync_jax import cli
 
 MODEL_NAME = 'face_detection_yunet_2026may.onnx'
-MODEL_SHA256 = 'ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0'
-MODEL_URL = ('https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/'
-             + MODEL_NAME)
+PACKAGED_MODEL = pathlib.Path(__file__).resolve().parent / 'assets' / MODEL_NAME
 FACE_SIZE = 96
 DETECT_MAX_SIDE = 640  # larger frames are downscaled for detection only
 
 
 class FaceModelError(cli.UserError, RuntimeError):
-  """The detector model file is missing, corrupt or cannot be fetched."""
+  """The detector model file is missing or corrupt."""
 
 
-def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get('LIPSYNC_JAX_CACHE',
-                                     pathlib.Path.home() / '.cache' / 'lipsync_jax'))
-
-
-def _sha256(path: pathlib.Path) -> str:
-  return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def resolve_model(path: Optional[str] = None, url: str = MODEL_URL) -> str:
-  """The detector model path: `path`, $LIPSYNC_JAX_FACE_MODEL, the cache, or a verified download."""
-  explicit = path or os.environ.get('LIPSYNC_JAX_FACE_MODEL')
-  if explicit:
-    if not os.path.isfile(explicit):
-      raise FaceModelError(f'{explicit}: face detector model not found')
-    return explicit
-  cached = cache_dir() / MODEL_NAME
-  if cached.is_file() and _sha256(cached) == MODEL_SHA256:
-    return str(cached)
-  cached.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix='.part')
-  os.close(fd)
-  try:
-    urllib.request.urlretrieve(url, tmp)  # nosec: fixed URL, verified below
-    if _sha256(pathlib.Path(tmp)) != MODEL_SHA256:
-      raise FaceModelError(f'{url}: downloaded file fails its sha256 check')
-    os.replace(tmp, cached)
-  except OSError as e:
-    raise FaceModelError(f'cannot download the face detector from {url} ({e}); pass a model '
-                         'path or set LIPSYNC_JAX_FACE_MODEL') from e
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return str(cached)
+def resolve_model(path: Optional[str] = None) -> str:
+  """The detector model path: `path`, else $LIPSYNC_JAX_FACE_MODEL, else the packaged YuNet."""
+  chosen = path or os.environ.get('LIPSYNC_JAX_FACE_MODEL') or str(PACKAGED_MODEL)
+  if not os.path.isfile(chosen):
+    raise FaceModelError(f'{chosen}: face detector model not found')
+  return chosen
 
 
 class FaceDetector:

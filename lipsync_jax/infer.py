@@ -29,7 +29,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Callable, Iterator, List, NamedTuple, Optional
+from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
 
 import cv2
 import jax
@@ -60,6 +60,60 @@ class Stages(collections.Counter):
     start = time.perf_counter()
     yield
     self[stage] += time.perf_counter() - start
+
+
+@dataclasses.dataclass
+class Options:
+  """Every setting of a lip-sync run but its four files; the CLI flags of the same names, with
+  the same defaults (`python -m lipsync_jax.infer --help` explains each)."""
+  static: bool = False
+  fps: float = 25.0
+  pads: Tuple[int, int, int, int] = (0, 10, 0, 0)  # top, bottom, left, right
+  face_det_batch_size: int = 16
+  wav2lip_batch_size: int = 16
+  resize_factor: int = 1
+  crop: Tuple[int, int, int, int] = (0, -1, 0, -1)  # top, bottom, left, right; -1: full extent
+  box: Tuple[int, int, int, int] = (-1, -1, -1, -1)  # y1, y2, x1, x2; -1 -1 -1 -1: detect
+  rotate: bool = False
+  nosmooth: bool = False
+  paste: str = 'feather'  # or 'hard'
+  on_missing_face: str = 'pass'  # or 'abort'
+  reference: bool = False
+  dtype: str = 'auto'  # or 'float32', 'bfloat16'
+  face_model: Optional[str] = None
+
+  def __post_init__(self):
+    self.pads, self.crop, self.box = tuple(self.pads), tuple(self.crop), tuple(self.box)
+    problem = options_problem(self)
+    if problem:
+      raise InferenceError(problem)
+
+  @property
+  def detect(self) -> bool:
+    return self.box[0] == -1
+
+
+def options_problem(options: Options) -> Optional[str]:
+  """What is wrong with a combination of settings (each flag's own range is argparse's), or
+  None."""
+  y1, y2, x1, x2 = options.box
+  if options.box != (-1,) * 4 and (min(options.box) < 0 or y2 <= y1 or x2 <= x1):
+    return (f'box: {y1} {y2} {x1} {x2} is not a box (need 0 <= Y1 < Y2 and 0 <= X1 < X2, or '
+            '-1 -1 -1 -1 to detect faces)')
+  y1, y2, x1, x2 = options.crop
+  if min(y1, x1) < 0 or (y2 != -1 and y2 <= y1) or (x2 != -1 and x2 <= x1):
+    return (f'crop: {y1} {y2} {x1} {x2} is empty (need 0 <= TOP < BOTTOM and 0 <= LEFT < RIGHT; '
+            '-1 for BOTTOM or RIGHT is the full extent)')
+  for name, allowed in (('paste', ('feather', 'hard')), ('on_missing_face', ('pass', 'abort')),
+                        ('dtype', ('auto', 'float32', 'bfloat16'))):
+    if getattr(options, name) not in allowed:
+      return f'{name}: {getattr(options, name)!r} is not one of {allowed}'
+  for name in ('face_det_batch_size', 'wav2lip_batch_size', 'resize_factor'):
+    if getattr(options, name) < 1:
+      return f'{name}: must be at least 1, not {getattr(options, name)}'
+  if not options.fps > 0:
+    return f'fps: must be positive, not {options.fps}'
+  return None
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -128,27 +182,28 @@ class FaceSource(NamedTuple):
   open: Callable[[], Iterator[np.ndarray]]  # a fresh iterator over the (transformed) frames
 
 
-def transform(frame: np.ndarray, args) -> np.ndarray:
+def transform(frame: np.ndarray, options: Options) -> np.ndarray:
   """The reference's order: integer downscale, rotate 90 degrees clockwise, crop."""
-  if args.resize_factor > 1:
+  factor = options.resize_factor
+  if factor > 1:
     h, w = frame.shape[:2]
-    if min(h, w) // args.resize_factor < MIN_FRAME_SIDE:
-      raise InferenceError(f'--resize_factor {args.resize_factor} shrinks the {w}x{h} frames '
+    if min(h, w) // factor < MIN_FRAME_SIDE:
+      raise InferenceError(f'--resize_factor {factor} shrinks the {w}x{h} frames '
                            f'below {MIN_FRAME_SIDE} pixels')
-    frame = cv2.resize(frame, (w // args.resize_factor, h // args.resize_factor))
-  if args.rotate:
+    frame = cv2.resize(frame, (w // factor, h // factor))
+  if options.rotate:
     frame = cv2.rotate(frame, cv2.ROTATE_90_CLOCKWISE)
-  y1, y2, x1, x2 = args.crop
+  y1, y2, x1, x2 = options.crop
   h, w = frame.shape[:2]
   frame = frame[y1:(h if y2 == -1 else y2), x1:(w if x2 == -1 else x2)]
   if frame.size == 0:
-    raise InferenceError(f'--crop {args.crop} leaves an empty frame of a {w}x{h} input')
+    raise InferenceError(f'--crop {" ".join(map(str, options.crop))} leaves an empty frame of '
+                         f'a {w}x{h} input')
   return np.ascontiguousarray(frame)
 
 
-def open_face(args, stages: Stages) -> FaceSource:
+def open_face(path: str, options: Options, stages: Stages) -> FaceSource:
   """The face input as a re-openable stream of frames, with its rate and (output) size."""
-  path = args.face
   if os.path.isdir(path):
     raise InferenceError(f'{path}: is a folder; --face takes a video or an image')
   if not os.path.isfile(path):
@@ -157,11 +212,11 @@ def open_face(args, stages: Stages) -> FaceSource:
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
       raise InferenceError(f'{path}: not a readable image (corrupt or unsupported format)')
-    frame = transform(image, args)
-    return FaceSource(args.fps, frame.shape[1], frame.shape[0], True, lambda: iter([frame]))
+    frame = transform(image, options)
+    return FaceSource(options.fps, frame.shape[1], frame.shape[0], True, lambda: iter([frame]))
   info = video.probe_video(path)
   # A variable frame rate is resampled to the nominal one: one mel window per output frame.
-  rate = info.fps if info.variable_rate and not args.reference else None
+  rate = info.fps if info.variable_rate and not options.reference else None
 
   def frames():
     decoded = video.read_frames(path, rate)
@@ -170,47 +225,49 @@ def open_face(args, stages: Stages) -> FaceSource:
         frame = next(decoded, None)
       if frame is None:
         return
-      yield transform(frame, args)
+      yield transform(frame, options)
 
   probe = frames()
   first = next(probe, None)
   probe.close()  # stops its ffmpeg now rather than at garbage collection
   if first is None:
     raise InferenceError(f'{path}: the video has no frames')
-  opener = (lambda: iter([first])) if args.static else frames
-  return FaceSource(info.fps, first.shape[1], first.shape[0], args.static, opener)
+  opener = (lambda: iter([first])) if options.static else frames
+  return FaceSource(info.fps, first.shape[1], first.shape[0], options.static, opener)
 
 
 # -- face boxes -----------------------------------------------------------------------------------
-def detected(frames: Iterator[np.ndarray], args, detector, stages: Stages):
+def detected(frames: Iterator[np.ndarray], face: str, options: Options, detector,
+             stages: Stages):
   """(frame, padded integer box or None), in chunks of --face_det_batch_size frames."""
-  if args.box[0] != -1:
-    y1, y2, x1, x2 = args.box  # the reference: a fixed box, no pads, no smoothing
+  if not options.detect:
+    y1, y2, x1, x2 = options.box  # the reference: a fixed box, no pads, no smoothing
     box = np.array([x1, y1, x2, y2], np.int64)
     yield from ((frame, box) for frame in frames)
     return
   while True:
-    chunk = list(itertools.islice(frames, args.face_det_batch_size))
+    chunk = list(itertools.islice(frames, options.face_det_batch_size))
     if not chunk:
       return
     with stages.time('detect'):
       boxes = detector.detect_batch(chunk)
     for frame, box in zip(chunk, boxes):
       if box is not None:
-        padded = faces.pad_box(box, args.pads, frame.shape)
+        padded = faces.pad_box(box, options.pads, frame.shape)
         if padded[2] <= padded[0] or padded[3] <= padded[1]:
           width, height = (int(v) for v in box[2:] - box[:2])
-          raise InferenceError(f'--pads {" ".join(map(str, args.pads))} leave nothing of the '
-                               f'{width}x{height} face found in {args.face}')
+          raise InferenceError(f'--pads {" ".join(map(str, options.pads))} leave nothing of '
+                               f'the {width}x{height} face found in {face}')
         box = padded
       yield frame, box
 
 
-def frames_with_boxes(source: FaceSource, n_out: int, args, detector, stages: Stages):
+def frames_with_boxes(source: FaceSource, n_out: int, face: str, options: Options, detector,
+                      stages: Stages):
   """n_out (frame, box) pairs: the video's frames, truncated or looped (forward, as the
   reference) to the audio's length; boxes are found (and smoothed) once per source frame."""
-  pairs = detected(itertools.islice(source.open(), n_out), args, detector, stages)
-  if args.box[0] == -1 and not args.nosmooth:
+  pairs = detected(itertools.islice(source.open(), n_out), face, options, detector, stages)
+  if options.detect and not options.nosmooth:
     pairs = faces.smooth_stream(pairs)
   boxes = []
   for frame, box in pairs:
@@ -268,7 +325,11 @@ class Paster:
 
 
 # -- the run --------------------------------------------------------------------------------------
-class Report(NamedTuple):
+class Result(NamedTuple):
+  """What a lip-sync run wrote: the video, its frame count and rate, how many frames had a
+  face, and the seconds of the whole run and of each stage (decode, detect, generate, paste,
+  encode; decoding and detection overlap generation)."""
+  outfile: str
   frames: int
   frames_with_face: int
   fps: float
@@ -313,20 +374,21 @@ def prefetch(iterator: Iterator, size: int) -> Iterator:
         buffer.get(timeout=0.05)
 
 
-def lipsync_frames(args, generate, detector, stages: Stages, windows: np.ndarray,
-                   source: FaceSource) -> Iterator[np.ndarray]:
+def lipsync_frames(face: str, options: Options, generate, detector, stages: Stages,
+                   windows: np.ndarray, source: FaceSource) -> Iterator[np.ndarray]:
   """The output frames, in order; counts frames with a face in stages['faces']."""
-  reference = args.reference
-  paste = Paster('hard' if reference else args.paste, truncate=reference)
+  reference = options.reference
+  paste = Paster('hard' if reference else options.paste, truncate=reference)
   interpolation = cv2.INTER_LINEAR if reference else cv2.INTER_AREA
-  abort = reference or args.on_missing_face == 'abort'
+  abort = reference or options.on_missing_face == 'abort'
   n_out = len(windows)
-  batch_size = min(args.wav2lip_batch_size, n_out)
+  batch_size = min(options.wav2lip_batch_size, n_out)
 
   def items():
-    for i, (frame, box) in enumerate(frames_with_boxes(source, n_out, args, detector, stages)):
+    pairs = frames_with_boxes(source, n_out, face, options, detector, stages)
+    for i, (frame, box) in enumerate(pairs):
       if box is None and (abort or source.static):
-        raise InferenceError(f'{args.face}: no face in frame {i} ({i / source.fps:.2f} s)' + (
+        raise InferenceError(f'{face}: no face in frame {i} ({i / source.fps:.2f} s)' + (
             '' if source.static else '; drop --on_missing_face abort to pass such frames '
             'through'))
       yield frame, box, None if box is None else faces.crop(frame, box, interpolation=interpolation)
@@ -361,40 +423,53 @@ def lipsync_frames(args, generate, detector, stages: Stages, windows: np.ndarray
     yield from finish(*pending)
 
 
-def check_box(args, source: FaceSource) -> None:
+def check_box(face: str, box: Tuple[int, int, int, int], source: FaceSource) -> None:
   """--box must lie inside the (transformed) frames."""
-  y1, y2, x1, x2 = args.box
+  y1, y2, x1, x2 = box
   if y2 > source.height or x2 > source.width:
     raise InferenceError(f'--box {y1} {y2} {x1} {x2} reaches beyond the {source.width}x'
-                         f'{source.height} frames of {args.face}')
+                         f'{source.height} frames of {face}')
 
 
-def run(args, progress: bool = True) -> Report:
-  """Checks every input, then lip-syncs; writes args.outfile atomically."""
+def lipsync(face: str, audio_path: str, checkpoint: str, outfile: str,
+            options: Optional[Options] = None, progress: bool = True) -> Result:
+  """Lip-syncs the face in a video or image to speech and writes `outfile` (H.264 + AAC).
+
+  `checkpoint`: an official wav2lip.pth / wav2lip_gan.pth, an orbax checkpoint directory or a
+  training workdir. Every input is checked before anything is written; the output appears
+  complete or not at all, and is never one of the inputs. Raises InferenceError (or another
+  cli.UserError) naming the file and the problem.
+  """
+  options = options or Options()
   began = time.perf_counter()
   stages = Stages()
   cli.refuse_overwriting_inputs(
-      {'--outfile': args.outfile},
-      {'--face': args.face, '--audio': args.audio, '--checkpoint_path': args.checkpoint_path,
-       '--face_model': args.face_model})
-  cli.ensure_folder(os.path.dirname(os.path.abspath(args.outfile)), 'output video')
-  wav, mel = load_speech(args.audio)
-  source = open_face(args, stages)
-  if args.box[0] != -1:
-    check_box(args, source)
-  generate = load_generator(args.checkpoint_path, args.dtype)
-  detector = faces.FaceDetector(args.face_model) if args.box[0] == -1 else None
-  windows = mel_windows(mel, len(wav), source.fps, args.reference)
-  frames = lipsync_frames(args, generate, detector, stages, windows, source)
-  with video.VideoWriter(args.outfile, args.audio, source.width, source.height, source.fps,
+      {'--outfile': outfile},
+      {'--face': face, '--audio': audio_path, '--checkpoint_path': checkpoint,
+       '--face_model': options.face_model})
+  try:
+    cli.output_file(VIDEO_EXTENSIONS)(outfile)
+  except argparse.ArgumentTypeError as e:
+    raise InferenceError(f'outfile: {e}') from None
+  wav, mel = load_speech(audio_path)
+  source = open_face(face, options, stages)
+  if not options.detect:
+    check_box(face, options.box, source)
+  generate = load_generator(checkpoint, options.dtype)
+  detector = faces.FaceDetector(options.face_model) if options.detect else None
+  windows = mel_windows(mel, len(wav), source.fps, options.reference)
+  frames = lipsync_frames(face, options, generate, detector, stages, windows, source)
+  cli.ensure_folder(os.path.dirname(os.path.abspath(outfile)), 'output video')
+  with video.VideoWriter(outfile, audio_path, source.width, source.height, source.fps,
                           stages) as writer:
     for frame in tqdm(frames, total=len(windows), unit='frame', desc='lip-sync',
                       disable=not progress):
       writer.write(frame)
     if not stages['faces']:
-      raise InferenceError(f'{args.face}: no face found in any frame')
+      raise InferenceError(f'{face}: no face found in any frame')
   seconds = time.perf_counter() - began
-  return Report(len(windows), int(stages.pop('faces')), source.fps, seconds, dict(stages))
+  return Result(outfile, len(windows), int(stages.pop('faces')), source.fps, seconds,
+                dict(stages))
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -460,20 +535,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                  help='generator compute type (default auto: bfloat16 on GPU/TPU, float32 on '
                  'CPU)')
   p.add_argument('--face_model', default=None,
-                 help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, the cache, '
-                 'or a one-time verified download)')
+                 help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, '
+                 'else the packaged one)')
   p.add_argument('--quiet', action='store_true', help='no progress bar')
   cli.add_compilation_cache_flag(p)
   args = p.parse_args(argv)
-  y1, y2, x1, x2 = args.box
-  if args.box != [-1] * 4 and (min(args.box) < 0 or y2 <= y1 or x2 <= x1):
-    p.error(f'argument --box: {y1} {y2} {x1} {x2} is not a box (need 0 <= Y1 < Y2 and '
-            '0 <= X1 < X2, or -1 -1 -1 -1 to detect faces)')
-  y1, y2, x1, x2 = args.crop
-  if min(y1, x1) < 0 or (y2 != -1 and y2 <= y1) or (x2 != -1 and x2 <= x1):
-    p.error(f'argument --crop: {y1} {y2} {x1} {x2} is empty (need 0 <= TOP < BOTTOM and '
-            '0 <= LEFT < RIGHT; -1 for BOTTOM or RIGHT is the full extent)')
+  try:
+    options_from_args(args)
+  except InferenceError as e:
+    p.error(f'argument --{e}')
   return args
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+  """The Options of parsed CLI flags (one field per flag of the same name)."""
+  return Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)})
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -481,8 +557,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
   def body() -> int:
     cli.enable_compilation_cache(args.compilation_cache)
-    report = run(args, progress=not args.quiet)
-    print(f'wrote {args.outfile}: {report.frames} frames at {report.fps:g} fps, '
+    report = lipsync(args.face, args.audio, args.checkpoint_path, args.outfile,
+                     options_from_args(args), progress=not args.quiet)
+    print(f'wrote {report.outfile}: {report.frames} frames at {report.fps:g} fps, '
           f'{report.frames_with_face} with a face, in {report.seconds:.1f} s '
           f'({report.frames / report.seconds:.1f} frames/s)')
     return 0

@@ -5,7 +5,10 @@ Submodule names are the reference's state_dict prefixes with '.' replaced by '_'
 converter a mechanical renaming. Channel widths are divided by `width_divisor` for tiny variants.
 
 Layouts: faces (N, 96, 96, C) BGR in [0, 1]; mels (N, 80, 16, 1). Windows (B, T, ...) are folded
-time-major into B*T frames (index t*B + b) as the reference does, so BatchNorm sees the same batch.
+into B*T frames batch-major (row b*T + t): BatchNorm sees the same frames as the reference's
+time-major folding (its statistics do not depend on the order), and a batch sharded over devices
+on B stays split by device. The discriminator's folded predictions come back in the reference's
+row order, t*B + b.
 """
 from typing import Optional, Sequence, Tuple
 
@@ -70,13 +73,20 @@ DISC_FACE_ENCODER = (
 
 
 def fold_time(x: jax.Array) -> jax.Array:
-  """(B, T, ...) -> (T*B, ...), row t*B + b (the reference's time-major folding)."""
-  return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
+  """(B, T, ...) -> (B*T, ...), row b*T + t. Not the reference's time-major t*B + b: that order
+  interleaves the windows of every device, and XLA's partitioner then gathers the whole batch
+  onto every device (each chip computed all frames of the global batch)."""
+  return x.reshape((-1,) + x.shape[2:])
 
 
 def unfold_time(x: jax.Array, batch: int) -> jax.Array:
   """Inverse of fold_time."""
-  return jnp.swapaxes(x.reshape((-1, batch) + x.shape[1:]), 0, 1)
+  return x.reshape((batch, -1) + x.shape[1:])
+
+
+def time_major(x: jax.Array, batch: int) -> jax.Array:
+  """Folded rows b*T + t -> the reference's t*B + b."""
+  return jnp.swapaxes(unfold_time(x, batch), 0, 1).reshape(x.shape)
 
 
 def lower_half(faces: jax.Array) -> jax.Array:
@@ -170,14 +180,16 @@ class QualityDiscriminator(_Net):
 
   @nn.compact
   def __call__(self, face):
-    x = lower_half(fold_time(face) if face.ndim == 5 else face)
+    windowed = face.ndim == 5
+    x = lower_half(fold_time(face) if windowed else face)
     for i, layers in enumerate(DISC_FACE_ENCODER):
       for j, layer in enumerate(layers):
         x = LeakyConvBlock(self.scaled(layer), self.dtype, self.precision, self.conv_impl,
                            name=f'face_encoder_blocks_{i}_{j}')(x)
     x = Conv(1, 1, kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
              precision=self.precision, conv_impl=self.conv_impl, name='binary_pred_0')(x)
-    return nn.sigmoid(x.reshape(x.shape[0], -1).astype(jnp.promote_types(x.dtype, jnp.float32)))
+    x = nn.sigmoid(x.reshape(x.shape[0], -1).astype(jnp.promote_types(x.dtype, jnp.float32)))
+    return time_major(x, face.shape[0]) if windowed else x
 
 
 def compute_dtype_for(setting: str, platform: str) -> jnp.dtype:

@@ -24,6 +24,7 @@ from lipsync_jax import allocator
 if __name__ == '__main__':
   allocator.use_tcmalloc()  # before the heavy imports: re-runs this command under tcmalloc
 
+import json
 import os
 import signal
 import sys
@@ -202,6 +203,13 @@ class Run:
       raise TrainingError(f'config.data.dir {config.data.dir}: not a dataset written by '
                           'data_pipeline.preprocess (no dataset_info.json; pass its '
                           'clip_dataset/1.0.0 folder)')
+    with open(os.path.join(config.data.dir, 'dataset_info.json')) as f:
+      splits = {split['name'] for split in json.load(f).get('splits', [])}
+    missing = {'train', 'val'} - splits
+    if missing:
+      raise TrainingError(f'config.data.dir {config.data.dir}: the dataset has no '
+                          f'{" or ".join(sorted(missing))} split (it has {sorted(splits)}); '
+                          'preprocess with a --filelists folder holding train.txt and val.txt')
     # Fail fast (before any compilation) on a missing or unreadable expert.
     expert_divisor, expert_variables = (load_expert(config) if self.kind == 'generator'
                                         else (None, None))
@@ -430,6 +438,7 @@ def main(argv):
     raise app.UsageError('set --config.data.dir to a dataset written by data_pipeline.preprocess')
 
   def body() -> int:
+    cli.enable_compilation_cache(_COMPILATION_CACHE.value)
     check_workdir(config, _WORKDIR.value)  # before anything is written there
     workdir = cli.ensure_folder(_WORKDIR.value, 'training run')
     with cli.atomic_output(os.path.join(workdir, 'config.json'), suffix='.json') as tmp:
@@ -445,5 +454,9 @@ def main(argv):
 if __name__ == '__main__':
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'training config file')
   _WORKDIR = flags.DEFINE_string('workdir', None, 'run folder (checkpoints, logs)')
+  _COMPILATION_CACHE = flags.DEFINE_string(
+      'compilation_cache', cli.default_compilation_cache(),
+      "keep compiled XLA programs here so a rerun (a resume, the same config) skips "
+      f"compilation; 'off' disables it (default: ${cli.CACHE_ENV} or ~/.cache/lipsync_jax/xla)")
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

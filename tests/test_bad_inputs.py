@@ -317,6 +317,13 @@ def test_train_refuses_bad_setups(inputs, tmp_path):
                 workdir=tmp_path / 'run')
   assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
   assert 'nope: not a dataset written by data_pipeline.preprocess' in proc.stderr
+  no_val = tmp_path / 'no_val'  # e.g. one clip held out in both val.txt and test.txt
+  no_val.mkdir()
+  (no_val / 'dataset_info.json').write_text('{"splits": [{"name": "train"}, {"name": "test"}]}')
+  proc = _train('--config', 'configs/expert.py:tiny', f'--config.data.dir={no_val}',
+                workdir=tmp_path / 'run2')
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  assert "the dataset has no val split (it has ['test', 'train'])" in proc.stderr
   expert = tmp_path / 'expert_run'
   shutil.copytree(inputs / 'expert_ckpt', expert / 'checkpoints')
   before = _snapshot(expert)

@@ -1,24 +1,39 @@
 """python -m lipsync_jax.demo end to end, on a minimal budget (3 speakers, a few steps): every
 stage runs, including generator training with the expert, and every promised file is written.
+Then the notebooks, executed headless as CI runs them (papermill): the quickstart on the demo's
+folder (its training stages find the models trained and resume past them), and the training
+notebook on the real clips of ../shared/media. One file, so that they run in this order on one
+worker.
 
-It takes about 6 minutes on 2 cores (mostly compiling the train steps); marked slow, and run in
-CI, which has room for it.
+About 6 minutes on 2 cores for the demo (mostly compiling the train steps) and 4 for the
+notebooks; marked slow, and run in CI.
 """
+import json
 import os
 
 import cv2
 import pytest
 
-from conftest import FACE_MODEL, require, run_module
+from conftest import FACE_MODEL, MEDIA, ROOT, require, run_module
 from lipsync_jax import demo, logs, train, video
+
+NOTEBOOKS = sorted((ROOT / 'notebooks').glob('*.ipynb'))
+DEMO_BUDGET = ('--speakers', '3', '--clips_per_speaker', '2', '--expert_steps', '6',
+               '--generator_steps', '4')
+
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory):
+  """(the demo's output folder, its stdout)."""
+  out = tmp_path_factory.mktemp('demo') / 'demo'
+  stdout = run_module('lipsync_jax.demo', '--out', str(out), *DEMO_BUDGET,
+                      '--face_model', str(require(FACE_MODEL)))
+  return out, stdout
 
 
 @pytest.mark.slow
-def test_demo_writes_videos_and_report(tmp_path):
-  out = tmp_path / 'demo'
-  stdout = run_module('lipsync_jax.demo', '--out', str(out), '--speakers', '3',
-                      '--clips_per_speaker', '2', '--expert_steps', '6', '--generator_steps', '4',
-                      '--face_model', str(require(FACE_MODEL)))
+def test_demo_writes_videos_and_report(demo_run):
+  out, stdout = demo_run
   assert 'mouth opening vs the synthetic ground truth' in stdout
   result, side = video.probe_video(str(out / 'result.mp4')), video.probe_video(
       str(out / 'side_by_side.mp4'))
@@ -42,9 +57,9 @@ def test_demo_stops_when_training_is_preempted(tmp_path, monkeypatch):
   trained = []
   monkeypatch.setattr(train, 'train', lambda config, workdir: trained.append(workdir) or
                       {'preempted': True})
-  args = type('Args', (), {'expert_steps': 10, 'generator_steps': 10})
+  settings = demo.Settings(expert_steps=10, generator_steps=10)
   with pytest.raises(SystemExit, match='rerun the same command to resume'):
-    demo.train_models(str(tmp_path), str(tmp_path / 'data'), args)
+    demo.train_models(str(tmp_path), str(tmp_path / 'data'), settings)
   assert trained == [str(tmp_path / 'expert')]  # the generator never started
 
 
@@ -52,14 +67,72 @@ def test_train_models_sets_the_expert_width_and_batch(tmp_path, monkeypatch):
   configs = []
   monkeypatch.setattr(train, 'train', lambda config, workdir: configs.append(config) or
                       {'preempted': False})
-  args = type('Args', (), {'expert_steps': 10, 'generator_steps': 10})
-  demo.train_models(str(tmp_path), str(tmp_path / 'data'), args)
+  settings = demo.Settings(expert_steps=10, generator_steps=10)
+  demo.train_models(str(tmp_path), str(tmp_path / 'data'), settings)
   expert, generator = configs
   assert (expert.model.width_divisor, expert.batch_size) == (8, 16)  # the tiny config's
   configs.clear()
-  demo.train_models(str(tmp_path), str(tmp_path / 'data'), args, expert_width_divisor=4,
-                    expert_batch=64)
+  demo.train_models(str(tmp_path), str(tmp_path / 'data'), demo.Settings(
+      expert_steps=10, generator_steps=10, expert_width_divisor=4, expert_batch=64))
   expert, generator = configs
   assert (expert.model.width_divisor, expert.batch_size) == (4, 64)
   assert generator.expert_checkpoint == str(tmp_path / 'expert')
   assert generator.model.width_divisor == 8  # only the expert changes
+
+
+def test_notebooks_are_committed_without_outputs():
+  assert {p.name for p in NOTEBOOKS} >= {'lipsync_quickstart.ipynb', 'train_on_your_data.ipynb'}
+  for path in NOTEBOOKS:
+    notebook = json.loads(path.read_text())
+    for cell in notebook['cells']:
+      if cell['cell_type'] == 'code':
+        assert cell['outputs'] == [] and cell['execution_count'] is None, path.name
+    tagged = [c for c in notebook['cells'] if 'parameters' in c['metadata'].get('tags', [])]
+    assert len(tagged) == 1, f'{path.name}: one cell tagged "parameters" (papermill)'
+
+
+def _execute(name, out_dir, **parameters):
+  papermill = pytest.importorskip('papermill')
+  executed = out_dir / name
+  papermill.execute_notebook(str(ROOT / 'notebooks' / name), str(executed),
+                             parameters=parameters, cwd=str(ROOT), kernel_name='python3',
+                             progress_bar=False)
+  return json.loads(executed.read_text())
+
+
+def _printed(notebook) -> str:
+  return ''.join(''.join(o.get('text', '')) for c in notebook['cells'] if c['cell_type'] == 'code'
+                 for o in c['outputs'])
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_runs(demo_run, tmp_path):
+  work, _ = demo_run
+  budget = dict(zip(DEMO_BUDGET[::2], map(int, DEMO_BUDGET[1::2])))
+  executed = _execute('lipsync_quickstart.ipynb', tmp_path, WORK=str(work),
+                      TINY_MODEL={k.lstrip('-'): v for k, v in budget.items()},
+                      FACE_MODEL=str(require(FACE_MODEL)))
+  result, side = video.probe_video(str(work / 'result.mp4')), video.probe_video(
+      str(work / 'side_by_side.mp4'))
+  assert side.height == result.height and side.width > result.width
+  assert 'with a face' in _printed(executed)
+  players = [o for c in executed['cells'] for o in c.get('outputs', [])
+             if '<video' in ''.join(o.get('data', {}).get('text/html', ''))]
+  assert len(players) == 2  # the result and the side-by-side, inline
+
+
+@pytest.mark.slow
+def test_training_notebook_runs_on_real_clips(tmp_path):
+  clips = tmp_path / 'clips'
+  clips.mkdir()
+  for name in ('talking_head_512_25fps.mp4', 'speech_850x480_30fps.mp4',
+               'phone_600x480_25fps.mp4'):
+    os.symlink(require(MEDIA / name), clips / name)
+  work = tmp_path / 'run'
+  executed = _execute('train_on_your_data.ipynb', tmp_path, CLIPS=str(clips), WORK=str(work),
+                      USE_DRIVE=False, EXPERT_STEPS=4, GENERATOR_STEPS=4, BATCH=4,
+                      FACE_MODEL=str(require(FACE_MODEL)))
+  assert 'expert: step 4' in _printed(executed) and 'generator: step 4' in _printed(executed)
+  assert (work / 'generator' / 'checkpoints').is_dir()
+  result = video.probe_video(str(work / 'result.mp4'))
+  assert (result.width, result.height) == (512, 512)  # the held-out clip: talking_head

@@ -1,4 +1,6 @@
 """The shared face pipeline: model resolution, detection on real clips, smoothing, crops."""
+import socket
+
 import cv2
 import numpy as np
 import pytest
@@ -77,21 +79,25 @@ def test_crop_is_96_square():
 
 
 def test_model_resolution(tmp_path, monkeypatch):
-  monkeypatch.setenv('LIPSYNC_JAX_CACHE', str(tmp_path / 'cache'))
   monkeypatch.delenv('LIPSYNC_JAX_FACE_MODEL', raising=False)
   with pytest.raises(faces.FaceModelError, match='not found'):
     faces.resolve_model(str(tmp_path / 'nope.onnx'))
-  model = require(FACE_MODEL)
-  monkeypatch.setenv('LIPSYNC_JAX_FACE_MODEL', str(model))
-  assert faces.resolve_model() == str(model)
-  monkeypatch.delenv('LIPSYNC_JAX_FACE_MODEL')
-  # the download path, from a local URL: verified by sha256, then cached
-  cached = faces.resolve_model(url=model.as_uri())
-  assert cached.startswith(str(tmp_path / 'cache'))
-  assert faces.resolve_model(url='file:///nonexistent') == cached  # no second fetch
-  (tmp_path / 'cache' / faces.MODEL_NAME).unlink()
-  bad = tmp_path / 'bad.onnx'
-  bad.write_bytes(b'corrupt')
-  with pytest.raises(faces.FaceModelError, match='sha256'):
-    faces.resolve_model(url=bad.as_uri())
-  assert list((tmp_path / 'cache').iterdir()) == []  # nothing partial left behind
+  # with nothing set: the packaged YuNet, its MIT licence beside it
+  assert faces.resolve_model() == str(faces.PACKAGED_MODEL)
+  assert 'MIT License' in (faces.PACKAGED_MODEL.parent / 'LICENSE-yunet.txt').read_text()
+  shared = require(FACE_MODEL)
+  assert faces.PACKAGED_MODEL.read_bytes() == shared.read_bytes()
+  monkeypatch.setenv('LIPSYNC_JAX_FACE_MODEL', str(shared))
+  assert faces.resolve_model() == str(shared)
+  assert faces.resolve_model(str(faces.PACKAGED_MODEL)) == str(faces.PACKAGED_MODEL)
+
+
+def test_detector_runs_offline(monkeypatch):
+  """No network: the default detector is the packaged model (any socket would fail here)."""
+  monkeypatch.delenv('LIPSYNC_JAX_FACE_MODEL', raising=False)
+
+  def no_network(*args, **kwargs):
+    raise AssertionError('the face detector tried to reach the network')
+  frame = _frames('talking_head_512_25fps.mp4', limit=1)[0]
+  monkeypatch.setattr(socket, 'socket', no_network)
+  assert faces.FaceDetector().detect(frame) is not None

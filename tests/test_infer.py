@@ -52,14 +52,15 @@ def args_for(checkpoint_path, face, audio_path, outfile, *flags):
 
 
 def pipeline_frames(args):
-  """The frames `run` would encode, without encoding them."""
-  stages = infer.Stages()
+  """The frames `lipsync` would encode, without encoding them."""
+  stages, options = infer.Stages(), infer.options_from_args(args)
   wav, mel = infer.load_speech(args.audio)
-  source = infer.open_face(args, stages)
-  generate = infer.load_generator(args.checkpoint_path, args.dtype)
-  windows = infer.mel_windows(mel, len(wav), source.fps, args.reference)
-  detector = faces.FaceDetector() if args.box[0] == -1 else None
-  return list(infer.lipsync_frames(args, generate, detector, stages, windows, source))
+  source = infer.open_face(args.face, options, stages)
+  generate = infer.load_generator(args.checkpoint_path, options.dtype)
+  windows = infer.mel_windows(mel, len(wav), source.fps, options.reference)
+  detector = faces.FaceDetector() if options.detect else None
+  return list(infer.lipsync_frames(args.face, options, generate, detector, stages, windows,
+                                   source))
 
 
 # -- the reference, exactly ----------------------------------------------------------------------
@@ -354,3 +355,29 @@ def test_resize_rotate_and_crop_set_the_output_size(tiny_checkpoint, media, tmp_
                     + flags) == 0
   info = video.probe_video(str(out))
   assert (info.width, info.height) == (200, 246)  # 512 / 2 = 256, rotated, rows 10.., cols ..200
+
+
+def test_python_api(tiny_checkpoint, media, tmp_path):
+  """lipsync_jax.lipsync: the CLI's run without argparse; Options are checked on creation."""
+  import lipsync_jax  # pylint: disable=import-outside-toplevel
+  out = tmp_path / 'api' / 'result.mp4'
+  result = lipsync_jax.lipsync(str(media / 'mute.mp4'), str(media / 'speech.wav'),
+                               str(tiny_checkpoint), str(out),
+                               lipsync_jax.Options(paste='hard', wav2lip_batch_size=8),
+                               progress=False)
+  assert isinstance(result, lipsync_jax.Result) and result.outfile == str(out)
+  assert result.frames == 25 == sum(1 for _ in video.read_frames(str(out)))
+  assert result.frames_with_face == 25 and result.fps == pytest.approx(25)
+  assert {'decode', 'detect', 'generate', 'paste', 'encode'} <= set(result.stages)
+  assert result.seconds >= sum(result.stages[s] for s in ('generate', 'paste', 'encode'))
+  assert lipsync_jax.Options() == infer.options_from_args(infer.parse_args(
+      _common('c', 'f', 'a', 'o.mp4')))  # one set of defaults
+  with pytest.raises(lipsync_jax.InferenceError, match='box: 5 1 0 9 is not a box'):
+    lipsync_jax.Options(box=(5, 1, 0, 9))
+  with pytest.raises(lipsync_jax.InferenceError, match="paste: 'soft'"):
+    lipsync_jax.Options(paste='soft')
+  with pytest.raises(lipsync_jax.InferenceError, match='outfile: .* must end in'):
+    lipsync_jax.lipsync(str(media / 'mute.mp4'), str(media / 'speech.wav'),
+                        str(tiny_checkpoint), str(tmp_path / 'x.avi'))
+  with pytest.raises(lipsync_jax.UserError, match='is the same file as --face'):
+    lipsync_jax.lipsync(str(out), str(media / 'speech.wav'), str(tiny_checkpoint), str(out))

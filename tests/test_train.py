@@ -79,14 +79,14 @@ def test_two_processes_with_jax_distributed_agree(synthetic_dataset, tmp_path):
 
 
 def _train_cli(workdir, data_dir, env=None, workers=0, checkpoint_every=100000,
-               total_steps=100000):
+               total_steps=100000, extra=()):
   """`python -m lipsync_jax.train` on the tiny expert, logging every step."""
   return subprocess.Popen(
       [sys.executable, '-m', 'lipsync_jax.train', '--config', 'configs/expert.py:tiny',
        '--workdir', str(workdir), f'--config.data.dir={data_dir}', '--config.batch_size=8',
        f'--config.data.workers={workers}', '--config.log_every=1',
        '--config.eval_every=100000', f'--config.checkpoint_every={checkpoint_every}',
-       f'--config.total_steps={total_steps}'],
+       f'--config.total_steps={total_steps}', *extra],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -178,6 +178,23 @@ def test_resume_is_exact(synthetic_dataset, tmp_path):
   # the best-eval model is readable by the checkpoint layer (inference, generator training)
   name, _, _ = checkpoint.load_model(str(tmp_path / 'straight' / 'best'), expect='expert')
   assert name == 'expert'
+
+
+@pytest.mark.slow
+def test_compilation_cache_serves_a_second_run(synthetic_dataset, tmp_path):
+  data_dir, _ = synthetic_dataset
+  cache = tmp_path / 'xla'
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  entries = []
+  for run in ('first', 'second'):
+    proc = _train_cli(tmp_path / run, data_dir, env=env, total_steps=2,
+                      extra=['--compilation_cache', str(cache)])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    entries.append({p.name for p in cache.iterdir()})
+  assert entries[0], 'the first run cached nothing'
+  # the second run compiled the same programs: served from the cache, it adds (almost) none
+  assert len(entries[1] - entries[0]) < len(entries[0]) / 2, entries
 
 
 @pytest.mark.slow

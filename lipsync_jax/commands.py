@@ -1,0 +1,49 @@
+"""`lipsync-jax COMMAND [FLAGS]`: one console script for every command-line tool.
+
+    lipsync-jax infer --checkpoint_path wav2lip_gan.pth --face in.mp4 --audio speech.wav
+    lipsync-jax train --config configs/expert.py:tiny --workdir runs/expert ...
+    lipsync-jax demo | convert | summary ... ; lipsync-jax COMMAND --help
+
+Each command runs exactly as `python -m lipsync_jax.COMMAND`.
+"""
+import runpy
+import sys
+from typing import List, Optional
+
+from lipsync_jax import allocator
+
+COMMANDS = {
+    'infer': 'lip-sync a video or image to speech',
+    'train': 'train the expert or a generator (absl flags: --config, --workdir)',
+    'convert': 'convert an official .pth checkpoint to an orbax checkpoint',
+    'demo': 'the whole pipeline on a synthetic corpus, offline',
+    'summary': 'layers, parameters and FLOPs of each network',
+}
+
+
+def usage() -> str:
+  lines = [__doc__.split('\n\n')[0], '', 'commands:']
+  lines += [f'  {name:9} {text}' for name, text in COMMANDS.items()]
+  return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if not argv or argv[0] in ('-h', '--help'):
+    print(usage())
+    return 0 if argv else 2
+  command, rest = argv[0], argv[1:]
+  if command not in COMMANDS:
+    print(f'lipsync-jax: unknown command {command!r}\n\n{usage()}', file=sys.stderr)
+    return 2
+  allocator.use_tcmalloc()  # re-executes this very command line once (the commands do too)
+  sys.argv = [f'lipsync-jax {command}', *rest]
+  try:
+    runpy.run_module(f'lipsync_jax.{command}', run_name='__main__', alter_sys=True)
+  except SystemExit as e:
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
