@@ -72,6 +72,22 @@ def load_audio(path: str) -> np.ndarray:
   return wav.astype(np.float32)
 
 
+def load_pcm16(path: str) -> np.ndarray:
+  """int16 mono samples at 16 kHz exactly as `ffmpeg -ac 1 -ar 16000 -f s16le` decodes them:
+  what the LSE evaluator (lipsync_jax/evaluate.py) scores, as the original does."""
+  probe_audio(path)
+  proc = subprocess.run(
+      ['ffmpeg', '-v', 'error', '-nostdin', '-i', ffmpeg_input(path), '-map', '0:a:0', '-ac',
+       '1', '-ar', str(SAMPLE_RATE), '-f', 's16le', '-acodec', 'pcm_s16le', '-'],
+      capture_output=True)
+  if proc.returncode != 0:
+    raise AudioError(f'{path}: cannot decode audio ({proc.stderr.decode()[-200:].strip()})')
+  samples = np.frombuffer(proc.stdout, np.int16)
+  if samples.size == 0:
+    raise AudioError(f'{path}: the audio stream is empty')
+  return samples
+
+
 @functools.lru_cache(maxsize=None)
 def mel_basis() -> np.ndarray:
   """(80, 401) float32 slaney filterbank."""

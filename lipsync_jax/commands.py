@@ -2,7 +2,7 @@
 
     lipsync-jax infer --checkpoint_path wav2lip_gan.pth --face in.mp4 --audio speech.wav
     lipsync-jax train --config configs/expert.py:tiny --workdir runs/expert ...
-    lipsync-jax demo | convert | summary ... ; lipsync-jax COMMAND --help
+    lipsync-jax demo | convert | evaluate | summary ... ; lipsync-jax COMMAND --help
 
 Each command runs exactly as `python -m lipsync_jax.COMMAND`.
 """
@@ -16,6 +16,7 @@ COMMANDS = {
     'infer': 'lip-sync a video or image to speech',
     'train': 'train the expert or a generator (absl flags: --config, --workdir)',
     'convert': 'convert an official .pth checkpoint to an orbax checkpoint',
+    'evaluate': 'LSE-D / LSE-C and AV offsets of videos (SyncNet, as the papers)',
     'demo': 'the whole pipeline on a synthetic corpus, offline',
     'summary': 'layers, parameters and FLOPs of each network',
 }

@@ -109,14 +109,9 @@ def state_dict_from_variables(variables: dict) -> Dict[str, np.ndarray]:
           for key, path in torch_key_map(variables).items() if path in flat}
 
 
-def load_official(path: str) -> Tuple[str, nn.Module, dict]:
-  """Reads an official Wav2Lip .pth (legacy or zip format; bare state dict or a dict with
-  'state_dict'; keys with or without 'module.').
-
-  Returns (model name, flax module, variables) ready for `module.apply(variables, ...)` in NHWC:
-  'wav2lip' (wav2lip.pth, wav2lip_gan.pth), 'expert' (lipsync_expert.pth) or 'quality_disc'
-  (visual_quality_disc.pth).
-  """
+def read_state_dict(path: str) -> Dict[str, np.ndarray]:
+  """The tensors of a PyTorch checkpoint file (legacy or zip format; a bare state dict or a
+  dict with 'state_dict'; 'module.' prefixes dropped), read without torch."""
   if not os.path.isfile(path):
     raise ConversionError(f'{path}: no such file')
   try:
@@ -129,7 +124,21 @@ def load_official(path: str) -> Tuple[str, nn.Module, dict]:
     raise ConversionError(f'{path}: not a readable PyTorch checkpoint '
                           f'({str(e) or type(e).__name__})') from e
   try:
-    state_dict = strip_module_prefix(torch_pickle.find_state_dict(loaded))
+    return strip_module_prefix(torch_pickle.find_state_dict(loaded))
+  except ValueError as e:
+    raise ConversionError(f'{path}: {e}') from e
+
+
+def load_official(path: str) -> Tuple[str, nn.Module, dict]:
+  """Reads an official Wav2Lip .pth (legacy or zip format; bare state dict or a dict with
+  'state_dict'; keys with or without 'module.').
+
+  Returns (model name, flax module, variables) ready for `module.apply(variables, ...)` in NHWC:
+  'wav2lip' (wav2lip.pth, wav2lip_gan.pth), 'expert' (lipsync_expert.pth) or 'quality_disc'
+  (visual_quality_disc.pth).
+  """
+  state_dict = read_state_dict(path)
+  try:
     name = detect_model(state_dict)
     module = models.build(name)
     return name, module, variables_from_state_dict(state_dict, module, name)

@@ -87,8 +87,10 @@ def read_scalars(workdir: str) -> Dict[str, List[Tuple[int, float]]]:
 
 
 def plot_scalars(series: Dict[str, List[Tuple[int, float]]], names: List[str], path: str,
-                 title: str, size: Tuple[int, int] = (640, 360)) -> str:
-  """A line chart PNG of some series against the step (drawn with OpenCV: no plotting library)."""
+                 title: str, size: Tuple[int, int] = (640, 360), x_label: str = 'step',
+                 bars: bool = False) -> str:
+  """A line (or, with `bars`, bar) chart PNG of some series against x (drawn with OpenCV: no
+  plotting library)."""
   w, h = size
   left, right, top, bottom = 70, 20, 40, 40
   image = np.full((h, w, 3), 255, np.uint8)
@@ -110,12 +112,18 @@ def plot_scalars(series: Dict[str, List[Tuple[int, float]]], names: List[str], p
   for s in (x0, x1):
     cv2.putText(image, f'{int(s)}', (to_px(s, y0)[0] - 10, h - bottom + 16),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-  cv2.putText(image, f'{title} (x: step)', (left, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.55,
+  cv2.putText(image, f'{title} (x: {x_label})', (left, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.55,
               (0, 0, 0), 1, cv2.LINE_AA)
   colours = [(200, 80, 0), (0, 120, 230), (40, 160, 40), (150, 0, 150)]
   for k, name in enumerate(present):
     pts = np.array([to_px(s, v) for s, v in series[name]], np.int32)
-    cv2.polylines(image, [pts], False, colours[k % 4], 2, cv2.LINE_AA)
+    if bars:
+      half = max(1, (w - left - right) // max(2 * len(pts), 1) - 1)
+      for (x, y), (s, _) in zip(pts, series[name]):
+        cv2.rectangle(image, (x - half, y), (x + half, to_px(s, max(y0, 0))[1]),
+                      colours[k % 4], -1)
+    else:
+      cv2.polylines(image, [pts], False, colours[k % 4], 2, cv2.LINE_AA)
     cv2.putText(image, name, (w - right - 150, top + 18 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX,
                 0.5, colours[k % 4], 1, cv2.LINE_AA)
   cv2.imwrite(path, image)

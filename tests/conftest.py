@@ -31,6 +31,11 @@ MEDIA = SHARED / 'media'
 FACE_MODEL = SHARED / 'models' / 'face_detection_yunet_2026may.onnx'
 
 
+def ffmpeg(*args):
+  """Runs ffmpeg (overwriting outputs, errors only); fails the test if it fails."""
+  subprocess.run(['ffmpeg', '-y', '-v', 'error', *map(str, args)], check=True)
+
+
 def require(path: pathlib.Path) -> pathlib.Path:
   if not path.exists():
     pytest.skip(f'{path} not found (the ../shared fixtures are absent on this machine)')

@@ -18,16 +18,13 @@ import numpy as np
 import pytest
 import scipy.io.wavfile
 
-from conftest import (FACE_MODEL, MEDIA, PARITY, ROOT, load_parity_weights, random_checkpoint,
-                      require, save_pth)
+from conftest import (FACE_MODEL, MEDIA, PARITY, ROOT, ffmpeg, load_parity_weights,
+                      random_checkpoint, require, save_pth)
 from data_pipeline import preprocess
 from lipsync_jax import audio, convert, infer, video
 
 TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
 
-
-def ffmpeg(*args):
-  subprocess.run(['ffmpeg', '-y', '-v', 'error', *map(str, args)], check=True)
 
 
 class _Evil:

@@ -11,15 +11,12 @@ import librosa
 import numpy as np
 import pytest
 
-from conftest import (FACE_MODEL, MEDIA, ROOT, load_parity_weights, parity, random_checkpoint,
-                      require, save_pth)
+from conftest import (FACE_MODEL, MEDIA, ROOT, ffmpeg, load_parity_weights, parity,
+                      random_checkpoint, require, save_pth)
 from lipsync_jax import audio, convert, faces, infer, video
 
 TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
 
-
-def ffmpeg(*args):
-  subprocess.run(['ffmpeg', '-y', '-v', 'error', *map(str, args)], check=True)
 
 
 def stream_info(path, kind):

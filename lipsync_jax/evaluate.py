@@ -1,0 +1,433 @@
+"""LSE-D / LSE-C: lip-sync scores as the papers compute them, with joonson's public SyncNet.
+
+    import lipsync_jax.evaluate as ev
+    syncnet = ev.load_syncnet('syncnet_v2.model')      # the user's download; not ours to ship
+    scores = ev.score_frames(frames_bgr_224, audio_int16, syncnet)
+    scores['lse_d'], scores['lse_c'], scores['offset']
+
+The model is SyncNet `S` (1024-d embeddings; Chung & Zisserman 2016) as syncnet_python defines
+it; the audio features are python_speech_features' MFCC on int16 samples; the scoring is that
+of Wav2Lip's evaluation/scores_LSE (zero-padded shifts of +-vshift frames, pairwise distance
+with torch's 1e-6, LSE-D = min of the mean distances, LSE-C = median - min). Facts:
+../shared/docs/lse-evaluator.md; parity: tests/test_evaluate.py against ../shared/parity/lse.
+"""
+import argparse
+import collections
+import csv
+import functools
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.fft
+import scipy.signal
+from flax import linen as nn
+from tqdm import tqdm
+
+from lipsync_jax import audio, cli, convert, logs, video
+from lipsync_jax.infer import VIDEO_EXTENSIONS
+from lipsync_jax.layers import BatchNorm
+
+FPS = 25  # the evaluator's video rate: MFCC columns 4v .. 4v + 20 belong to frame v
+MFCC_PER_FRAME = 4  # 100 MFCC frames per second
+MFCC_WINDOW = 20  # 0.2 s
+FRAMES_PER_WINDOW = 5
+INPUT_SIZE = 224
+VSHIFT = 15
+PDIST_EPS = 1e-6  # torch.nn.functional.pairwise_distance: ||a - b + eps||
+EMBEDDING = 1024
+
+
+class EvaluatorError(cli.UserError, RuntimeError):
+  """A SyncNet model file or a video that cannot be scored."""
+
+
+# -- MFCC: python_speech_features.mfcc(int16 samples, 16000) with its defaults ---------------------
+def _hz_to_mel(hz):
+  return 2595 * np.log10(1 + hz / 700.0)
+
+
+def _mel_to_hz(mel):
+  return 700 * (10 ** (mel / 2595.0) - 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _filterbank(n_filters: int = 26, n_fft: int = 512, rate: int = 16000) -> np.ndarray:
+  """(n_filters, n_fft // 2 + 1) triangles on FFT bins floor((n_fft + 1) hz / rate), 0..rate/2."""
+  bins = np.floor((n_fft + 1) * _mel_to_hz(np.linspace(_hz_to_mel(0), _hz_to_mel(rate / 2),
+                                                       n_filters + 2)) / rate)
+  bank = np.zeros((n_filters, n_fft // 2 + 1))
+  for j in range(n_filters):
+    lo, mid, hi = bins[j:j + 3]
+    for i in range(int(lo), int(mid)):
+      bank[j, i] = (i - lo) / (mid - lo)
+    for i in range(int(mid), int(hi)):
+      bank[j, i] = (hi - i) / (hi - mid)
+  return bank
+
+
+def mfcc(samples: np.ndarray, rate: int = audio.SAMPLE_RATE) -> np.ndarray:
+  """(13, n_frames) float64: 25 ms rectangular frames every 10 ms (the last zero-padded),
+  pre-emphasis 0.97, 512-point power spectrum, 26 mel filters, log (floored at float eps), DCT-II
+  (orthonormal), lifter 22, coefficient 0 replaced by the log frame energy."""
+  signal = np.asarray(samples, np.float64)
+  signal = np.append(signal[0], signal[1:] - 0.97 * signal[:-1])
+  frame_len, step = int(round(0.025 * rate)), int(round(0.01 * rate))
+  n = 1 if len(signal) <= frame_len else 1 + int(np.ceil((len(signal) - frame_len) / step))
+  padded = np.concatenate([signal, np.zeros((n - 1) * step + frame_len - len(signal))])
+  frames = padded[np.arange(frame_len)[None, :] + step * np.arange(n)[:, None]]
+  power = np.square(np.abs(np.fft.rfft(frames, 512))) / 512
+  eps = np.finfo(float).eps
+  energy = power.sum(axis=1)
+  energy = np.where(energy == 0, eps, energy)
+  bands = power @ _filterbank(rate=rate).T
+  bands = np.where(bands == 0, eps, bands)
+  cepstra = scipy.fft.dct(np.log(bands), type=2, axis=1, norm='ortho')[:, :13]
+  cepstra *= 1 + 11 * np.sin(np.pi * np.arange(13) / 22)
+  cepstra[:, 0] = np.log(energy)
+  return cepstra.T
+
+
+# -- the model -------------------------------------------------------------------------------------
+# (features, kernel, stride, padding, max-pool after it: (window, stride, padding) or None)
+LIP_CNN = ((96, (5, 7, 7), (1, 2, 2), (0, 0, 0), ((1, 3, 3), (1, 2, 2), (0, 0, 0))),
+           (256, (1, 5, 5), (1, 2, 2), (0, 1, 1), ((1, 3, 3), (1, 2, 2), (0, 1, 1))),
+           (256, (1, 3, 3), (1, 1, 1), (0, 1, 1), None),
+           (256, (1, 3, 3), (1, 1, 1), (0, 1, 1), None),
+           (256, (1, 3, 3), (1, 1, 1), (0, 1, 1), ((1, 3, 3), (1, 2, 2), (0, 0, 0))),
+           (512, (1, 6, 6), (1, 1, 1), (0, 0, 0), None))
+AUDIO_CNN = ((64, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1), (0, 0))),
+             (192, (3, 3), (1, 1), (1, 1), ((3, 3), (1, 2), (0, 0))),
+             (384, (3, 3), (1, 1), (1, 1), None),
+             (256, (3, 3), (1, 1), (1, 1), None),
+             (256, (3, 3), (1, 1), (1, 1), ((3, 3), (2, 2), (0, 0))),
+             (512, (5, 4), (1, 1), (0, 0), None))
+
+
+class _Stream(nn.Module):
+  """conv -> BatchNorm (running statistics) -> ReLU [-> max-pool, -inf padding] per layer, then
+  Linear 512 -> BatchNorm -> ReLU -> Linear 1024. Names follow the torch module indices
+  (netcnnlip.0 -> cnn_0, .1 -> cnn_1; netfclip.0 -> fc_0, .1 -> fc_1, .3 -> fc_3)."""
+  layers: tuple
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, features_only: bool = False):
+    index = 0
+    for features, kernel, stride, padding, pool in self.layers:
+      x = nn.Conv(features, kernel, stride, [(p, p) for p in padding], dtype=self.dtype,
+                  name=f'cnn_{index}')(x)
+      x = nn.relu(BatchNorm(use_running_average=True, name=f'cnn_{index + 1}')(x))
+      index += 3
+      if pool is not None:
+        window, pool_stride, pool_padding = pool
+        x = nn.max_pool(x, window, pool_stride, [(p, p) for p in pool_padding])
+        index += 1
+    x = x.reshape(x.shape[0], -1)
+    if features_only:
+      return x
+    x = nn.Dense(512, dtype=self.dtype, name='fc_0')(x)
+    x = nn.relu(BatchNorm(use_running_average=True, name='fc_1')(x))
+    return nn.Dense(EMBEDDING, dtype=self.dtype, name='fc_3')(x)
+
+
+class SyncNetS(nn.Module):
+  """Lip stream: (N, 5, 224, 224, 3) raw BGR 0..255 (frames, then pixels; NDHWC). Audio stream:
+  (N, 13, 20, 1) MFCC. Embeddings (N, 1024), not normalised."""
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.lip = _Stream(LIP_CNN, self.dtype)
+    self.aud = _Stream(AUDIO_CNN, self.dtype)
+
+  def __call__(self, lips, mfccs):
+    return self.lip(lips), self.aud(mfccs)
+
+  def forward_lip(self, lips):
+    return self.lip(lips)
+
+  def forward_aud(self, mfccs):
+    return self.aud(mfccs)
+
+  def forward_lipfeat(self, lips):
+    return self.lip(lips, features_only=True)
+
+
+def variables_from_state_dict(state_dict: Dict[str, np.ndarray]) -> dict:
+  """syncnet_python's state dict (torch layouts) -> SyncNetS variables; every key checked."""
+  params, stats, used = {}, {}, set()
+  for stream, prefix, layers in (('lip', 'lip', LIP_CNN), ('aud', 'aud', AUDIO_CNN)):
+    p, s = params.setdefault(stream, {}), stats.setdefault(stream, {})
+    names = []
+    index = 0
+    for *_, pool in layers:
+      names += [(f'netcnn{prefix}.{index}', f'cnn_{index}', 'conv'),
+                (f'netcnn{prefix}.{index + 1}', f'cnn_{index + 1}', 'bn')]
+      index += 3 + (pool is not None)
+    names += [(f'netfc{prefix}.0', 'fc_0', 'dense'), (f'netfc{prefix}.1', 'fc_1', 'bn'),
+              (f'netfc{prefix}.3', 'fc_3', 'dense')]
+    for key, name, kind in names:
+      def take(suffix):
+        full = f'{key}.{suffix}'
+        if full not in state_dict:
+          raise ValueError(f'missing {full!r}: not a syncnet_python SyncNet state dict')
+        used.add(full)
+        return np.asarray(state_dict[full])
+      if kind == 'conv':  # torch (O, I, *kernel) -> (*kernel, I, O)
+        w = take('weight')
+        p[name] = {'kernel': np.transpose(w, tuple(range(2, w.ndim)) + (1, 0)),
+                   'bias': take('bias')}
+      elif kind == 'dense':
+        p[name] = {'kernel': take('weight').T, 'bias': take('bias')}
+      else:
+        p[name] = {'scale': take('weight'), 'bias': take('bias')}
+        s[name] = {'mean': take('running_mean'), 'var': take('running_var')}
+        used.add(f'{key}.num_batches_tracked')
+  unknown = sorted(set(state_dict) - used)
+  if unknown:
+    raise ValueError(f'unexpected keys {unknown[:4]}: not a syncnet_python SyncNet state dict')
+  return {'params': params, 'batch_stats': stats}
+
+
+def load_syncnet(path: str, dtype=jnp.float32) -> Tuple[SyncNetS, dict]:
+  """(module, variables) of joonson's syncnet_v2.model (or any .pth of the same network), read
+  without torch; anything else is refused naming the file."""
+  state_dict = convert.read_state_dict(path)
+  try:
+    variables = variables_from_state_dict(state_dict)
+  except ValueError as e:
+    raise EvaluatorError(f'{path}: {e}') from None
+  cast = lambda x: jnp.asarray(x, dtype if np.issubdtype(x.dtype, np.floating) else x.dtype)
+  return SyncNetS(dtype), jax.tree.map(cast, variables)
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnums=0)
+def _embed(module, variables, lips, mfccs):
+  lips = lips.astype(module.dtype)  # uint8 in: raw pixel values, as the original feeds them
+  return module.apply(variables, lips, mfccs.astype(module.dtype))
+
+
+def embeddings(frames: np.ndarray, samples: np.ndarray, syncnet, batch: int = 20
+               ) -> Tuple[np.ndarray, np.ndarray]:
+  """(lip, audio) embeddings (n_windows, 1024) of every window: frames v..v+4 against MFCC
+  columns 4v..4v+20, for v < min(frames, samples / 640) - 5."""
+  module, variables = syncnet
+  mfccs = mfcc(samples)
+  n_frames = min(len(frames), len(samples) // (audio.SAMPLE_RATE // FPS))
+  n = n_frames - FRAMES_PER_WINDOW
+  if n < 1:
+    raise EvaluatorError(f'{n_frames} frames: at least {FRAMES_PER_WINDOW + 1} frames and '
+                         f'{(FRAMES_PER_WINDOW + 1) / FPS:.2f} s of audio are needed')
+  lips, auds = [], []
+  for start in range(0, n, batch):
+    v = np.arange(start, min(start + batch, n))
+    windows = frames[v[:, None] + np.arange(FRAMES_PER_WINDOW)]
+    cc = mfccs[:, MFCC_PER_FRAME * v[:, None] + np.arange(MFCC_WINDOW)]
+    cc = np.moveaxis(cc, 1, 0)[..., None]  # (n, 13, 20, 1)
+    if len(v) < batch:  # one compiled shape: pad the last batch
+      windows = np.concatenate([windows, np.repeat(windows[-1:], batch - len(v), 0)])
+      cc = np.concatenate([cc, np.repeat(cc[-1:], batch - len(v), 0)])
+    lip, aud = _embed(module, variables, windows, cc)
+    lips.append(np.asarray(lip)[:len(v)])
+    auds.append(np.asarray(aud)[:len(v)])
+  return np.concatenate(lips), np.concatenate(auds)
+
+
+def shifted_distances(lip: np.ndarray, aud: np.ndarray, vshift: int = VSHIFT) -> np.ndarray:
+  """(n, 2 vshift + 1): ||lip_i - aud_(i + k - vshift) + 1e-6|| with zero audio vectors past
+  either end, k = 0 .. 2 vshift (syncnet_python's calc_pdist)."""
+  padded = np.pad(aud, ((vshift, vshift), (0, 0)))
+  shifts = np.arange(2 * vshift + 1)
+  rows = padded[np.arange(len(lip))[:, None] + shifts]  # (n, 31, 1024)
+  return np.sqrt(np.sum(np.square(lip[:, None] - rows + PDIST_EPS), axis=-1))
+
+
+def summarize(dists: np.ndarray, vshift: int = VSHIFT) -> dict:
+  """LSE-D, LSE-C, the AV offset (frames; positive: audio leads) and frame-wise confidence."""
+  mean = dists.mean(axis=0)
+  best = int(np.argmin(mean))
+  median = float(np.sort(mean)[(len(mean) - 1) // 2])  # torch.median: the lower middle
+  framewise = scipy.signal.medfilt(median - dists[:, best], kernel_size=9)
+  return {'lse_d': float(mean[best]), 'lse_c': median - float(mean[best]),
+          'offset': vshift - best, 'dists': dists, 'mean_dists': mean,
+          'framewise_conf': framewise}
+
+
+def score_frames(frames: np.ndarray, samples: np.ndarray, syncnet, vshift: int = VSHIFT,
+                 batch: int = 20) -> dict:
+  """Scores uint8 (T, 224, 224, 3) BGR frames at 25 fps against int16 16 kHz mono samples:
+  {'lse_d', 'lse_c', 'offset', 'dists' (windows x 31), 'mean_dists', 'framewise_conf'}."""
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+    raise EvaluatorError(f'frames of shape {frames.shape}: expected (T, 224, 224, 3)')
+  lip, aud = embeddings(frames, samples, syncnet, batch)
+  return summarize(shifted_distances(lip, aud, vshift), vshift)
+
+
+PROTOCOLS = ('lrs',)  # 'tracks' (face tracks of uncropped videos) is not implemented yet
+
+
+def video_frames(path: str) -> np.ndarray:
+  """(T, 224, 224, 3) uint8 BGR: the video's frames at 25 fps (resampled if it has another
+  rate), each resized whole to 224x224 (bilinear) as the LRS2/LRS3/LRW protocol does. The
+  original writes them as JPEG first and reads them back; this decodes directly."""
+  info = video.probe_video(path)
+  rate = None if abs(info.fps - FPS) < 1e-3 and not info.variable_rate else FPS
+  frames = [cv2.resize(f, (INPUT_SIZE, INPUT_SIZE)) for f in video.read_frames(path, rate)]
+  if not frames:
+    raise EvaluatorError(f'{path}: the video has no frames')
+  return np.stack(frames)
+
+
+def score_video(path: str, syncnet, protocol: str = 'lrs', vshift: int = VSHIFT,
+                batch: int = 20) -> dict:
+  """score_frames of a video file's frames and its own audio track, by `protocol`."""
+  if protocol not in PROTOCOLS:
+    raise EvaluatorError(f'protocol {protocol!r}: one of {PROTOCOLS}')
+  if not os.path.isfile(path):
+    raise EvaluatorError(f'{path}: no such file')
+  try:
+    samples = audio.load_pcm16(path)
+  except audio.AudioError as e:
+    raise EvaluatorError(str(e)) from None
+  try:
+    return score_frames(video_frames(path), samples, syncnet, vshift, batch)
+  except EvaluatorError as e:
+    raise EvaluatorError(f'{path}: {e}') from None
+
+
+# -- the command line ------------------------------------------------------------------------------
+def find_videos(inputs: List[str], filelist: Optional[str]) -> List[str]:
+  """Video paths: files as given, folders searched (recursively) for videos; with a filelist,
+  its lines (e.g. 'speaker/clip', the reference's test lists) under the one folder given."""
+  if filelist:
+    if len(inputs) != 1 or not os.path.isdir(inputs[0]):
+      raise EvaluatorError('--filelist needs exactly one folder: the root its lines are under')
+    with open(filelist) as f:
+      lines = [line.split()[0] for line in f if line.strip()]
+    return [os.path.join(inputs[0], line if line.endswith(VIDEO_EXTENSIONS) else line + '.mp4')
+            for line in lines]
+  videos = []
+  for item in inputs:
+    if os.path.isdir(item):
+      videos += sorted(os.path.join(root, name) for root, _, names in os.walk(item)
+                       for name in names if name.lower().endswith(VIDEO_EXTENSIONS))
+    else:
+      videos.append(item)
+  return videos
+
+
+def write_reports(rows: List[dict], json_path: Optional[str], csv_path: Optional[str],
+                  plot_dir: Optional[str]) -> None:
+  fields = ('video', 'lse_d', 'lse_c', 'offset', 'error')
+  if json_path:
+    with cli.atomic_output(json_path, suffix='.json') as tmp, open(tmp, 'w') as f:
+      json.dump([{k: r.get(k) for k in fields + ('mean_dists',)} for r in rows], f, indent=1)
+  if csv_path:
+    with cli.atomic_output(csv_path, suffix='.csv') as tmp, open(tmp, 'w', newline='') as f:
+      writer = csv.DictWriter(f, fields, extrasaction='ignore')
+      writer.writeheader()
+      writer.writerows(rows)
+  if plot_dir:
+    folder = cli.ensure_folder(plot_dir, 'plots')
+    scored = [r for r in rows if 'lse_d' in r]
+    for r in scored:
+      name = os.path.splitext(os.path.basename(r['video']))[0]
+      curve = {'mean distance': [(k - VSHIFT, d) for k, d in enumerate(r['mean_dists'])]}
+      logs.plot_scalars(curve, ['mean distance'], os.path.join(folder, f'{name}_offsets.png'),
+                        f'{name}: min at {r["offset"]:+d}', x_label='offset, frames')
+    if scored:
+      counts = collections.Counter(r['offset'] for r in scored)
+      histogram = {'videos': [(o, counts.get(o, 0)) for o in range(-VSHIFT, VSHIFT + 1)]}
+      logs.plot_scalars(histogram, ['videos'], os.path.join(folder, 'offset_histogram.png'),
+                        'AV offsets', x_label='offset, frames', bars=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog='python -m lipsync_jax.evaluate',
+      description='LSE-D / LSE-C (lower / higher is better) and the audio-video offset of '
+      "videos, with joonson's public SyncNet, as Wav2Lip's evaluation scripts compute them.")
+  parser.add_argument('videos', nargs='+', metavar='VIDEO_OR_DIR',
+                      help='videos, or folders searched recursively for videos')
+  parser.add_argument('--syncnet_model', required=True,
+                      help="syncnet_python's syncnet_v2.model (download it yourself; legacy and "
+                      'zip .pth formats are read without torch)')
+  parser.add_argument('--protocol', choices=PROTOCOLS, default='lrs',
+                      help='lrs: whole frames resized to 224x224 (LRS2/LRS3/LRW face-centred '
+                      'clips; decoded directly, no JPEG round trip). The face-track protocol '
+                      'for uncropped videos is not implemented yet')
+  parser.add_argument('--filelist', default=None,
+                      help="a test list (lines 'speaker/clip', as the reference's), read under "
+                      'the one VIDEO_OR_DIR folder given')
+  parser.add_argument('--vshift', type=cli.int_in(1, 100), default=VSHIFT,
+                      help='offsets searched, in frames either way (default: %(default)s)')
+  parser.add_argument('--batch', type=cli.int_in(1, 1024), default=20,
+                      help='windows per SyncNet call (default: %(default)s; scores do not '
+                      'depend on it)')
+  parser.add_argument('--json', default=None, type=cli.output_file(('.json',)),
+                      help='write per-video scores (and distance curves) here')
+  parser.add_argument('--csv', default=None, type=cli.output_file(('.csv',)),
+                      help='write per-video scores here')
+  parser.add_argument('--plot', default=None, metavar='DIR',
+                      help='write a distance-vs-offset curve per video and a histogram of '
+                      'offsets (PNG) into DIR')
+  parser.add_argument('--quiet', action='store_true', help='no progress bar')
+  cli.add_compilation_cache_flag(parser)
+  return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+  """Scores every video; a video that cannot be scored is reported on its line and skipped.
+  Exit status 1 if any failed (after scoring the rest)."""
+  videos = find_videos(args.videos, args.filelist)
+  if not videos:
+    raise EvaluatorError(f'no videos found in {" ".join(args.videos)}')
+  for report in filter(None, (args.json, args.csv)):  # fail before the scoring, not after
+    cli.refuse_overwriting_inputs({'--json/--csv': report},
+                                  {f'VIDEO_OR_DIR[{i}]': v for i, v in enumerate(videos)})
+    cli.ensure_folder(os.path.dirname(os.path.abspath(report)), 'report')
+  syncnet = load_syncnet(args.syncnet_model)
+  rows = []
+  print(f'{"video":50} {"LSE-D":>7} {"LSE-C":>7} {"offset":>6}')
+  for path in tqdm(videos, unit='video', desc='LSE', disable=args.quiet):
+    try:
+      scores = score_video(path, syncnet, args.protocol, args.vshift, args.batch)
+    except cli.UserError as e:
+      rows.append({'video': path, 'error': str(e)})
+      tqdm.write(f'{path[-50:]:50} failed: {e}')
+      continue
+    rows.append(dict(video=path, lse_d=scores['lse_d'], lse_c=scores['lse_c'],
+                     offset=scores['offset'], mean_dists=scores['mean_dists'].tolist()))
+    tqdm.write(f'{path[-50:]:50} {scores["lse_d"]:7.3f} {scores["lse_c"]:7.3f} '
+               f'{scores["offset"]:+6d}')
+  scored = [r for r in rows if 'lse_d' in r]
+  if scored:
+    print(f'{"mean of " + str(len(scored)) + " videos":50} '
+          f'{np.mean([r["lse_d"] for r in scored]):7.3f} '
+          f'{np.mean([r["lse_c"] for r in scored]):7.3f}')
+  write_reports(rows, args.json, args.csv, args.plot)
+  failed = len(rows) - len(scored)
+  if failed:
+    print(f'{failed} of {len(rows)} videos could not be scored', file=sys.stderr)
+  return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+
+  def body() -> int:
+    cli.enable_compilation_cache(args.compilation_cache)
+    return run(args)
+
+  return cli.run(body, 'lipsync_jax.evaluate')
+
+
+if __name__ == '__main__':
+  sys.exit(main())

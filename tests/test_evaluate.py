@@ -1,0 +1,145 @@
+"""The LSE evaluator against ../shared/parity/lse (vectors from joonson's SyncNet and Wav2Lip's
+scoring loop): MFCC, embeddings, the (windows x 31) distances, LSE-D, LSE-C, offset and
+frame-wise confidence, in float32 and float64; the weights read from .pth files of both PyTorch
+formats."""
+import csv
+import json
+import os
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import MEDIA, PARITY, ffmpeg, require, save_pth
+from lipsync_jax import audio, evaluate
+
+LSE = PARITY / 'lse'
+
+
+@pytest.fixture(scope='module')
+def io():
+  return np.load(require(LSE / 'lse_io.npz'))
+
+
+@pytest.fixture(scope='module')
+def state_dict():
+  z = np.load(require(LSE / 'syncnet_v2_weights.npz'))
+  return {k: z[k] for k in z.files}
+
+
+
+@pytest.fixture(scope='module')
+def syncnet_pth(state_dict, tmp_path_factory):
+  pytest.importorskip('torch')
+  return save_pth(tmp_path_factory.mktemp('syncnet') / 'syncnet_v2.model', state_dict,
+                  legacy=True)
+
+
+def rel(a, b):
+  return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
+
+
+def test_mfcc_is_python_speech_features(io):
+  ours = evaluate.mfcc(io['audio_int16'])
+  assert ours.shape == io['mfcc'].shape == (13, 199)
+  assert rel(ours, io['mfcc']) < 1e-12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('dtype,tol', [(np.float32, 1e-4), (np.float64, 1e-9)], ids=['f32', 'f64'])
+def test_embeddings_match_the_original(io, state_dict, tmp_path, dtype, tol):
+  pytest.importorskip('torch')  # only to write the .pth fixture
+  path = save_pth(tmp_path / 'syncnet_v2.model', state_dict, legacy=True)
+  suffix = 'f32' if dtype == np.float32 else 'f64'
+  n = 45 if dtype == np.float32 else 4  # XLA:CPU's float64 3-D convolutions are slow
+  with jax.enable_x64(dtype == np.float64):
+    module, variables = evaluate.load_syncnet(path, jnp.dtype(dtype))
+    windows = io['frames_bgr_224'][np.arange(n)[:, None] + np.arange(5)]
+    lipfeat = module.apply(variables, windows[:20].astype(dtype), method='forward_lipfeat')
+    assert rel(lipfeat, io[f'lipfeat_{suffix}'][:n]) < tol
+    lip, aud = evaluate.embeddings(io['frames_bgr_224'][:n + 5], io['audio_int16'],
+                                   (module, variables), batch=n)
+  assert lip.shape == aud.shape == (n, 1024)
+  assert rel(lip, io[f'lip_emb_{suffix}'][:n]) < tol and rel(aud, io[f'aud_emb_{suffix}'][:n]) < tol
+
+
+@pytest.mark.parametrize('suffix,tol', [('f32', 1e-6), ('f64', 1e-12)])
+def test_scoring_matches_the_original(io, suffix, tol):
+  """calc_pdist and the summary on the original's own embeddings (64-bit arithmetic here)."""
+  dists = evaluate.shifted_distances(io[f'lip_emb_{suffix}'].astype(np.float64),
+                                     io[f'aud_emb_{suffix}'].astype(np.float64))
+  assert rel(dists, io[f'dists_{suffix}']) < tol
+  scores = evaluate.summarize(dists)
+  assert rel(scores['mean_dists'], io[f'mdist_{suffix}']) < tol
+  assert scores['lse_d'] == pytest.approx(float(io[f'lse_d_{suffix}']), rel=tol)
+  assert scores['lse_c'] == pytest.approx(float(io[f'lse_c_{suffix}']), rel=100 * tol)
+  assert scores['offset'] == int(io[f'offset_{suffix}'])
+  np.testing.assert_allclose(scores['framewise_conf'], io[f'framewise_conf_{suffix}'],
+                             rtol=0, atol=100 * tol * float(np.max(io[f'dists_{suffix}'])))
+
+
+@pytest.mark.slow
+def test_score_frames_end_to_end_float32(io, syncnet_pth):
+  scores = evaluate.score_frames(io['frames_bgr_224'], io['audio_int16'],
+                                 evaluate.load_syncnet(syncnet_pth))
+  assert scores['dists'].shape == (45, 31)
+  assert rel(scores['dists'], io['dists_f32']) < 1e-4
+  assert scores['lse_d'] == pytest.approx(float(io['lse_d_f32']), rel=1e-4)
+  assert scores['lse_c'] == pytest.approx(float(io['lse_c_f32']), rel=1e-3)
+  assert scores['offset'] == int(io['offset_f32'])
+
+
+def test_syncnet_files_are_checked(state_dict, tmp_path):
+  pytest.importorskip('torch')
+  zipped = save_pth(tmp_path / 'zip.model', state_dict, legacy=False)
+  module, variables = evaluate.load_syncnet(zipped)
+  assert variables['params']['lip']['cnn_0']['kernel'].shape == (5, 7, 7, 3, 96)
+  assert variables['params']['aud']['fc_3']['kernel'].shape == (512, 1024)
+  partial = save_pth(tmp_path / 'partial.model',
+                     {k: v for k, v in state_dict.items() if not k.startswith('netfcaud.3')},
+                     legacy=True)
+  with pytest.raises(evaluate.EvaluatorError, match="partial.model: missing 'netfcaud.3"):
+    evaluate.load_syncnet(partial)
+  other = save_pth(tmp_path / 'other.pth', {'conv.weight': np.zeros((2, 2), np.float32)},
+                   legacy=True)
+  with pytest.raises(evaluate.EvaluatorError, match='not a syncnet_python SyncNet'):
+    evaluate.load_syncnet(other)
+  with pytest.raises(evaluate.EvaluatorError, match=r'\(T, 224, 224, 3\)'):
+    evaluate.score_frames(np.zeros((10, 96, 96, 3), np.uint8), np.zeros(6400, np.int16),
+                          (module, variables))
+  with pytest.raises(evaluate.EvaluatorError, match='at least 6 frames'):
+    evaluate.score_frames(np.zeros((5, 224, 224, 3), np.uint8), np.zeros(3200, np.int16),
+                          (module, variables))
+
+
+@pytest.mark.slow
+def test_cli_scores_a_folder_and_reports_bad_videos(syncnet_pth, tmp_path, capsys):
+  videos = tmp_path / 'videos'
+  videos.mkdir()
+  ffmpeg('-i', require(MEDIA / 'talking_head_512_25fps.mp4'), '-t', '2', videos / 'a.mp4')
+  ffmpeg('-i', require(MEDIA / 'speech_850x480_30fps.mp4'), '-t', '2', videos / 'b_30fps.mp4')
+  ffmpeg('-i', MEDIA / 'talking_head_512_25fps.mp4', '-t', '1', '-an', videos / 'c_mute.mp4')
+  (videos / 'd_corrupt.mp4').write_bytes(np.random.default_rng(0).bytes(500))
+  out = tmp_path / 'out'
+  code = evaluate.main([str(videos), '--syncnet_model', syncnet_pth, '--json',
+                        str(out / 'scores.json'), '--csv', str(out / 'scores.csv'), '--plot',
+                        str(out / 'plots'), '--quiet'])
+  printed = capsys.readouterr()
+  assert code == 1  # two videos failed; the other two were scored
+  assert 'c_mute.mp4 failed' in printed.out and 'd_corrupt.mp4 failed' in printed.out
+  assert 'mean of 2 videos' in printed.out and '2 of 4 videos could not be scored' in printed.err
+  rows = json.loads((out / 'scores.json').read_text())
+  assert [os.path.basename(r['video']) for r in rows] == ['a.mp4', 'b_30fps.mp4', 'c_mute.mp4',
+                                                          'd_corrupt.mp4']
+  assert rows[0]['lse_d'] > 0 and len(rows[0]['mean_dists']) == 31 and rows[2]['error']
+  # the 25 fps clip scored by the CLI equals score_frames on its frames and samples
+  syncnet = evaluate.load_syncnet(syncnet_pth)
+  direct = evaluate.score_frames(evaluate.video_frames(str(videos / 'a.mp4')),
+                                 audio.load_pcm16(str(videos / 'a.mp4')), syncnet)
+  assert rows[0]['lse_d'] == pytest.approx(direct['lse_d'], rel=1e-6)
+  with open(out / 'scores.csv') as f:
+    assert len(list(csv.DictReader(f))) == 4
+  for png in ('a_offsets.png', 'b_30fps_offsets.png', 'offset_histogram.png'):
+    assert cv2.imread(str(out / 'plots' / png)).shape == (360, 640, 3)
