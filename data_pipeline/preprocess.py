@@ -35,7 +35,6 @@ from lipsync_jax import audio, cli, faces, video
 
 MIN_FRAMES = 16  # the reference skips clips with <= 15 frames
 MIN_FACE_FRACTION = 0.5
-PADS = (0, 10, 0, 0)  # top, bottom, left, right: the inference default, so crops match
 
 _detector = None
 
@@ -75,7 +74,7 @@ def process_clip(path: str, cache_path: str) -> str:
   if n < MIN_FRAMES:
     return f'too short ({len(frames)} frames, {mel.shape[1]} mel frames)'
   frames = frames[:n]
-  boxes = faces.face_boxes(_detector.detect_batch(frames), PADS, frames[0].shape)
+  boxes = faces.face_boxes(_detector.detect_batch(frames), faces.PADS, frames[0].shape)
   has_face = np.array([b is not None for b in boxes])
   if has_face.mean() < MIN_FACE_FRACTION:
     return f'no face ({int(has_face.sum())} of {n} frames)'

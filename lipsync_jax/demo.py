@@ -33,7 +33,7 @@ import numpy as np
 from configs import expert as expert_config
 from configs import wav2lip as wav2lip_config
 from data_pipeline import preprocess, synthetic
-from lipsync_jax import audio, cli, convert, faces, infer, logs, models, train, video
+from lipsync_jax import audio, cli, convert, evaluate, faces, infer, logs, models, train, video
 
 NEW_SENTENCE = ('please open the window we will meet again soon after lunch and music plays '
                 'loudly while children dance')
@@ -175,7 +175,7 @@ def face_crops(path: str, detector: faces.FaceDetector) -> np.ndarray:
   for frame in video.read_frames(path):
     box = detector.detect(frame)
     crops.append(np.zeros((96, 96, 3), np.uint8) if box is None else
-                 faces.crop(frame, faces.pad_box(box, preprocess.PADS, frame.shape)))
+                 faces.crop(frame, faces.pad_box(box, faces.PADS, frame.shape)))
   return np.stack(crops)
 
 
@@ -295,6 +295,10 @@ def run(out: str, settings: Optional[Settings] = None) -> dict:
       'expert: input clip windows rated in sync with their own audio':
           f'{expert_in_sync_rate(input_crops, face, expert):.1%}',
   }
+  judged = evaluate.score_with_expert(result, expert, detector=detector)
+  figures['result: LSE-D / LSE-C / offset judged by the expert (python -m lipsync_jax.evaluate '
+          '--judge expert)'] = (f'{judged["lse_d"]:.3f} / {judged["lse_c"]:.3f} / '
+                                f'{judged["offset"]:+d} frames')
   for name, workdir in (('expert', expert_dir), ('generator', generator_dir)):
     final = logs.read_scalars(workdir)
     figures.update({f'{name} final {k}': f'{v[-1][1]:.4f}' for k, v in final.items()

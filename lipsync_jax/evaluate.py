@@ -29,7 +29,7 @@ import scipy.signal
 from flax import linen as nn
 from tqdm import tqdm
 
-from lipsync_jax import audio, cli, convert, logs, video
+from lipsync_jax import audio, cli, convert, faces, logs, models, video
 from lipsync_jax.infer import VIDEO_EXTENSIONS
 from lipsync_jax.layers import BatchNorm
 
@@ -302,6 +302,59 @@ def score_video(path: str, syncnet, protocol: str = 'lrs', vshift: int = VSHIFT,
     raise EvaluatorError(f'{path}: {e}') from None
 
 
+# -- our own expert as the judge ------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnums=0)
+def _expert_embed(module, variables, mels, faces_):
+  return module.apply(variables, mels, faces_)
+
+
+def expert_crops(path: str, detector) -> Tuple[np.ndarray, np.ndarray]:
+  """(uint8 (T, 96, 96, 3) face crops at 25 fps as preprocessing cuts them, has-face mask)."""
+  frames = list(video.read_frames(path, fps=FPS))
+  if not frames:
+    raise EvaluatorError(f'{path}: the video has no frames')
+  boxes = faces.face_boxes(detector.detect_batch(frames), faces.PADS, frames[0].shape)
+  blank = np.zeros((faces.FACE_SIZE, faces.FACE_SIZE, 3), np.uint8)
+  crops = np.stack([blank if b is None else faces.crop(f, b) for f, b in zip(frames, boxes)])
+  return crops, np.array([b is not None for b in boxes])
+
+
+def score_with_expert(path: str, expert, vshift: int = VSHIFT, detector=None,
+                      batch: int = 64) -> dict:
+  """The LSE-style summary from a Wav2Lip expert ((module, variables), e.g. one trained here):
+  cosine distances (1 - cos) between each 5-frame window's lower-half face embedding and the
+  audio embeddings of windows shifted by -vshift..vshift frames (distance 1 past either end).
+  Windows with a frame without a face are left out. Needs no external weights."""
+  module, variables = expert
+  detector = detector or faces.FaceDetector()
+  crops, has_face = expert_crops(path, detector)
+  try:
+    mel = audio.melspectrogram(audio.load_audio(path))
+  except audio.AudioError as e:
+    raise EvaluatorError(str(e)) from None
+  starts = [v for v in range(len(crops) - FRAMES_PER_WINDOW + 1)
+            if audio.expert_window_start(v) + audio.MEL_STEP <= mel.shape[1]]
+  if len(starts) < 2:
+    raise EvaluatorError(f'{path}: too short for one expert window')
+  mels = np.stack([mel[:, audio.expert_window_start(v):][:, :audio.MEL_STEP, None]
+                   for v in starts]).astype(np.float32)
+  windows = np.stack([crops[v:v + FRAMES_PER_WINDOW] for v in starts]).astype(np.float32) / 255
+  face_in = models.stack_window_channels(models.lower_half(windows))
+  auds, vids = [], []
+  for i in range(0, len(starts), batch):
+    a, v = _expert_embed(module, variables, mels[i:i + batch], face_in[i:i + batch])
+    auds.append(np.asarray(a, np.float64))
+    vids.append(np.asarray(v, np.float64))
+  aud, vid = np.concatenate(auds), np.concatenate(vids)  # L2-normalised embeddings
+  padded = np.pad(aud, ((vshift, vshift), (0, 0)))
+  rows = padded[np.arange(len(vid))[:, None] + np.arange(2 * vshift + 1)]
+  dists = 1.0 - np.einsum('nd,nkd->nk', vid, rows)
+  keep = np.array([has_face[v:v + FRAMES_PER_WINDOW].all() for v in starts])
+  if not keep.any():
+    raise EvaluatorError(f'{path}: no face track (no window with a face in all 5 frames)')
+  return summarize(dists[keep], vshift)
+
+
 # -- the command line ------------------------------------------------------------------------------
 def find_videos(inputs: List[str], filelist: Optional[str]) -> List[str]:
   """Video paths: files as given, folders searched (recursively) for videos; with a filelist,
@@ -356,9 +409,19 @@ def parse_args(argv=None) -> argparse.Namespace:
       "videos, with joonson's public SyncNet, as Wav2Lip's evaluation scripts compute them.")
   parser.add_argument('videos', nargs='+', metavar='VIDEO_OR_DIR',
                       help='videos, or folders searched recursively for videos')
-  parser.add_argument('--syncnet_model', required=True,
-                      help="syncnet_python's syncnet_v2.model (download it yourself; legacy and "
-                      'zip .pth formats are read without torch)')
+  parser.add_argument('--judge', choices=('syncnet', 'expert'), default='syncnet',
+                      help="syncnet: joonson's SyncNet, the papers' LSE-D / LSE-C (default); "
+                      'expert: a Wav2Lip expert (--checkpoint) on our 96x96 lower-half crops, '
+                      'cosine distances, the same summary: no external weights needed')
+  parser.add_argument('--syncnet_model', default=None,
+                      help="syncnet_python's syncnet_v2.model, for --judge syncnet (download it "
+                      'yourself; legacy and zip .pth formats are read without torch)')
+  parser.add_argument('--checkpoint', default=None,
+                      help='the expert for --judge expert: a training workdir, an orbax '
+                      'checkpoint or lipsync_expert.pth')
+  parser.add_argument('--face_model', default=None,
+                      help='YuNet face detector .onnx for --judge expert (default: '
+                      '$LIPSYNC_JAX_FACE_MODEL, else the packaged one)')
   parser.add_argument('--protocol', choices=PROTOCOLS, default='lrs',
                       help='lrs: whole frames resized to 224x224 (LRS2/LRS3/LRW face-centred '
                       'clips; decoded directly, no JPEG round trip). The face-track protocol '
@@ -380,7 +443,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                       'offsets (PNG) into DIR')
   parser.add_argument('--quiet', action='store_true', help='no progress bar')
   cli.add_compilation_cache_flag(parser)
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.judge == 'syncnet' and not args.syncnet_model:
+    parser.error('--judge syncnet needs --syncnet_model (or use --judge expert --checkpoint)')
+  if args.judge == 'expert' and not args.checkpoint:
+    parser.error('--judge expert needs --checkpoint')
+  return args
 
 
 def run(args: argparse.Namespace) -> int:
@@ -393,12 +461,18 @@ def run(args: argparse.Namespace) -> int:
     cli.refuse_overwriting_inputs({'--json/--csv': report},
                                   {f'VIDEO_OR_DIR[{i}]': v for i, v in enumerate(videos)})
     cli.ensure_folder(os.path.dirname(os.path.abspath(report)), 'report')
-  syncnet = load_syncnet(args.syncnet_model)
+  if args.judge == 'syncnet':
+    syncnet = load_syncnet(args.syncnet_model)
+    score = lambda path: score_video(path, syncnet, args.protocol, args.vshift, args.batch)
+  else:
+    expert, detector = convert.load_checkpoint(args.checkpoint, 'expert'), faces.FaceDetector(
+        args.face_model)
+    score = lambda path: score_with_expert(path, expert, args.vshift, detector)
   rows = []
   print(f'{"video":50} {"LSE-D":>7} {"LSE-C":>7} {"offset":>6}')
   for path in tqdm(videos, unit='video', desc='LSE', disable=args.quiet):
     try:
-      scores = score_video(path, syncnet, args.protocol, args.vshift, args.batch)
+      scores = score(path)
     except cli.UserError as e:
       rows.append({'video': path, 'error': str(e)})
       tqdm.write(f'{path[-50:]:50} failed: {e}')

@@ -21,6 +21,8 @@ from lipsync_jax import cli
 MODEL_NAME = 'face_detection_yunet_2026may.onnx'
 PACKAGED_MODEL = pathlib.Path(__file__).resolve().parent / 'assets' / MODEL_NAME
 FACE_SIZE = 96
+PADS = (0, 10, 0, 0)  # top, bottom, left, right around a detected face: training crops and
+# infer's default alike, so the generator sees at inference the crops it learned on
 DETECT_MAX_SIDE = 640  # larger frames are downscaled for detection only
 
 

@@ -68,7 +68,7 @@ class Options:
   the same defaults (`python -m lipsync_jax.infer --help` explains each)."""
   static: bool = False
   fps: float = 25.0
-  pads: Tuple[int, int, int, int] = (0, 10, 0, 0)  # top, bottom, left, right
+  pads: Tuple[int, int, int, int] = faces.PADS  # top, bottom, left, right
   face_det_batch_size: int = 16
   wav2lip_batch_size: int = 16
   resize_factor: int = 1
@@ -498,7 +498,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   p.add_argument('--fps', type=cli.float_in(1, 240), default=25.0,
                  help='frame rate of the output for an image input (default: %(default)s); '
                  'videos keep their own rate')
-  p.add_argument('--pads', type=cli.int_in(-4096, 4096), nargs=4, default=[0, 10, 0, 0],
+  p.add_argument('--pads', type=cli.int_in(-4096, 4096), nargs=4, default=list(faces.PADS),
                  metavar=('TOP', 'BOTTOM', 'LEFT', 'RIGHT'),
                  help='pixels added around the detected face; include the chin (default: 0 10 0 0)')
   p.add_argument('--face_det_batch_size', type=cli.int_in(1, 1024), default=16,

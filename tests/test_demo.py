@@ -46,6 +46,7 @@ def test_demo_writes_videos_and_report(demo_run):
     assert f'({png})' in report
     assert cv2.imread(str(out / png)).shape == (360, 640, 3)
   assert 'expert: result windows rated in sync' in report
+  assert 'LSE-D / LSE-C / offset judged by the expert' in report
   # the generator really trained, with the expert's sync loss logged
   generator = logs.read_scalars(str(out / 'generator'))
   assert [s for s, _ in generator['eval_l1']][-1] == 4 and 'eval_sync' in generator

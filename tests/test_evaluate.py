@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import MEDIA, PARITY, ffmpeg, require, save_pth
-from lipsync_jax import audio, evaluate
+from conftest import FACE_MODEL, MEDIA, PARITY, ffmpeg, random_checkpoint, require, save_pth
+from lipsync_jax import audio, convert, demo, evaluate, faces
 
 LSE = PARITY / 'lse'
 
@@ -143,3 +143,27 @@ def test_cli_scores_a_folder_and_reports_bad_videos(syncnet_pth, tmp_path, capsy
     assert len(list(csv.DictReader(f))) == 4
   for png in ('a_offsets.png', 'b_30fps_offsets.png', 'offset_histogram.png'):
     assert cv2.imread(str(out / 'plots' / png)).shape == (360, 640, 3)
+
+
+@pytest.mark.slow
+def test_our_expert_as_the_judge(tmp_path, capsys):
+  """--judge expert: no external weights; its zero-shift distances are 1 - the expert's cosine
+  at the training index maths (demo.expert_window_cosines), faceless windows left out."""
+  clip = tmp_path / 'clip.mp4'
+  ffmpeg('-i', require(MEDIA / 'talking_head_512_25fps.mp4'), '-t', '2', clip)
+  expert_dir = random_checkpoint(tmp_path / 'expert', 'expert')
+  expert = convert.load_checkpoint(expert_dir, 'expert')
+  detector = faces.FaceDetector(str(require(FACE_MODEL)))
+  scores = evaluate.score_with_expert(str(clip), expert, detector=detector)
+  crops, has_face = evaluate.expert_crops(str(clip), detector)
+  assert has_face.all() and scores['dists'].shape == (len(crops) - 4, 31)
+  cosines = demo.expert_window_cosines(crops, str(clip), expert)
+  np.testing.assert_allclose(scores['dists'][:, 15], 1 - cosines, atol=1e-5)
+  assert 0 <= scores['lse_d'] <= 2 and -15 <= scores['offset'] <= 15
+  code = evaluate.main([str(clip), '--judge', 'expert', '--checkpoint', expert_dir, '--quiet',
+                        '--face_model', str(require(FACE_MODEL))])
+  assert code == 0 and f'{scores["lse_d"]:7.3f}' in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    evaluate.parse_args([str(clip), '--judge', 'expert'])  # no --checkpoint
+  with pytest.raises(SystemExit):
+    evaluate.parse_args([str(clip)])  # the syncnet judge needs its model
