@@ -109,6 +109,37 @@ AUDIO_CNN = ((64, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1), (0, 0))),
              (512, (5, 4), (1, 1), (0, 0), None))
 
 
+class _Conv3d(nn.Module):
+  """torch's Conv3d with stride 1 and no padding in time, computed as 2-D convolutions over the
+  kT frames stacked on channels (XLA:CPU's 3-D convolutions are far slower than its 2-D ones);
+  the kernel keeps the 3-D layout (kT, kH, kW, I, O)."""
+  features: int
+  kernel: tuple
+  stride: tuple
+  padding: tuple
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # (N, T, H, W, C) -> (N, T - kT + 1, H', W', features)
+    kt, kh, kw = self.kernel
+    if self.stride[0] != 1 or self.padding[0] != 0:
+      raise ValueError('only stride 1 and no padding in time')
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (kt, kh, kw, x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    n, t, h, w, c = x.shape
+    out_t = t - kt + 1
+    stacked = jnp.stack([x[:, i:i + kt] for i in range(out_t)], axis=1)  # (N, T', kT, H, W, C)
+    stacked = jnp.moveaxis(stacked.reshape(n * out_t, kt, h, w, c), 1, 3)  # (N T', H, W, kT, C)
+    stacked = stacked.reshape(n * out_t, h, w, kt * c).astype(self.dtype)
+    kernel2d = jnp.moveaxis(kernel, 0, 2).reshape(kh, kw, kt * c, self.features)
+    y = jax.lax.conv_general_dilated(
+        stacked, kernel2d.astype(self.dtype), self.stride[1:],
+        [(p, p) for p in self.padding[1:]], dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = y + bias.astype(self.dtype)
+    return y.reshape((n, out_t) + y.shape[1:])
+
+
 class _Stream(nn.Module):
   """conv -> BatchNorm (running statistics) -> ReLU [-> max-pool, -inf padding] per layer, then
   Linear 512 -> BatchNorm -> ReLU -> Linear 1024. Names follow the torch module indices
@@ -120,8 +151,11 @@ class _Stream(nn.Module):
   def __call__(self, x, features_only: bool = False):
     index = 0
     for features, kernel, stride, padding, pool in self.layers:
-      x = nn.Conv(features, kernel, stride, [(p, p) for p in padding], dtype=self.dtype,
-                  name=f'cnn_{index}')(x)
+      if len(kernel) == 3:
+        x = _Conv3d(features, kernel, stride, padding, self.dtype, name=f'cnn_{index}')(x)
+      else:
+        x = nn.Conv(features, kernel, stride, [(p, p) for p in padding], dtype=self.dtype,
+                    name=f'cnn_{index}')(x)
       x = nn.relu(BatchNorm(use_running_average=True, name=f'cnn_{index + 1}')(x))
       index += 3
       if pool is not None:
@@ -208,7 +242,8 @@ def load_syncnet(path: str, dtype=jnp.float32) -> Tuple[SyncNetS, dict]:
 
 # -- scoring ---------------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnums=0)
-def _embed(module, variables, lips, mfccs):
+def embed_windows(module, variables, lips, mfccs):
+  """(lip, audio) embeddings of prepared windows: uint8 (N, 5, 224, 224, 3), (N, 13, 20, 1)."""
   lips = lips.astype(module.dtype)  # uint8 in: raw pixel values, as the original feeds them
   return module.apply(variables, lips, mfccs.astype(module.dtype))
 
@@ -233,7 +268,7 @@ def embeddings(frames: np.ndarray, samples: np.ndarray, syncnet, batch: int = 20
     if len(v) < batch:  # one compiled shape: pad the last batch
       windows = np.concatenate([windows, np.repeat(windows[-1:], batch - len(v), 0)])
       cc = np.concatenate([cc, np.repeat(cc[-1:], batch - len(v), 0)])
-    lip, aud = _embed(module, variables, windows, cc)
+    lip, aud = embed_windows(module, variables, windows, cc)
     lips.append(np.asarray(lip)[:len(v)])
     auds.append(np.asarray(aud)[:len(v)])
   return np.concatenate(lips), np.concatenate(auds)
