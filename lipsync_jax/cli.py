@@ -13,6 +13,7 @@ The guarantees (README, "What happens when things go wrong"):
 """
 import argparse
 import contextlib
+import gc
 import math
 import os
 import shutil
@@ -60,7 +61,10 @@ def signals_raise(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> I
     return
   received = []
 
-  def handler(signum, _frame):
+  def handler(signum, frame):
+    if _in_finalizer(frame):  # an exception raised there would be printed and dropped
+      _redeliver(signum)
+      return
     received.append(signum)
     if len(received) >= 3:
       os._exit(128 + signum)  # pylint: disable=protected-access
@@ -76,6 +80,25 @@ def signals_raise(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> I
   finally:
     for s, h in previous.items():
       signal.signal(s, h)
+
+
+def _in_finalizer(frame) -> bool:
+  """Whether the signal interrupted a garbage-collection callback or a __del__ (jax registers a
+  gc callback): Python prints and discards any exception raised inside those, so an Interrupted
+  raised there would be lost and the command would go on."""
+  callbacks = {getattr(cb, '__code__', None) for cb in gc.callbacks}
+  while frame is not None:
+    if frame.f_code in callbacks or frame.f_code.co_name == '__del__':
+      return True
+    frame = frame.f_back
+  return False
+
+
+def _redeliver(signum: int) -> None:
+  """The same signal to this process again shortly, once the finalizer has returned."""
+  timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+  timer.daemon = True
+  timer.start()
 
 
 _deferring = []  # one entry per open deferred_interrupts block

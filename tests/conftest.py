@@ -160,3 +160,14 @@ def synthetic_dataset(tmp_path_factory):
                    str(root / 'pre'), '--filelists', str(root / 'raw'), '--face_model', model)
   assert 'train 9 clips' in out and 'skipped' not in out
   return str(root / 'pre' / 'clip_dataset' / '1.0.0'), root
+
+
+# The longest files first, so that with `-n 2 --dist loadfile` neither worker starts one of them
+# at the end while the other idles (each file runs whole on one worker).
+_LONGEST_FIRST = ('test_demo.py', 'test_train.py', 'test_parity_train_step.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = lambda item: (_LONGEST_FIRST.index(item.path.name) if item.path.name in _LONGEST_FIRST
+                       else len(_LONGEST_FIRST))
+  items.sort(key=rank)  # stable: the order within a file is kept
