@@ -82,7 +82,8 @@ def test_train_models_sets_the_expert_width_and_batch(tmp_path, monkeypatch):
 
 
 def test_notebooks_are_committed_without_outputs():
-  assert {p.name for p in NOTEBOOKS} >= {'lipsync_quickstart.ipynb', 'train_on_your_data.ipynb'}
+  assert {p.name for p in NOTEBOOKS} >= {'lipsync_quickstart.ipynb', 'train_on_your_data.ipynb',
+                                        'evaluate.ipynb'}
   for path in NOTEBOOKS:
     notebook = json.loads(path.read_text())
     for cell in notebook['cells']:
@@ -137,3 +138,22 @@ def test_training_notebook_runs_on_real_clips(tmp_path):
   assert (work / 'generator' / 'checkpoints').is_dir()
   result = video.probe_video(str(work / 'result.mp4'))
   assert (result.width, result.height) == (512, 512)  # the held-out clip: talking_head
+
+
+@pytest.mark.slow
+def test_evaluate_notebook_runs(demo_run, tmp_path):
+  """On the demo's result, judged by the demo's expert (syncnet_v2.model is the user's to
+  download; its scoring is tested in test_evaluate.py)."""
+  work, _ = demo_run
+  videos = tmp_path / 'videos'
+  videos.mkdir()
+  os.symlink(work / 'result.mp4', videos / 'result.mp4')
+  executed = _execute('evaluate.ipynb', tmp_path, VIDEOS=str(videos), JUDGE='expert',
+                      EXPERT=str(work / 'expert'), WORK=str(tmp_path / 'lse'), USE_DRIVE=False,
+                      FACE_MODEL=str(require(FACE_MODEL)))
+  assert 'exit status 0' in _printed(executed)
+  rows = json.loads((tmp_path / 'lse' / 'scores.json').read_text())
+  assert len(rows) == 1 and rows[0]['lse_d'] is not None
+  images = [o for c in executed['cells'] for o in c.get('outputs', [])
+            if 'image/png' in o.get('data', {})]
+  assert len(images) == 2  # the result's curve and the histogram
