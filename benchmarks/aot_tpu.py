@@ -261,8 +261,7 @@ def roofline(hlo: str, peak: float, bandwidth: float, ici: float = 0.0,
       moved = _shape_bytes(instr.shape) + sum(_shape_bytes(o) for o in operands)
     terms = {'compute': flops / peak, 'memory': moved / bandwidth, 'network': 0.0}
     if instr.opcode in _COLLECTIVES and ici and devices > 1:
-      payload = sum(_BYTES[t] * math.prod(int(d) for d in dims.split(',') if d)
-                    for t, dims, _ in _SHAPE.findall(instr.shape))
+      payload = _shape_bytes(instr.shape, hbm_only=False)  # wherever the buffers live
       terms['network'] = _COLLECTIVES[instr.opcode] * (devices - 1) / devices * payload / ici
     bound = max(terms, key=terms.get)
     convs = tuple(_conv_text(i, by_name) for i in inside if i.opcode == 'convolution')

@@ -33,7 +33,7 @@ import numpy as np
 from configs import expert as expert_config
 from configs import wav2lip as wav2lip_config
 from data_pipeline import preprocess, synthetic
-from lipsync_jax import audio, cli, convert, evaluate, faces, infer, logs, models, train, video
+from lipsync_jax import audio, cli, convert, evaluate, faces, infer, logs, train, video
 
 NEW_SENTENCE = ('please open the window we will meet again soon after lunch and music plays '
                 'loudly while children dance')
@@ -192,15 +192,9 @@ def mouth_darkness(crops: np.ndarray) -> np.ndarray:
 def expert_window_cosines(crops: np.ndarray, speech: str, expert: tuple) -> np.ndarray:
   """The expert's ((module, variables) from convert.load_checkpoint) cosine for each of a
   video's 5-frame windows against the speech, at the training index maths."""
-  module, variables = expert
-  mel = audio.melspectrogram(audio.load_audio(speech))
-  starts = [s for s in range(len(crops) - 4)
-            if audio.expert_window_start(s) + audio.MEL_STEP <= mel.shape[1]]
-  mels = np.stack([mel[:, audio.expert_window_start(s):][:, :audio.MEL_STEP, None]
-                   for s in starts])
-  windows = np.stack([crops[s:s + 5] for s in starts]).astype(np.float32) / 255.0
-  a, v = module.apply(variables, mels, models.stack_window_channels(models.lower_half(windows)))
-  return np.sum(np.asarray(a) * np.asarray(v), axis=-1)
+  _, aud, vid = evaluate.expert_embeddings(
+      crops, audio.melspectrogram(audio.load_audio(speech)), expert)
+  return np.sum(aud * vid, axis=-1)
 
 
 def expert_in_sync_rate(crops: np.ndarray, speech: str, expert: tuple) -> float:

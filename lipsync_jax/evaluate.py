@@ -274,13 +274,17 @@ def embeddings(frames: np.ndarray, samples: np.ndarray, syncnet, batch: int = 20
   return np.concatenate(lips), np.concatenate(auds)
 
 
-def shifted_distances(lip: np.ndarray, aud: np.ndarray, vshift: int = VSHIFT) -> np.ndarray:
-  """(n, 2 vshift + 1): ||lip_i - aud_(i + k - vshift) + 1e-6|| with zero audio vectors past
-  either end, k = 0 .. 2 vshift (syncnet_python's calc_pdist)."""
+def shifted_audio(aud: np.ndarray, vshift: int = VSHIFT) -> np.ndarray:
+  """(n, 2 vshift + 1, d): row i, k is aud_(i + k - vshift), a zero vector past either end."""
   padded = np.pad(aud, ((vshift, vshift), (0, 0)))
-  shifts = np.arange(2 * vshift + 1)
-  rows = padded[np.arange(len(lip))[:, None] + shifts]  # (n, 31, 1024)
-  return np.sqrt(np.sum(np.square(lip[:, None] - rows + PDIST_EPS), axis=-1))
+  return padded[np.arange(len(aud))[:, None] + np.arange(2 * vshift + 1)]
+
+
+def shifted_distances(lip: np.ndarray, aud: np.ndarray, vshift: int = VSHIFT) -> np.ndarray:
+  """(n, 2 vshift + 1): ||lip_i - aud_(i + k - vshift) + 1e-6||, k = 0 .. 2 vshift
+  (syncnet_python's calc_pdist)."""
+  return np.sqrt(np.sum(np.square(lip[:, None] - shifted_audio(aud, vshift) + PDIST_EPS),
+                        axis=-1))
 
 
 def summarize(dists: np.ndarray, vshift: int = VSHIFT) -> dict:
@@ -354,23 +358,15 @@ def expert_crops(path: str, detector) -> Tuple[np.ndarray, np.ndarray]:
   return crops, np.array([b is not None for b in boxes])
 
 
-def score_with_expert(path: str, expert, vshift: int = VSHIFT, detector=None,
-                      batch: int = 64) -> dict:
-  """The LSE-style summary from a Wav2Lip expert ((module, variables), e.g. one trained here):
-  cosine distances (1 - cos) between each 5-frame window's lower-half face embedding and the
-  audio embeddings of windows shifted by -vshift..vshift frames (distance 1 past either end).
-  Windows with a frame without a face are left out. Needs no external weights."""
+def expert_embeddings(crops: np.ndarray, mel: np.ndarray, expert, batch: int = 64,
+                      min_windows: int = 1):
+  """(window starts, audio embeddings, face embeddings) of a Wav2Lip expert ((module, variables))
+  for every 5-frame window of 96x96 crops whose mel window (the training index maths) fits."""
   module, variables = expert
-  detector = detector or faces.FaceDetector()
-  crops, has_face = expert_crops(path, detector)
-  try:
-    mel = audio.melspectrogram(audio.load_audio(path))
-  except audio.AudioError as e:
-    raise EvaluatorError(str(e)) from None
   starts = [v for v in range(len(crops) - FRAMES_PER_WINDOW + 1)
             if audio.expert_window_start(v) + audio.MEL_STEP <= mel.shape[1]]
-  if len(starts) < 2:
-    raise EvaluatorError(f'{path}: too short for one expert window')
+  if len(starts) < min_windows:
+    raise EvaluatorError('too short for one expert window')
   mels = np.stack([mel[:, audio.expert_window_start(v):][:, :audio.MEL_STEP, None]
                    for v in starts]).astype(np.float32)
   windows = np.stack([crops[v:v + FRAMES_PER_WINDOW] for v in starts]).astype(np.float32) / 255
@@ -380,10 +376,23 @@ def score_with_expert(path: str, expert, vshift: int = VSHIFT, detector=None,
     a, v = _expert_embed(module, variables, mels[i:i + batch], face_in[i:i + batch])
     auds.append(np.asarray(a, np.float64))
     vids.append(np.asarray(v, np.float64))
-  aud, vid = np.concatenate(auds), np.concatenate(vids)  # L2-normalised embeddings
-  padded = np.pad(aud, ((vshift, vshift), (0, 0)))
-  rows = padded[np.arange(len(vid))[:, None] + np.arange(2 * vshift + 1)]
-  dists = 1.0 - np.einsum('nd,nkd->nk', vid, rows)
+  return starts, np.concatenate(auds), np.concatenate(vids)  # L2-normalised embeddings
+
+
+def score_with_expert(path: str, expert, vshift: int = VSHIFT, detector=None,
+                      batch: int = 64) -> dict:
+  """The LSE-style summary from a Wav2Lip expert ((module, variables), e.g. one trained here):
+  cosine distances (1 - cos) between each 5-frame window's lower-half face embedding and the
+  audio embeddings of windows shifted by -vshift..vshift frames (distance 1 past either end).
+  Windows with a frame without a face are left out. Needs no external weights."""
+  detector = detector or faces.FaceDetector()
+  crops, has_face = expert_crops(path, detector)
+  try:
+    mel = audio.melspectrogram(audio.load_audio(path))
+    starts, aud, vid = expert_embeddings(crops, mel, expert, batch, min_windows=2)
+  except (audio.AudioError, EvaluatorError) as e:
+    raise EvaluatorError(f'{path}: {e}') from None
+  dists = 1.0 - np.einsum('nd,nkd->nk', vid, shifted_audio(aud, vshift))
   keep = np.array([has_face[v:v + FRAMES_PER_WINDOW].all() for v in starts])
   if not keep.any():
     raise EvaluatorError(f'{path}: no face track (no window with a face in all 5 frames)')
