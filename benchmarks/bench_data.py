@@ -14,7 +14,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data_pipeline import loaders  # noqa: E402
+from data_pipeline import loaders, records  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = ('talking_head_512_25fps.mp4', 'speech_850x480_30fps.mp4', 'phone_600x480_25fps.mp4')
@@ -33,7 +33,7 @@ def bench_preprocess(media, face_model, tmp):
   run('data_pipeline.preprocess', '--data_root', os.path.dirname(raw), '--out',
       os.path.join(tmp, 'real_pre'), '--workers', '1', '--face_model', face_model)
   seconds = time.perf_counter() - start
-  data_dir = os.path.join(tmp, 'real_pre', 'clip_dataset', '1.0.0')
+  data_dir = os.path.join(tmp, 'real_pre', 'clip_dataset', records.VERSION)
   frames = 0
   for split in ('train', 'val', 'test'):
     try:
@@ -60,7 +60,7 @@ def main():
         '--clips_per_speaker', '3', '--face_model', args.face_model)
     run('data_pipeline.preprocess', '--data_root', os.path.join(tmp, 'raw'), '--out',
         os.path.join(tmp, 'pre'), '--face_model', args.face_model)
-    data_dir = os.path.join(tmp, 'pre', 'clip_dataset', '1.0.0')
+    data_dir = os.path.join(tmp, 'pre', 'clip_dataset', records.VERSION)
     for kind, batch in (('expert', 64), ('generator', 16)):
       for workers in (1, 2):
         it = iter(loaders.make_dataset(data_dir, 'train', kind, batch, seed=0, workers=workers))

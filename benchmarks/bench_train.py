@@ -20,7 +20,7 @@ import jax
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import expert, wav2lip, wav2lip_gan  # noqa: E402
-from data_pipeline import preprocess, synthetic  # noqa: E402
+from data_pipeline import preprocess, records, synthetic  # noqa: E402
 from lipsync_jax import allocator, checkpoint, models, train  # noqa: E402
 
 CONFIGS = {'expert': expert, 'wav2lip': wav2lip, 'wav2lip_gan': wav2lip_gan}
@@ -30,7 +30,7 @@ def corpus(tmp: str) -> str:
   raw, pre = os.path.join(tmp, 'raw'), os.path.join(tmp, 'pre')
   assert synthetic.main(['--out', raw, '--speakers', '5', '--clips_per_speaker', '2']) == 0
   assert preprocess.main(['--data_root', raw, '--out', pre, '--filelists', raw]) == 0
-  return os.path.join(pre, 'clip_dataset', '1.0.0')
+  return os.path.join(pre, 'clip_dataset', records.VERSION)
 
 
 def bench(job: str, data_dir: str, tmp: str, args) -> None:

@@ -1,6 +1,7 @@
 """Raw talking-face videos -> TFDS ArrayRecord clip records (see data_pipeline/records.py).
 
     python -m data_pipeline.preprocess --data_root R --out D [--filelists F] [--workers 2]
+        [--sync_judge syncnet_v2.model|EXPERT --sync_correct --min_sync_conf C]
 
 R holds R/<speaker>/<clip>.mp4 (LRS2 layout). For each clip: 16 kHz mono audio and its mel
 (lipsync_jax.audio), frames decoded at 25 fps (other rates, variable ones included, are
@@ -16,6 +17,10 @@ corrupt shard. Clips are skipped, with the reason in the summary, when they have
 too short, show no face, or cannot be read; any other failure of one clip is reported for that
 clip and the run goes on. SIGINT / SIGTERM stop the workers at once and remove their partial
 files; finished clips stay cached for the next run.
+
+With --sync_judge each clip's audio-video offset and confidence are measured (data_pipeline.sync)
+and recorded (sync_offset, sync_conf); --sync_correct removes the offset and clips below
+--min_sync_conf are dropped. Measurements are cached per clip and judge as well.
 """
 import argparse
 import collections
@@ -23,15 +28,15 @@ import hashlib
 import multiprocessing
 import os
 import sys
-from typing import Optional
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from data_pipeline import records
-from lipsync_jax import audio, cli, faces, video
+from data_pipeline import records, sync
+from lipsync_jax import audio, cli, evaluate, faces, video
 
 MIN_FRAMES = 16  # the reference skips clips with <= 15 frames
 MIN_FACE_FRACTION = 0.5
@@ -70,7 +75,7 @@ def process_clip(path: str, cache_path: str) -> str:
     frames = list(video.read_frames(path, fps=records.FPS))
   except video.VideoError as e:
     return f'unreadable: {e}'
-  n = min(len(frames), int((mel.shape[1] - audio.MEL_STEP) / (audio.MEL_FPS / records.FPS)))
+  n = min(len(frames), audio.frames_covered(mel.shape[1]))
   if n < MIN_FRAMES:
     return f'too short ({len(frames)} frames, {mel.shape[1]} mel frames)'
   frames = frames[:n]
@@ -94,7 +99,41 @@ def load_cached(cache_path: str, clip_id: str) -> dict:
     ends = np.cumsum(z['lengths'])
     data = z['jpeg'].tobytes()
     frames = np.array([data[e - l:e] for e, l in zip(ends, z['lengths'])], dtype=object)
-    return {'clip': clip_id, 'frames': frames, 'has_face': z['has_face'], 'mel': z['mel']}
+    return {'clip': clip_id, 'frames': frames, 'has_face': z['has_face'], 'mel': z['mel'],
+            'sync_offset': 0, 'sync_conf': np.nan, 'sync_corrected': False}
+
+
+def example(cache_path: str, clip_id: str, measured: Optional[dict], correct: bool) -> dict:
+  """The record of a cached clip, with its sync measurement applied (data_pipeline.sync)."""
+  clip = load_cached(cache_path, clip_id)
+  if measured is None:
+    return clip
+  clip.update(sync_offset=measured['offset'], sync_conf=measured['conf'])
+  if correct:
+    clip = sync.correct(clip, measured['offset'], measured['mel'])
+    clip['sync_corrected'] = True
+  return clip
+
+
+def measure_sync(clips, data_root: str, cache_of: dict, judge: sync.Judge, correct: bool,
+                 min_conf: float) -> Tuple[dict, dict]:
+  """({clip: measurement} of the clips kept, {clip: reason} of those dropped)."""
+  measured, dropped = {}, {}
+  for clip in tqdm(clips, desc=f'sync ({judge.kind})', unit='clip'):
+    source = os.path.join(data_root, clip + '.mp4')
+    raw = load_cached(cache_of[clip], clip)
+    try:
+      result = sync.measure_clip(judge, source, raw, cache_of[clip][:-len('.npz')] + '.sync.npz')
+    except (evaluate.EvaluatorError, audio.AudioError) as e:
+      dropped[clip] = f'sync not measured: {e}'
+      continue
+    if result['conf'] < min_conf:
+      dropped[clip] = f'sync confidence {result["conf"]:.3f} < {min_conf:g}'
+    elif correct and len(sync.correct(raw, result['offset'], result['mel'])['frames']) < MIN_FRAMES:
+      dropped[clip] = f'too short after removing the offset of {result["offset"]:+d} frames'
+    else:
+      measured[clip] = result
+  return measured, dropped
 
 
 def assign_splits(clip_ids, filelists):
@@ -134,7 +173,25 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--face_model', default=None,
                       help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, '
                       'else the packaged one)')
-  return parser.parse_args(argv)
+  parser.add_argument('--sync_judge', default=None, metavar='MODEL',
+                      help="measure each clip's audio-video offset and confidence with this "
+                      "judge: joonson's syncnet_v2.model (the clip's whole frames at 224x224; "
+                      'download it yourself) or a Wav2Lip expert (a training workdir, an orbax '
+                      'checkpoint or lipsync_expert.pth; the clip\'s 96x96 crops). Recorded per '
+                      'clip as sync_offset / sync_conf')
+  parser.add_argument('--sync_correct', action='store_true',
+                      help='shift each clip by its measured offset so audio and video are in '
+                      'sync (whole frames; needs --sync_judge)')
+  parser.add_argument('--min_sync_conf', type=float, default=None,
+                      help='drop clips whose sync confidence (LSE-C) is below this (default: '
+                      + ', '.join(f'{v:g} for {k}' for k, v in sync.DEFAULT_MIN_CONF.items())
+                      + ' judges; 0 keeps every clip; needs --sync_judge)')
+  parser.add_argument('--vshift', type=cli.int_in(1, 100), default=evaluate.VSHIFT,
+                      help='offsets searched, in frames either way (default: %(default)s)')
+  args = parser.parse_args(argv)
+  if not args.sync_judge and (args.sync_correct or args.min_sync_conf is not None):
+    parser.error('--sync_correct and --min_sync_conf need --sync_judge')
+  return args
 
 
 def process_clips(todo, data_root: str, cache_of: dict, workers: int, model: str) -> dict:
@@ -155,9 +212,13 @@ def process_clips(todo, data_root: str, cache_of: dict, workers: int, model: str
 
 
 def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
-               workers: Optional[int] = None, face_model: Optional[str] = None) -> str:
+               workers: Optional[int] = None, face_model: Optional[str] = None,
+               sync_judge: Optional[str] = None, sync_correct: bool = False,
+               min_sync_conf: Optional[float] = None, vshift: int = evaluate.VSHIFT) -> str:
   """Preprocesses every clip under data_root (<speaker>/<clip>.mp4) into a TFDS dataset under
-  `out`; returns the dataset folder the trainer's config.data.dir takes."""
+  `out`; returns the dataset folder the trainer's config.data.dir takes. With `sync_judge` (a
+  syncnet_v2.model or an expert checkpoint) offsets are measured, recorded, removed
+  (`sync_correct`) and unsure clips dropped (`min_sync_conf`, default by judge)."""
   if not os.path.isdir(data_root):
     raise cli.UserError(f'{data_root}: no such folder (--data_root)')
   if cli.same_file(out, data_root):
@@ -166,6 +227,9 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
   if filelists and not os.path.isdir(filelists):
     raise cli.UserError(f'{filelists}: no such folder (--filelists)')
   model = faces.resolve_model(face_model)
+  if (sync_correct or min_sync_conf is not None) and not sync_judge:
+    raise cli.UserError('sync_correct / min_sync_conf need a sync_judge')
+  judge = sync.load_judge(sync_judge, vshift) if sync_judge else None
   splits = assign_splits(find_clips(data_root), filelists)
   if not splits:
     raise cli.UserError(f'no clips found under {data_root} (expected '
@@ -174,10 +238,20 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
   cache_of = {c: os.path.join(cache, c.replace('/', '__') + '.npz') for c in splits}
   todo = [c for c in splits if not os.path.exists(cache_of[c])]
   skipped = process_clips(todo, data_root, cache_of, workers or os.cpu_count(), model)
+  cached = [c for c in splits if os.path.exists(cache_of[c])]
+  measured = {}
+  if judge:
+    min_conf = sync.DEFAULT_MIN_CONF[judge.kind] if min_sync_conf is None else min_sync_conf
+    measured, dropped = measure_sync(cached, data_root, cache_of, judge, sync_correct, min_conf)
+    skipped.update(dropped)
+    cached = [c for c in cached if c in measured]
+    offsets = collections.Counter(m['offset'] for m in measured.values())
+    print(f'sync offsets (frames: clips) of the {len(measured)} clips kept: ' +
+          ', '.join(f'{o:+d}: {n}' for o, n in sorted(offsets.items())))
   examples = collections.defaultdict(list)
-  for clip, split in splits.items():
-    if os.path.exists(cache_of[clip]):
-      examples[split].append((clip, lambda c=clip: load_cached(cache_of[c], c)))
+  for clip in cached:
+    examples[splits[clip]].append((clip, lambda c=clip: example(
+        cache_of[c], c, measured.get(c), sync_correct)))
   if skipped:
     print(f'skipped {len(skipped)} clips:')
     for clip, reason in sorted(skipped.items()):
@@ -199,7 +273,8 @@ def main(argv=None) -> int:
   args = parse_args(argv)
 
   def body() -> int:
-    preprocess(args.data_root, args.out, args.filelists, args.workers, args.face_model)
+    preprocess(args.data_root, args.out, args.filelists, args.workers, args.face_model,
+               args.sync_judge, args.sync_correct, args.min_sync_conf, args.vshift)
     return 0
 
   return cli.run(body, 'data_pipeline.preprocess')

@@ -12,8 +12,10 @@ those choices at preprocessing time or need several reads per sample. LRS2-style
 import numpy as np
 import tensorflow_datasets as tfds
 
-FPS = 25  # preprocessing resamples every video to the training frame rate
-VERSION = '1.0.0'
+from lipsync_jax import audio
+
+FPS = audio.TRAIN_FPS  # preprocessing resamples every video to the training frame rate
+VERSION = '1.1.0'  # 1.1.0: the sync_* fields
 
 
 def features() -> tfds.features.FeaturesDict:
@@ -22,6 +24,11 @@ def features() -> tfds.features.FeaturesDict:
       'frames': tfds.features.Tensor(shape=(None,), dtype=np.object_),  # JPEG bytes, BGR crop
       'has_face': tfds.features.Tensor(shape=(None,), dtype=np.bool_),
       'mel': tfds.features.Tensor(shape=(80, None), dtype=np.float32),
+      # The audio-video offset a sync judge measured (frames, > 0: audio leads) and its
+      # confidence (LSE-C); 0 and NaN when no judge ran. sync_corrected: the offset was removed.
+      'sync_offset': tfds.features.Scalar(dtype=np.int32),
+      'sync_conf': tfds.features.Scalar(dtype=np.float32),
+      'sync_corrected': tfds.features.Scalar(dtype=np.bool_),
   })
 
 

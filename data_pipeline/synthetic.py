@@ -19,7 +19,9 @@ Every clip's speech is scaled so that E = LOUDNESS: a 0.2 s window cannot know i
 so without that the same sound would open the mouth differently from clip to clip (an oracle
 that knows each frame's rms but not E tells in-sync from off-sync windows only 96% of the time).
 With --offset_frames k the audio track is written k frames LATE relative to the mouth (k < 0:
-early); the .json beside each clip records the sentence, voice, offset and per-frame opening.
+early); several values are dealt to the clips in turn (clip n gets the n-th, cycling), to test
+offset detection. The .json beside each clip records the sentence, voice, offset and per-frame
+opening.
 """
 import argparse
 import json
@@ -36,7 +38,7 @@ from tqdm import tqdm
 
 from lipsync_jax import audio, faces
 
-FPS = 25
+FPS = audio.TRAIN_FPS
 SAMPLES_PER_FRAME = audio.SAMPLE_RATE // FPS  # 640
 SIZE = 224
 LOUDNESS = 0.1  # every clip's E (see above): the level of the audio alone then fixes the opening
@@ -203,7 +205,8 @@ def plan(args, n_identities: int) -> list:
               'voice': voice, 'rate': int(rng.integers(130, 190)),
               'pitch': int(rng.integers(25, 75)),
               'sentence': ' '.join(rng.choice(WORDS, int(rng.integers(5, 10)))),
-              'offset_frames': args.offset_frames, 'look': look}
+              'offset_frames': args.offset_frames[len(specs) % len(args.offset_frames)],
+              'look': look}
       if args.audio:
         spec['audio_file'] = args.audio[int(rng.integers(len(args.audio)))]
       specs.append(spec)
@@ -234,8 +237,9 @@ def main(argv=None) -> int:
                       help='extra face photos to use beside scikit-image\'s astronaut')
   parser.add_argument('--audio', nargs='*', default=[],
                       help='speech files to cut clips from instead of espeak-ng sentences')
-  parser.add_argument('--offset_frames', type=int, default=0,
-                      help='write the audio this many frames late (negative: early)')
+  parser.add_argument('--offset_frames', type=int, nargs='+', default=[0],
+                      help='write the audio this many frames late (negative: early); several '
+                      'values are dealt to the clips in turn')
   parser.add_argument('--face_model', default=None,
                       help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, '
                       'else the packaged one)')

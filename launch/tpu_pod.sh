@@ -2,7 +2,7 @@
 # Train on a Cloud TPU pod slice: the same command on every worker of TPU VM NAME in ZONE.
 #   launch/tpu_pod.sh NAME ZONE CONFIG WORKDIR [--config.x=y ...]
 #   launch/tpu_pod.sh my-v4-32 us-central2-b configs/wav2lip_gan.py /mnt/bucket/runs/gan \
-#       --config.data.dir=/mnt/bucket/lrs2/clip_dataset/1.0.0
+#       --config.data.dir=/mnt/bucket/lrs2/clip_dataset/1.1.0
 # Assumes this repository is checked out at ~/lipsync_jax on every worker with
 # `pip install -e . "jax[tpu]"` done. On TPU, jax.distributed.initialize() finds the other
 # workers by itself; each worker reads its own shard of clips. WORKDIR must be one folder that

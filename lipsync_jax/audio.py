@@ -131,6 +131,12 @@ def inference_chunk_starts(n_mel_frames: int, fps: float) -> np.ndarray:
   return np.asarray(starts, np.int64)
 
 
+def frames_covered(n_mel_frames: int, fps: float = TRAIN_FPS) -> int:
+  """Video frames (at `fps`) whose 0.2 s mel window lies inside n_mel_frames (the preprocessing
+  and training index maths)."""
+  return max(0, int((n_mel_frames - MEL_STEP) / (MEL_FPS / fps)))
+
+
 def expert_window_start(frame: int) -> int:
   """Mel start of the 5-frame window beginning at video frame `frame` (training, 25 fps)."""
   return int(MEL_FPS * (frame / TRAIN_FPS))

@@ -32,7 +32,7 @@ import numpy as np
 
 from configs import expert as expert_config
 from configs import wav2lip as wav2lip_config
-from data_pipeline import preprocess, synthetic
+from data_pipeline import preprocess, records, synthetic
 from lipsync_jax import audio, cli, convert, evaluate, faces, infer, logs, train, video
 
 NEW_SENTENCE = ('please open the window we will meet again soon after lunch and music plays '
@@ -101,7 +101,7 @@ def build_corpus(out: str, settings: Settings) -> str:
                        '--clips_per_speaker', str(settings.clips_per_speaker), '--seed',
                        str(settings.seed)] + face_flag):
       raise SystemExit(1)
-  data_dir = os.path.join(pre, 'clip_dataset', '1.0.0')
+  data_dir = os.path.join(pre, 'clip_dataset', records.VERSION)
   if not os.path.isdir(data_dir):
     stage('2/5 preprocessing (faces, crops, mels -> ArrayRecord)')
     data_dir = preprocess.preprocess(raw, pre, raw, face_model=settings.face_model)

@@ -29,11 +29,11 @@ import scipy.signal
 from flax import linen as nn
 from tqdm import tqdm
 
-from lipsync_jax import audio, cli, convert, faces, logs, models, video
+from lipsync_jax import audio, cli, convert, faces, logs, models, tracks, video
 from lipsync_jax.infer import VIDEO_EXTENSIONS
 from lipsync_jax.layers import BatchNorm
 
-FPS = 25  # the evaluator's video rate: MFCC columns 4v .. 4v + 20 belong to frame v
+FPS = audio.TRAIN_FPS  # the evaluator's video rate (LRS2's): MFCC columns 4v .. 4v + 20 belong to frame v
 MFCC_PER_FRAME = 4  # 100 MFCC frames per second
 MFCC_WINDOW = 20  # 0.2 s
 FRAMES_PER_WINDOW = 5
@@ -309,7 +309,7 @@ def score_frames(frames: np.ndarray, samples: np.ndarray, syncnet, vshift: int =
   return summarize(shifted_distances(lip, aud, vshift), vshift)
 
 
-PROTOCOLS = ('lrs',)  # 'tracks' (face tracks of uncropped videos) is not implemented yet
+PROTOCOLS = ('lrs', 'tracks')
 
 
 def video_frames(path: str) -> np.ndarray:
@@ -324,9 +324,26 @@ def video_frames(path: str) -> np.ndarray:
   return np.stack(frames)
 
 
+def score_tracks(path: str, samples: np.ndarray, syncnet, vshift: int = VSHIFT,
+                 batch: int = 20, detector=None) -> List[dict]:
+  """score_frames of each face track of an uncropped video (lipsync_jax.tracks), with its
+  frame range ('start', 'end': frames at 25 fps, end exclusive)."""
+  found, _, n_frames = tracks.find_tracks(path, detector or faces.FaceDetector())
+  if not found:
+    raise EvaluatorError(f'no face track (a face of over {tracks.MIN_FACE} px in over '
+                         f'{tracks.MIN_TRACK} frames of one shot; the video has {n_frames})')
+  scored = []
+  for track, crops in zip(found, tracks.track_crops(path, found)):
+    scores = score_frames(crops, tracks.track_samples(samples, track), syncnet, vshift, batch)
+    scored.append(dict(scores, start=track.start, end=track.end))
+  return scored
+
+
 def score_video(path: str, syncnet, protocol: str = 'lrs', vshift: int = VSHIFT,
-                batch: int = 20) -> dict:
-  """score_frames of a video file's frames and its own audio track, by `protocol`."""
+                batch: int = 20, detector=None) -> dict:
+  """score_frames of a video file's frames and its own audio track, by `protocol`: 'lrs' (whole
+  frames) or 'tracks' (each face track; the video's lse_d / lse_c are the means over its tracks,
+  its offset the longest track's, and 'tracks' lists each track's scores)."""
   if protocol not in PROTOCOLS:
     raise EvaluatorError(f'protocol {protocol!r}: one of {PROTOCOLS}')
   if not os.path.isfile(path):
@@ -336,9 +353,15 @@ def score_video(path: str, syncnet, protocol: str = 'lrs', vshift: int = VSHIFT,
   except audio.AudioError as e:
     raise EvaluatorError(str(e)) from None
   try:
-    return score_frames(video_frames(path), samples, syncnet, vshift, batch)
+    if protocol == 'lrs':
+      return score_frames(video_frames(path), samples, syncnet, vshift, batch)
+    scored = score_tracks(path, samples, syncnet, vshift, batch, detector)
   except EvaluatorError as e:
     raise EvaluatorError(f'{path}: {e}') from None
+  longest = max(scored, key=lambda r: r['end'] - r['start'])
+  return {'lse_d': float(np.mean([r['lse_d'] for r in scored])),
+          'lse_c': float(np.mean([r['lse_c'] for r in scored])),
+          'offset': longest['offset'], 'mean_dists': longest['mean_dists'], 'tracks': scored}
 
 
 # -- our own expert as the judge ------------------------------------------------------------------
@@ -379,24 +402,31 @@ def expert_embeddings(crops: np.ndarray, mel: np.ndarray, expert, batch: int = 6
   return starts, np.concatenate(auds), np.concatenate(vids)  # L2-normalised embeddings
 
 
+def expert_scores(crops: np.ndarray, has_face: np.ndarray, mel: np.ndarray, expert,
+                  vshift: int = VSHIFT, batch: int = 64) -> dict:
+  """The LSE-style summary of 96x96 crops (T, 96, 96, 3) and their mel from a Wav2Lip expert
+  ((module, variables)): cosine distances (1 - cos) between each 5-frame window's lower-half face
+  embedding and the audio embeddings of windows shifted by -vshift..vshift frames (distance 1
+  past either end). Windows with a frame without a face are left out."""
+  starts, aud, vid = expert_embeddings(crops, mel, expert, batch, min_windows=2)
+  dists = 1.0 - np.einsum('nd,nkd->nk', vid, shifted_audio(aud, vshift))
+  keep = np.array([has_face[v:v + FRAMES_PER_WINDOW].all() for v in starts])
+  if not keep.any():
+    raise EvaluatorError('no face track (no window with a face in all 5 frames)')
+  return summarize(dists[keep], vshift)
+
+
 def score_with_expert(path: str, expert, vshift: int = VSHIFT, detector=None,
                       batch: int = 64) -> dict:
-  """The LSE-style summary from a Wav2Lip expert ((module, variables), e.g. one trained here):
-  cosine distances (1 - cos) between each 5-frame window's lower-half face embedding and the
-  audio embeddings of windows shifted by -vshift..vshift frames (distance 1 past either end).
-  Windows with a frame without a face are left out. Needs no external weights."""
+  """expert_scores of a video file: its crops as preprocessing cuts them and its own audio.
+  Needs no external weights (e.g. an expert trained here)."""
   detector = detector or faces.FaceDetector()
   crops, has_face = expert_crops(path, detector)
   try:
     mel = audio.melspectrogram(audio.load_audio(path))
-    starts, aud, vid = expert_embeddings(crops, mel, expert, batch, min_windows=2)
+    return expert_scores(crops, has_face, mel, expert, vshift, batch)
   except (audio.AudioError, EvaluatorError) as e:
     raise EvaluatorError(f'{path}: {e}') from None
-  dists = 1.0 - np.einsum('nd,nkd->nk', vid, shifted_audio(aud, vshift))
-  keep = np.array([has_face[v:v + FRAMES_PER_WINDOW].all() for v in starts])
-  if not keep.any():
-    raise EvaluatorError(f'{path}: no face track (no window with a face in all 5 frames)')
-  return summarize(dists[keep], vshift)
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -422,7 +452,7 @@ def find_videos(inputs: List[str], filelist: Optional[str]) -> List[str]:
 
 def write_reports(rows: List[dict], json_path: Optional[str], csv_path: Optional[str],
                   plot_dir: Optional[str]) -> None:
-  fields = ('video', 'lse_d', 'lse_c', 'offset', 'error')
+  fields = ('video', 'track', 'lse_d', 'lse_c', 'offset', 'error')
   if json_path:
     with cli.atomic_output(json_path, suffix='.json') as tmp, open(tmp, 'w') as f:
       json.dump([{k: r.get(k) for k in fields + ('mean_dists',)} for r in rows], f, indent=1)
@@ -436,12 +466,15 @@ def write_reports(rows: List[dict], json_path: Optional[str], csv_path: Optional
     scored = [r for r in rows if 'lse_d' in r]
     for r in scored:
       name = os.path.splitext(os.path.basename(r['video']))[0]
-      curve = {'mean distance': [(k - VSHIFT, d) for k, d in enumerate(r['mean_dists'])]}
+      name += f'_frames{r["track"]}' if r.get('track') else ''
+      vshift = (len(r['mean_dists']) - 1) // 2
+      curve = {'mean distance': [(k - vshift, d) for k, d in enumerate(r['mean_dists'])]}
       logs.plot_scalars(curve, ['mean distance'], os.path.join(folder, f'{name}_offsets.png'),
                         f'{name}: min at {r["offset"]:+d}', x_label='offset, frames')
     if scored:
+      vshift = max((len(r['mean_dists']) - 1) // 2 for r in scored)
       counts = collections.Counter(r['offset'] for r in scored)
-      histogram = {'videos': [(o, counts.get(o, 0)) for o in range(-VSHIFT, VSHIFT + 1)]}
+      histogram = {'videos': [(o, counts.get(o, 0)) for o in range(-vshift, vshift + 1)]}
       logs.plot_scalars(histogram, ['videos'], os.path.join(folder, 'offset_histogram.png'),
                         'AV offsets', x_label='offset, frames', bars=True)
 
@@ -464,12 +497,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='the expert for --judge expert: a training workdir, an orbax '
                       'checkpoint or lipsync_expert.pth')
   parser.add_argument('--face_model', default=None,
-                      help='YuNet face detector .onnx for --judge expert (default: '
-                      '$LIPSYNC_JAX_FACE_MODEL, else the packaged one)')
+                      help='YuNet face detector .onnx for --judge expert and --protocol tracks '
+                      '(default: $LIPSYNC_JAX_FACE_MODEL, else the packaged one)')
   parser.add_argument('--protocol', choices=PROTOCOLS, default='lrs',
-                      help='lrs: whole frames resized to 224x224 (LRS2/LRS3/LRW face-centred '
-                      'clips; decoded directly, no JPEG round trip). The face-track protocol '
-                      'for uncropped videos is not implemented yet')
+                      help='for --judge syncnet. lrs: whole frames resized to 224x224 '
+                      '(LRS2/LRS3/LRW face-centred clips; decoded directly, no JPEG round trip). '
+                      "tracks: real, uncropped videos as syncnet_python's run_pipeline prepares "
+                      'them: shot cuts, face tracks (IoU > 0.5, gaps <= 25 frames, > 100 frames, '
+                      'faces > 100 px), run_pipeline\'s crops at 224x224, the audio cut to each '
+                      'track; each track is scored and counted as one sample. Differences: our '
+                      'YuNet detector in place of S3FD, our shot detector in place of '
+                      "PySceneDetect's (the same rule), no JPEG / video round trips of the crops")
   parser.add_argument('--filelist', default=None,
                       help="a test list (lines 'speaker/clip', as the reference's), read under "
                       'the one VIDEO_OR_DIR folder given')
@@ -507,7 +545,9 @@ def run(args: argparse.Namespace) -> int:
     cli.ensure_folder(os.path.dirname(os.path.abspath(report)), 'report')
   if args.judge == 'syncnet':
     syncnet = load_syncnet(args.syncnet_model)
-    score = lambda path: score_video(path, syncnet, args.protocol, args.vshift, args.batch)
+    detector = faces.FaceDetector(args.face_model) if args.protocol == 'tracks' else None
+    score = lambda path: score_video(path, syncnet, args.protocol, args.vshift, args.batch,
+                                     detector)
   else:
     expert, detector = convert.load_checkpoint(args.checkpoint, 'expert'), faces.FaceDetector(
         args.face_model)
@@ -521,13 +561,17 @@ def run(args: argparse.Namespace) -> int:
       rows.append({'video': path, 'error': str(e)})
       tqdm.write(f'{path[-50:]:50} failed: {e}')
       continue
-    rows.append(dict(video=path, lse_d=scores['lse_d'], lse_c=scores['lse_c'],
-                     offset=scores['offset'], mean_dists=scores['mean_dists'].tolist()))
-    tqdm.write(f'{path[-50:]:50} {scores["lse_d"]:7.3f} {scores["lse_c"]:7.3f} '
-               f'{scores["offset"]:+6d}')
+    for part in scores.get('tracks', [scores]):  # each face track is one sample
+      track = f'{part["start"]}-{part["end"]}' if 'start' in part else ''
+      rows.append(dict(video=path, track=track, lse_d=part['lse_d'], lse_c=part['lse_c'],
+                       offset=part['offset'], mean_dists=part['mean_dists'].tolist()))
+      name = f'{path} [frames {track})' if track else path
+      tqdm.write(f'{name[-50:]:50} {part["lse_d"]:7.3f} {part["lse_c"]:7.3f} '
+                 f'{part["offset"]:+6d}')
   scored = [r for r in rows if 'lse_d' in r]
   if scored:
-    print(f'{"mean of " + str(len(scored)) + " videos":50} '
+    unit = 'tracks' if args.protocol == 'tracks' and args.judge == 'syncnet' else 'videos'
+    print(f'{"mean of " + str(len(scored)) + " " + unit:50} '
           f'{np.mean([r["lse_d"] for r in scored]):7.3f} '
           f'{np.mean([r["lse_c"] for r in scored]):7.3f}')
   write_reports(rows, args.json, args.csv, args.plot)

@@ -52,9 +52,9 @@ class FaceDetector:
                            f'{e.err or e})') from e
     self._size = None
 
-  def detect(self, frame: np.ndarray, with_landmarks: bool = False):
-    """Box of the largest face or None; with_landmarks also returns its 5 (x, y) landmarks
-    (right eye, left eye, nose tip, right and left mouth corners)."""
+  def detect_all(self, frame: np.ndarray) -> np.ndarray:
+    """Every face: (n, 15) float64 rows of box (x1, y1, x2, y2), 5 (x, y) landmarks (right eye,
+    left eye, nose tip, right and left mouth corners) and the score, in frame pixels."""
     if frame.ndim == 2:
       frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     h, w = frame.shape[:2]
@@ -65,13 +65,21 @@ class FaceDetector:
     if size != self._size:
       self._detector.setInputSize(size)
       self._size = size
-    _, faces = self._detector.detect(small)
-    if faces is None or len(faces) == 0:
+    _, found = self._detector.detect(small)
+    if found is None:
+      return np.zeros((0, 15))
+    found = found.astype(np.float64)
+    found[:, :14] /= scale
+    found[:, 2:4] += found[:, :2]  # (x, y, w, h) -> (x1, y1, x2, y2)
+    return found
+
+  def detect(self, frame: np.ndarray, with_landmarks: bool = False):
+    """Box of the largest face or None; with_landmarks also returns its 5 (x, y) landmarks."""
+    found = self.detect_all(frame)
+    if len(found) == 0:
       return (None, None) if with_landmarks else None
-    best = faces[np.argmax(faces[:, 2] * faces[:, 3])].astype(np.float64) / scale
-    x, y, bw, bh = best[:4]
-    box = np.array([x, y, x + bw, y + bh])
-    return (box, best[4:14].reshape(5, 2)) if with_landmarks else box
+    best = found[np.argmax((found[:, 2] - found[:, 0]) * (found[:, 3] - found[:, 1]))]
+    return (best[:4], best[4:14].reshape(5, 2)) if with_landmarks else best[:4]
 
   def detect_batch(self, frames: Sequence[np.ndarray]) -> List[Optional[np.ndarray]]:
     return [self.detect(f) for f in frames]

@@ -1,7 +1,7 @@
 """Training: the expert, or the generator (+ visual quality discriminator), on a device mesh.
 
     python -m lipsync_jax.train --config configs/expert.py:tiny --workdir runs/expert \\
-        --config.data.dir=data/pre/clip_dataset/1.0.0
+        --config.data.dir=data/pre/clip_dataset/1.1.0
 
 Data parallel over all devices ('data' mesh axis; parameters replicated). Launched as several
 processes, set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or
@@ -202,7 +202,7 @@ class Run:
     if not os.path.isfile(os.path.join(config.data.dir, 'dataset_info.json')):
       raise TrainingError(f'config.data.dir {config.data.dir}: not a dataset written by '
                           'data_pipeline.preprocess (no dataset_info.json; pass its '
-                          'clip_dataset/1.0.0 folder)')
+                          'clip_dataset/1.1.0 folder)')
     with open(os.path.join(config.data.dir, 'dataset_info.json')) as f:
       splits = {split['name'] for split in json.load(f).get('splits', [])}
     missing = {'train', 'val'} - splits

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from data_pipeline import records
 from lipsync_jax import checkpoint, models
 
 # One XLA compilation cache for the session, shared with the subprocesses tests start: many
@@ -34,6 +35,17 @@ FACE_MODEL = SHARED / 'models' / 'face_detection_yunet_2026may.onnx'
 def ffmpeg(*args):
   """Runs ffmpeg (overwriting outputs, errors only); fails the test if it fails."""
   subprocess.run(['ffmpeg', '-y', '-v', 'error', *map(str, args)], check=True)
+
+
+def concat_clips(out, seconds=4.4):
+  """`seconds` of the talking head, then as long of the filmed speech: one hard cut."""
+  ffmpeg('-t', seconds, '-i', require(MEDIA / 'talking_head_512_25fps.mp4'), '-t', seconds, '-i',
+         MEDIA / 'speech_850x480_30fps.mp4', '-filter_complex',
+         '[0:v]scale=640:480,setsar=1,fps=25[a];[1:v]scale=640:480,setsar=1,fps=25[b];'
+         '[0:a]aresample=16000,aformat=channel_layouts=mono[x];'
+         '[1:a]aresample=16000,aformat=channel_layouts=mono[y];'
+         '[a][x][b][y]concat=n=2:v=1:a=1[v][au]', '-map', '[v]', '-map', '[au]',
+         '-c:v', 'libx264', '-preset', 'veryfast', '-c:a', 'aac', out)
 
 
 def require(path: pathlib.Path) -> pathlib.Path:
@@ -159,7 +171,7 @@ def synthetic_dataset(tmp_path_factory):
   out = run_module('data_pipeline.preprocess', '--data_root', str(root / 'raw'), '--out',
                    str(root / 'pre'), '--filelists', str(root / 'raw'), '--face_model', model)
   assert 'train 9 clips' in out and 'skipped' not in out
-  return str(root / 'pre' / 'clip_dataset' / '1.0.0'), root
+  return str(root / 'pre' / 'clip_dataset' / records.VERSION), root
 
 
 # The longest files first, so that with `-n 2 --dist loadfile` neither worker starts one of them

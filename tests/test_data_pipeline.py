@@ -6,7 +6,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import FACE_MODEL, MEDIA, require, run_module as _run
-from data_pipeline import loaders
+from data_pipeline import loaders, records
 
 
 @pytest.fixture(scope='module')
@@ -126,7 +126,7 @@ def test_resume_skips_finished_clips_and_reports_skips(dataset, tmp_path):
              '--face_model', str(require(FACE_MODEL)))
   assert 'spk000/broken: unreadable' in log, log
   assert all((out / '_clips' / n).stat().st_mtime_ns == t for n, t in stamps.items())
-  builder = tfds.builder_from_directory(str(out / 'clip_dataset' / '1.0.0'))
+  builder = tfds.builder_from_directory(str(out / 'clip_dataset' / records.VERSION))
   total = sum(len(builder.as_data_source(s)) for s in builder.info.splits)
   assert total == 15  # hash-split, every good clip kept
 
@@ -141,10 +141,10 @@ def test_real_clips_preprocess(tmp_path):
   out = _run('data_pipeline.preprocess', '--data_root', str(tmp_path / 'raw'), '--out',
              str(tmp_path / 'pre'), '--face_model', str(require(FACE_MODEL)))
   assert 'skipped' not in out
-  builder = tfds.builder_from_directory(str(tmp_path / 'pre' / 'clip_dataset' / '1.0.0'))
-  records = {r['clip'].decode(): r for s in builder.info.splits
+  builder = tfds.builder_from_directory(str(tmp_path / 'pre' / 'clip_dataset' / records.VERSION))
+  by_clip = {r['clip'].decode(): r for s in builder.info.splits
              for r in builder.as_data_source(s)}
   for clip, seconds in [('talking_head_512_25fps', 8.0), ('speech_850x480_30fps', 7.0)]:
-    record = records[f'real/{clip}']
+    record = by_clip[f'real/{clip}']
     assert abs(len(record['frames']) - 25 * seconds) <= 8  # resampled to 25 fps
     assert record['has_face'].mean() >= 0.95

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FACE_MODEL, MEDIA, PARITY, ffmpeg, random_checkpoint, require, save_pth
-from lipsync_jax import audio, convert, demo, evaluate, faces
+from conftest import (FACE_MODEL, MEDIA, PARITY, concat_clips, ffmpeg, random_checkpoint,
+                      require, save_pth)
+from lipsync_jax import audio, convert, demo, evaluate, faces, tracks
 
 LSE = PARITY / 'lse'
 
@@ -167,3 +168,32 @@ def test_our_expert_as_the_judge(tmp_path, capsys):
     evaluate.parse_args([str(clip), '--judge', 'expert'])  # no --checkpoint
   with pytest.raises(SystemExit):
     evaluate.parse_args([str(clip)])  # the syncnet judge needs its model
+
+
+@pytest.mark.slow
+def test_tracks_protocol_scores_each_face_track(syncnet_pth, tmp_path, capsys):
+  """--protocol tracks on a real cut (two shots, one face each) and a faceless video: one row
+  per track, each equal to score_frames of that track's crops and audio; the faceless video
+  fails on its line."""
+  cut, blank = tmp_path / 'cut.mp4', tmp_path / 'blank.mp4'
+  concat_clips(cut)
+  ffmpeg('-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=25', '-f', 'lavfi', '-i',
+         'sine=frequency=300:sample_rate=16000', '-t', 6, '-pix_fmt', 'yuv420p', blank)
+  report = tmp_path / 'scores.json'
+  code = evaluate.main([str(cut), str(blank), '--syncnet_model', syncnet_pth, '--protocol',
+                        'tracks', '--json', str(report), '--quiet', '--face_model',
+                        str(require(FACE_MODEL))])
+  printed = capsys.readouterr().out
+  assert code == 1 and 'blank.mp4 failed' in printed and 'no face track' in printed
+  assert 'mean of 2 tracks' in printed
+  rows = json.loads(report.read_text())
+  assert [r['track'] for r in rows[:2]] == ['0-110', '110-220'] and rows[2]['error']
+  detector = faces.FaceDetector(str(require(FACE_MODEL)))
+  found, _, _ = tracks.find_tracks(str(cut), detector)
+  crops = tracks.track_crops(str(cut), found)
+  samples = audio.load_pcm16(str(cut))
+  syncnet = evaluate.load_syncnet(syncnet_pth)
+  track, crop = found[1], crops[1]  # the second: its audio starts mid-file
+  direct = evaluate.score_frames(crop, tracks.track_samples(samples, track), syncnet)
+  assert rows[1]['lse_d'] == pytest.approx(direct['lse_d'], rel=1e-6)
+  assert rows[1]['offset'] == direct['offset']

@@ -1,0 +1,120 @@
+"""Audio-video offsets in the data pipeline (data_pipeline/sync.py, preprocess --sync_judge):
+synthetic clips written with known offsets of -3..+3 frames are measured by a tiny expert
+trained here, corrected, recorded, and the corrected dataset trains. About 3 minutes (mostly
+the expert's 300 steps); marked slow, run in CI."""
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import FACE_MODEL, PARITY, require, run_module, save_pth
+from data_pipeline import preprocess, records, sync
+from lipsync_jax import audio, cli, convert, evaluate, logs
+
+OFFSETS = (-3, -2, -1, 0, 1, 2, 3)
+
+
+@pytest.fixture(scope='module')
+def judge(synthetic_dataset, tmp_path_factory):
+  """A tiny expert trained on the in-sync synthetic corpus: enough to place offsets."""
+  workdir = tmp_path_factory.mktemp('judge') / 'expert'
+  run_module('lipsync_jax.train', '--config', 'configs/expert.py:tiny', '--workdir',
+             str(workdir), f'--config.data.dir={synthetic_dataset[0]}',
+             '--config.total_steps=300', '--config.learning_rate=1e-3', '--config.log_every=100',
+             '--config.eval_every=100000', '--config.checkpoint_every=100000')
+  return str(workdir)
+
+
+@pytest.fixture(scope='module')
+def offset_corpus(tmp_path_factory):
+  """{clip id: frames the audio was written late}, and the corpus root."""
+  root = tmp_path_factory.mktemp('offsets') / 'raw'
+  run_module('data_pipeline.synthetic', '--out', str(root), '--speakers', '3',
+             '--clips_per_speaker', '3', '--seed', '5', '--face_model', str(require(FACE_MODEL)),
+             '--offset_frames', *map(str, OFFSETS))
+  late = {f'{p.parent.name}/{p.stem}': json.loads(p.read_text())['offset_frames']
+          for p in root.glob('*/*.json')}
+  assert sorted(set(late.values())) == list(OFFSETS)
+  return late, root
+
+
+def read_records(data_dir):
+  builder = tfds.builder_from_directory(data_dir)
+  return {r['clip'].decode(): r for s in builder.info.splits for r in builder.as_data_source(s)}
+
+
+@pytest.mark.slow
+def test_offsets_are_recovered_removed_and_recorded(judge, offset_corpus, tmp_path):
+  late, root = offset_corpus
+  out = run_module('data_pipeline.preprocess', '--data_root', str(root), '--out',
+                   str(tmp_path / 'pre'), '--filelists', str(root), '--face_model',
+                   str(require(FACE_MODEL)), '--sync_judge', judge, '--sync_correct')
+  assert 'sync offsets (frames: clips) of the 9 clips kept' in out and 'skipped' not in out
+  data_dir = str(tmp_path / 'pre' / 'clip_dataset' / records.VERSION)
+  found = read_records(data_dir)
+  assert set(found) == set(late)
+  expert = convert.load_checkpoint(judge, 'expert')
+  for clip, k in late.items():
+    r = found[clip]
+    # audio written k frames late: frame i sounds at i + k, an offset of -k (audio lags)
+    assert abs(int(r['sync_offset']) + k) <= 1, (clip, k, int(r['sync_offset']))
+    assert r['sync_corrected'] and float(r['sync_conf']) > 0.02  # a clear minimum
+    assert len(r['frames']) <= audio.frames_covered(r['mel'].shape[1])
+    # judged again, the corrected clip is in sync (within the judge's +-1 frame)
+    crops = np.stack([cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)
+                      for j in r['frames']])
+    again = evaluate.expert_scores(crops, r['has_face'], r['mel'], expert)
+    assert abs(again['offset']) <= 1, (clip, k, again['offset'])
+
+  # the corrected dataset trains as before
+  run_module('lipsync_jax.train', '--config', 'configs/expert.py:tiny', '--workdir',
+             str(tmp_path / 'train'), f'--config.data.dir={data_dir}', '--config.total_steps=2',
+             '--config.log_every=1', '--config.eval_every=100000',
+             '--config.checkpoint_every=100000')
+  losses = [v for _, v in logs.read_scalars(str(tmp_path / 'train'))['loss']]
+  assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+
+  # a rerun reuses the measurements; a confidence bar above every clip drops them all, by name
+  with pytest.raises(cli.UserError, match='none of the 9 clips'):
+    preprocess.preprocess(str(root), str(tmp_path / 'pre'), str(root),
+                          face_model=str(require(FACE_MODEL)), sync_judge=judge,
+                          min_sync_conf=5.0)
+
+
+def test_correct_shifts_by_whole_frames():
+  mel = np.arange(80 * 100, dtype=np.float32).reshape(80, 100)
+  clip = {'frames': np.arange(30), 'has_face': np.arange(30) % 2 == 0, 'mel': mel}
+  later = sync.correct(clip, 2, None)  # audio leads by 2: frame i + 2 goes with audio i
+  assert list(later['frames'][:3]) == [2, 3, 4] and later['mel'] is mel
+  assert len(later['frames']) == min(28, audio.frames_covered(100))
+  assert list(later['has_face'][:2]) == [True, False]
+  shorter = mel[:, :50]
+  earlier = sync.correct(clip, -2, shorter)  # the aligned mel of the trimmed audio
+  assert earlier['frames'][0] == 0 and len(earlier['frames']) == audio.frames_covered(50)
+
+
+def test_judges_are_told_apart_and_bad_ones_refused(tmp_path):
+  with pytest.raises(cli.UserError, match='no such sync judge'):
+    sync.load_judge(str(tmp_path / 'missing.model'))
+  (tmp_path / 'junk.model').write_bytes(b'not a checkpoint')
+  with pytest.raises(cli.UserError, match='junk.model'):
+    sync.load_judge(str(tmp_path / 'junk.model'))
+  with pytest.raises(SystemExit):  # argparse: --sync_correct without a judge
+    preprocess.parse_args(['--data_root', 'r', '--out', 'o', '--sync_correct'])
+
+
+def test_syncnet_judge_scores_the_clips_whole_frames(offset_corpus, tmp_path):
+  pytest.importorskip('torch')
+  z = np.load(require(PARITY / 'lse' / 'syncnet_v2_weights.npz'))  # random weights: plumbing, not sync
+  path = save_pth(tmp_path / 'syncnet_v2.model', {k: z[k] for k in z.files}, legacy=True)
+  judge = sync.load_judge(path, vshift=4)
+  assert judge.kind == 'syncnet'
+  video = str(offset_corpus[1] / 'spk000' / '00000.mp4')
+  measured = sync.measure_clip(judge, video, {}, str(tmp_path / 'm.npz'))
+  scores = evaluate.score_video(video, evaluate.load_syncnet(path), vshift=4)
+  assert measured['offset'] == scores['offset'] and measured['conf'] == pytest.approx(
+      scores['lse_c'])
+  assert (measured['mel'] is None) == (scores['offset'] >= 0)
