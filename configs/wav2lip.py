@@ -16,4 +16,7 @@ def get_config(variant=None):
   c.syncnet_wt_after = 0.01  # ... then this, for good
   c.sync_threshold = 0.75
   c.disc_wt = 0.0  # no visual quality discriminator
+  # At each eval, this many val clips re-generated whole and judged by the expert: eval_lse_d /
+  # eval_lse_c (LSE-style, on the expert's cosine scale). 0: off (it costs a pass over them).
+  c.eval_lse_clips = 0
   return c

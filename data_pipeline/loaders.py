@@ -52,7 +52,8 @@ def clip_source(data_dir: str, split: str):
   return tfds.builder_from_directory(data_dir).as_data_source(split)
 
 
-def _decode(jpegs) -> np.ndarray:
+def decode_frames(jpegs) -> np.ndarray:
+  """uint8 (n, H, W, 3) BGR images of JPEG-encoded frames (a record's `frames`)."""
   return np.stack([cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in jpegs])
 
 
@@ -87,7 +88,7 @@ def expert_sample(record: dict, rng: np.random.Generator, min_offset: int) -> di
   far = starts[np.abs(starts - s) >= min_offset]
   label = 1.0 if (rng.random() < 0.5 or far.size == 0) else 0.0
   face_start = s if label else int(rng.choice(far))
-  window = _decode(record['frames'][face_start:face_start + T])[:, 48:]
+  window = decode_frames(record['frames'][face_start:face_start + T])[:, 48:]
   return {'mel_window': _mel_at(mel, audio.expert_window_start(s)),
           'face': np.concatenate(list(window), axis=-1), 'label': np.float32(label)}
 
@@ -98,10 +99,10 @@ def generator_sample(record: dict, rng: np.random.Generator) -> dict:
   s = int(rng.choice(starts))
   others = starts[starts != s]
   r = int(rng.choice(others)) if others.size else s
-  gt = _decode(record['frames'][s:s + T])
+  gt = decode_frames(record['frames'][s:s + T])
   masked = gt.copy()
   masked[:, 48:] = 0
-  reference = _decode(record['frames'][r:r + T])
+  reference = decode_frames(record['frames'][r:r + T])
   return {'faces': np.concatenate([masked, reference], axis=-1),
           'mels': np.stack([_mel_at(mel, audio.generator_frame_start(k))
                             for k in range(s, s + T)]),

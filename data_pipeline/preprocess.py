@@ -28,7 +28,7 @@ import hashlib
 import multiprocessing
 import os
 import sys
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -38,6 +38,8 @@ from tqdm import tqdm
 from data_pipeline import records, sync
 from lipsync_jax import audio, cli, evaluate, faces, video
 
+RUNNERS = ('local', 'DirectRunner', 'DataflowRunner', 'FlinkRunner', 'SparkRunner',
+           'PortableRunner')
 MIN_FRAMES = 16  # the reference skips clips with <= 15 frames
 MIN_FACE_FRACTION = 0.5
 
@@ -61,36 +63,45 @@ def _process_job(job):
     return clip, f'failed: {str(e) or type(e).__name__}'
 
 
-def process_clip(path: str, cache_path: str) -> str:
-  """Writes the clip's cache .npz; returns '' on success or the reason it was skipped."""
+def clip_record(path: str, detector: faces.FaceDetector) -> Tuple[Optional[dict], str]:
+  """(the clip's 'frames' (JPEG bytes of each 96x96 crop), 'has_face' and 'mel', '') or (None,
+  the reason it is skipped)."""
   try:
     video.probe_video(path)
   except video.VideoError as e:
-    return f'unreadable: {e}'
+    return None, f'unreadable: {e}'
   try:
     mel = audio.melspectrogram(audio.load_audio(path))
   except audio.AudioError as e:
-    return 'no audio' if 'no audio stream' in str(e) else f'bad audio: {e}'
+    return None, 'no audio' if 'no audio stream' in str(e) else f'bad audio: {e}'
   try:
     frames = list(video.read_frames(path, fps=records.FPS))
   except video.VideoError as e:
-    return f'unreadable: {e}'
+    return None, f'unreadable: {e}'
   n = min(len(frames), audio.frames_covered(mel.shape[1]))
   if n < MIN_FRAMES:
-    return f'too short ({len(frames)} frames, {mel.shape[1]} mel frames)'
+    return None, f'too short ({len(frames)} frames, {mel.shape[1]} mel frames)'
   frames = frames[:n]
-  boxes = faces.face_boxes(_detector.detect_batch(frames), faces.PADS, frames[0].shape)
+  boxes = faces.face_boxes(detector.detect_batch(frames), faces.PADS, frames[0].shape)
   has_face = np.array([b is not None for b in boxes])
   if has_face.mean() < MIN_FACE_FRACTION:
-    return f'no face ({int(has_face.sum())} of {n} frames)'
+    return None, f'no face ({int(has_face.sum())} of {n} frames)'
   blank = np.zeros((faces.FACE_SIZE, faces.FACE_SIZE, 3), np.uint8)
   jpegs = [cv2.imencode('.jpg', faces.crop(f, b) if b is not None else blank,
                         [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
            for f, b in zip(frames, boxes)]
-  lengths = np.array([len(j) for j in jpegs])
+  return {'frames': np.array(jpegs, dtype=object), 'has_face': has_face, 'mel': mel}, ''
+
+
+def process_clip(path: str, cache_path: str) -> str:
+  """Writes the clip's cache .npz; returns '' on success or the reason it was skipped."""
+  record, reason = clip_record(path, _detector)
+  if record is None:
+    return reason
+  lengths = np.array([len(j) for j in record['frames']])
   with cli.atomic_output(cache_path, suffix='.npz') as tmp:
-    np.savez(tmp, jpeg=np.frombuffer(b''.join(jpegs), np.uint8), lengths=lengths,
-             has_face=has_face, mel=mel)
+    np.savez(tmp, jpeg=np.frombuffer(b''.join(record['frames']), np.uint8), lengths=lengths,
+             has_face=record['has_face'], mel=record['mel'])
   return ''
 
 
@@ -99,8 +110,8 @@ def load_cached(cache_path: str, clip_id: str) -> dict:
     ends = np.cumsum(z['lengths'])
     data = z['jpeg'].tobytes()
     frames = np.array([data[e - l:e] for e, l in zip(ends, z['lengths'])], dtype=object)
-    return {'clip': clip_id, 'frames': frames, 'has_face': z['has_face'], 'mel': z['mel'],
-            'sync_offset': 0, 'sync_conf': np.nan, 'sync_corrected': False}
+    return dict(records.UNMEASURED, clip=clip_id, frames=frames, has_face=z['has_face'],
+                mel=z['mel'])
 
 
 def example(cache_path: str, clip_id: str, measured: Optional[dict], correct: bool) -> dict:
@@ -188,9 +199,23 @@ def parse_args(argv=None) -> argparse.Namespace:
                       + ' judges; 0 keeps every clip; needs --sync_judge)')
   parser.add_argument('--vshift', type=cli.int_in(1, 100), default=evaluate.VSHIFT,
                       help='offsets searched, in frames either way (default: %(default)s)')
-  args = parser.parse_args(argv)
+  parser.add_argument('--runner', choices=RUNNERS, default='local',
+                      help='local (default): a process pool on this machine, resumable clip by '
+                      "clip; or an Apache Beam runner (pip install 'lipsync_jax[beam]'): "
+                      'DirectRunner runs --workers processes here, the others run the same '
+                      "pipeline at scale. Options this command does not know (the runner's "
+                      'own, e.g. --project, --region, --temp_location for Dataflow, '
+                      '--flink_master, --spark_master_url) are passed to Beam')
+  args, beam_args = parser.parse_known_args(argv)
+  if beam_args and args.runner == 'local':
+    parser.error(f'unrecognized arguments: {" ".join(beam_args)} (runner options need a Beam '
+                 '--runner)')
   if not args.sync_judge and (args.sync_correct or args.min_sync_conf is not None):
     parser.error('--sync_correct and --min_sync_conf need --sync_judge')
+  if args.sync_judge and args.runner != 'local':
+    parser.error('--sync_judge runs with --runner local only (the Beam pipeline does not '
+                 'measure offsets yet)')
+  args.beam_args = beam_args
   return args
 
 
@@ -208,17 +233,24 @@ def process_clips(todo, data_root: str, cache_of: dict, workers: int, model: str
                              desc='clips'):
       if reason:
         skipped[clip] = reason
+    # Done: let the workers exit on their own. Terminating them (what leaving the block does)
+    # can land SIGTERM in a worker's finalizer, which then prints "SystemExit: 143".
+    pool.close()
+    pool.join()
   return skipped
 
 
 def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
                workers: Optional[int] = None, face_model: Optional[str] = None,
                sync_judge: Optional[str] = None, sync_correct: bool = False,
-               min_sync_conf: Optional[float] = None, vshift: int = evaluate.VSHIFT) -> str:
+               min_sync_conf: Optional[float] = None, vshift: int = evaluate.VSHIFT,
+               runner: str = 'local', beam_args: Sequence[str] = ()) -> str:
   """Preprocesses every clip under data_root (<speaker>/<clip>.mp4) into a TFDS dataset under
   `out`; returns the dataset folder the trainer's config.data.dir takes. With `sync_judge` (a
   syncnet_v2.model or an expert checkpoint) offsets are measured, recorded, removed
-  (`sync_correct`) and unsure clips dropped (`min_sync_conf`, default by judge)."""
+  (`sync_correct`) and unsure clips dropped (`min_sync_conf`, default by judge). A Beam
+  `runner` ('DirectRunner', 'DataflowRunner', ...; `beam_args` its options) writes the same
+  records with Apache Beam (data_pipeline/beam_pipeline.py) instead of the local pool."""
   if not os.path.isdir(data_root):
     raise cli.UserError(f'{data_root}: no such folder (--data_root)')
   if cli.same_file(out, data_root):
@@ -229,11 +261,21 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
   model = faces.resolve_model(face_model)
   if (sync_correct or min_sync_conf is not None) and not sync_judge:
     raise cli.UserError('sync_correct / min_sync_conf need a sync_judge')
+  if sync_judge and runner != 'local':
+    raise cli.UserError('sync_judge runs with the local runner only')
   judge = sync.load_judge(sync_judge, vshift) if sync_judge else None
   splits = assign_splits(find_clips(data_root), filelists)
   if not splits:
     raise cli.UserError(f'no clips found under {data_root} (expected '
                         '<speaker>/<clip>.mp4)')
+  if runner != 'local':
+    try:
+      from data_pipeline import beam_pipeline  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise cli.UserError(f"--runner {runner} needs Apache Beam: pip install "
+                          f"'lipsync_jax[beam]' ({e})") from None
+    return beam_pipeline.run(data_root, out, splits, model, runner, beam_args,
+                             workers or os.cpu_count())
   cache = cli.ensure_folder(os.path.join(out, '_clips'), 'preprocessed clips')
   cache_of = {c: os.path.join(cache, c.replace('/', '__') + '.npz') for c in splits}
   todo = [c for c in splits if not os.path.exists(cache_of[c])]
@@ -274,7 +316,8 @@ def main(argv=None) -> int:
 
   def body() -> int:
     preprocess(args.data_root, args.out, args.filelists, args.workers, args.face_model,
-               args.sync_judge, args.sync_correct, args.min_sync_conf, args.vshift)
+               args.sync_judge, args.sync_correct, args.min_sync_conf, args.vshift, args.runner,
+               args.beam_args)
     return 0
 
   return cli.run(body, 'data_pipeline.preprocess')

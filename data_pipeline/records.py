@@ -32,6 +32,10 @@ def features() -> tfds.features.FeaturesDict:
   })
 
 
+# The sync fields of a clip no judge measured.
+UNMEASURED = {'sync_offset': 0, 'sync_conf': np.nan, 'sync_corrected': False}
+
+
 class ClipDataset(tfds.core.GeneratorBasedBuilder):
   """Preprocessed talking-face clips; built by data_pipeline.preprocess, read with
   `tfds.builder_from_directory(dir).as_data_source(split)` (no TensorFlow needed)."""
@@ -45,9 +49,12 @@ class ClipDataset(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(builder=self, features=features())
 
   def _split_generators(self, dl_manager):
-    return {split: self._generate_examples(loaders)
-            for split, loaders in self._split_examples.items() if loaders}
+    return {split: self._generate_examples(examples)
+            for split, examples in self._split_examples.items() if examples}
 
-  def _generate_examples(self, loaders):
-    for key, load in loaders:
-      yield key, load()
+  def _generate_examples(self, examples):
+    """A list of (key, loader) pairs, read here; or a Beam PTransform of (key, example), which
+    TFDS runs and writes with Beam (data_pipeline/beam_pipeline.py)."""
+    if hasattr(examples, 'expand'):
+      return examples
+    return ((key, load()) for key, load in examples)

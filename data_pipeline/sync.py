@@ -16,9 +16,9 @@ import dataclasses
 import os
 from typing import Callable, Optional
 
-import cv2
 import numpy as np
 
+from data_pipeline import loaders
 from lipsync_jax import audio, cli, convert, evaluate
 
 SAMPLES_PER_FRAME = int(audio.SAMPLE_RATE / audio.TRAIN_FPS)  # 640
@@ -52,8 +52,7 @@ def load_judge(path: str, vshift: int = evaluate.VSHIFT) -> Judge:
   expert = convert.load_checkpoint(path, 'expert')
 
   def measure_with_expert(_, clip):
-    crops = np.stack([cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)
-                      for j in clip['frames']])
+    crops = loaders.decode_frames(clip['frames'])
     return evaluate.expert_scores(crops, clip['has_face'], clip['mel'], expert, vshift)
 
   return Judge('expert', 'expert:' + key, measure_with_expert)

@@ -145,6 +145,7 @@ def train_models(out: str, data_dir: str, settings: Settings) -> Tuple[str, str]
   config.lr_schedule = 'cosine'
   config.model.dtype = settings.dtype
   config.expert_checkpoint = expert_dir
+  config.eval_lse_clips = 2  # LSE by the expert in the generator's eval scalars
   config.eval_every = config.checkpoint_every = eval_every(settings.generator_steps)
   config.log_every = 25
   stage(f'4/5 training the tiny generator ({settings.generator_steps} steps)')

@@ -127,7 +127,7 @@ def generate_faces(module, params, mels, crops):
 
 
 # Jitted once per module and batch shape, even across runs.
-_generate = jax.jit(generate_faces, static_argnums=0)
+generate = jax.jit(generate_faces, static_argnums=0)
 
 
 def load_generator(path: str, dtype: str):
@@ -137,7 +137,7 @@ def load_generator(path: str, dtype: str):
   dtype = models.compute_dtype_for(dtype, jax.default_backend())
   folded = models.build('wav2lip', module.width_divisor, dtype, folded_bn=True)
   params = jax.device_put(fold_batchnorm(variables))
-  return functools.partial(_generate, folded, params)
+  return functools.partial(generate, folded, params)
 
 
 def load_speech(path: str):

@@ -43,7 +43,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from data_pipeline import loaders
-from lipsync_jax import checkpoint, cli, convert, layers, logs, losses, models, steps
+from lipsync_jax import checkpoint, cli, convert, evaluate, layers, logs, losses, models, steps
 
 
 class TrainingError(cli.UserError, RuntimeError):
@@ -301,7 +301,32 @@ class Run:
         mine = np.concatenate(jax.device_get([s.data for s in generated.addressable_shards])
                               )[:len(local['gt'])]
         samples = (local['gt'] / 255.0, mine, local['faces'][..., 3:] / 255.0)
-    return {f'eval_{k}': float(np.mean([t[k] for t in totals])) for k in totals[0]}, samples
+    means = {f'eval_{k}': float(np.mean([t[k] for t in totals])) for k in totals[0]}
+    if self.kind == 'generator' and self.config.get('eval_lse_clips', 0):
+      means.update(self.lse_of_val_clips(self.config.eval_lse_clips))
+    return means, samples
+
+  def lse_of_val_clips(self, n: int) -> dict:
+    """LSE-D / LSE-C judged by the expert (lipsync_jax.evaluate.score_generated) of the first n
+    val clips re-generated whole with the current generator."""
+    local = lambda x: np.asarray(x.addressable_data(0))  # replicated: this process's copy
+    variables = jax.tree.map(local, {'params': self.state.params,
+                                     'batch_stats': self.state.batch_stats})
+    expert = (self.expert, jax.tree.map(local, self.expert_variables))
+    source = loaders.clip_source(self.config.data.dir, 'val')
+    scores = []
+    for i in range(min(n, len(source))):
+      record = source[i]
+      try:
+        scores.append(evaluate.score_generated(self.model, variables,
+                                               loaders.decode_frames(record['frames']),
+                                               record['has_face'], record['mel'], expert))
+      except evaluate.EvaluatorError:  # too short, or no face in any window
+        continue
+    if not scores:
+      return {}
+    return {'eval_lse_d': float(np.mean([s['lse_d'] for s in scores])),
+            'eval_lse_c': float(np.mean([s['lse_c'] for s in scores]))}
 
   # -- checkpoints ---------------------------------------------------------------------------
   def _meta(self) -> dict:

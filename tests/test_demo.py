@@ -50,6 +50,7 @@ def test_demo_writes_videos_and_report(demo_run):
   # the generator really trained, with the expert's sync loss logged
   generator = logs.read_scalars(str(out / 'generator'))
   assert [s for s, _ in generator['eval_l1']][-1] == 4 and 'eval_sync' in generator
+  assert 0 <= generator['eval_lse_d'][-1][1] <= 2  # the expert's LSE of re-generated val clips
   assert any(f.endswith('.png') for f in os.listdir(out / 'generator' / 'samples'))
   assert os.listdir(out / 'generator' / 'tensorboard')
 

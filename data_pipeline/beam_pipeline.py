@@ -1,0 +1,115 @@
+"""The preprocessing as an Apache Beam pipeline: the records of data_pipeline.preprocess, clip for
+clip, on any Beam runner (DirectRunner on this machine, Dataflow, Flink or Spark at scale).
+
+TFDS runs the pipeline and writes the sharded ArrayRecord dataset with its dataset_info
+(records.ClipDataset, whose splits are Beam PTransforms here). Each clip is one element: read,
+detected, cropped and encoded by the same function as the local path (preprocess.clip_record),
+so the records are the same. A clip that cannot be used is skipped, counted by reason in Beam
+metrics (namespace below) and logged by the worker; the job fails only if no clip is kept.
+Needs the `beam` extra: pip install 'lipsync_jax[beam]'.
+"""
+import collections
+import logging
+import os
+from typing import Dict, List, Sequence
+
+import apache_beam as beam
+import cv2
+import tensorflow_datasets as tfds
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners import create_runner
+
+from data_pipeline import preprocess, records
+from lipsync_jax import cli, faces
+
+NAMESPACE = 'lipsync_jax.preprocess'
+
+
+def reason_kind(reason: str) -> str:
+  """'unreadable', 'no audio', 'bad audio', 'too short', 'no face' or 'failed'."""
+  return reason.split(':')[0].split(' (')[0]
+
+
+class ProcessClip(beam.DoFn):
+  """clip id -> (clip id, record), or nothing (counted and logged) for a clip that is skipped."""
+
+  def __init__(self, data_root: str, face_model: str):
+    super().__init__()
+    self._data_root, self._face_model = data_root, face_model
+    self._detector = None
+
+  def setup(self):
+    cv2.setNumThreads(1)  # parallelism comes from the runner's workers
+    self._detector = faces.FaceDetector(self._face_model)
+
+  def process(self, clip: str):
+    beam.metrics.Metrics.counter(NAMESPACE, 'clips in').inc()
+    try:
+      record, reason = preprocess.clip_record(os.path.join(self._data_root, clip + '.mp4'),
+                                              self._detector)
+    except Exception as e:  # pylint: disable=broad-except
+      record, reason = None, f'failed: {str(e) or type(e).__name__}'  # one clip, not the job
+    if record is None:
+      beam.metrics.Metrics.counter(NAMESPACE, 'dropped: ' + reason_kind(reason)).inc()
+      logging.warning('%s: skipped: %s', clip, reason)
+      return
+    beam.metrics.Metrics.counter(NAMESPACE, 'clips kept').inc()
+    yield clip, dict(records.UNMEASURED, clip=clip, **record)
+
+
+def keeping_result(runner: str):
+  """The named runner, remembering its PipelineResult in `.result` (TFDS runs the pipeline and
+  does not hand the result back; the summary needs its metrics)."""
+
+  class KeepingResult(type(create_runner(runner))):
+
+    def run_pipeline(self, pipeline, options):
+      self.result = super().run_pipeline(pipeline, options)
+      return self.result
+
+  return KeepingResult()
+
+
+def pipeline_options(runner: str, beam_args: Sequence[str], workers: int) -> PipelineOptions:
+  """The runner's own options as given; DirectRunner defaults to `workers` processes."""
+  args = list(beam_args)
+  if runner == 'DirectRunner':
+    if not any(a.startswith('--direct_num_workers') for a in args):
+      args.append(f'--direct_num_workers={workers}')
+    if not any(a.startswith('--default_sdk_harness_log_level') for a in args):
+      args.append('--default_sdk_harness_log_level=WARNING')  # the workers' INFO floods
+    if not any(a.startswith('--direct_running_mode') for a in args):
+      args.append('--direct_running_mode=multi_processing' if workers > 1 else
+                  '--direct_running_mode=in_memory')
+  return PipelineOptions(args)
+
+
+def run(data_root: str, out: str, splits: Dict[str, str], face_model: str, runner: str,
+        beam_args: Sequence[str], workers: int) -> str:
+  """Writes the dataset of `splits` ({clip id: split}) with Beam; returns its folder."""
+  by_split: Dict[str, List[str]] = {}
+  for clip, split in sorted(splits.items()):
+    by_split.setdefault(split, []).append(clip)
+  examples = {split: (f'{split}_clips' >> beam.Create(clips) |
+                      f'{split}_process' >> beam.ParDo(ProcessClip(data_root, face_model)))
+              for split, clips in by_split.items()}
+  kept = keeping_result(runner)
+  builder = records.ClipDataset(data_dir=out, file_format='array_record',
+                                split_examples=examples)
+  tfds.disable_progress_bar()
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      download_mode=tfds.download.GenerateMode.FORCE_REDOWNLOAD, beam_runner=kept,
+      beam_options=pipeline_options(runner, beam_args, workers)))
+  counters = collections.Counter()  # summed over the splits' steps
+  if getattr(kept, 'result', None):
+    for c in kept.result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))['counters']:
+      counters[c.key.metric.name] += c.committed
+  dropped = {k: v for k, v in sorted(counters.items()) if k.startswith('dropped')}
+  print(f'clips in {counters.get("clips in", 0)}, kept {counters.get("clips kept", 0)}' +
+        ''.join(f', {k} {v}' for k, v in dropped.items()))
+  if not counters.get('clips kept'):
+    raise cli.UserError(f'none of the {len(splits)} clips under {data_root} could be used')
+  counts = {s: len(builder.as_data_source(s)) for s in builder.info.splits}
+  print(f'wrote {builder.data_dir}: ' + ', '.join(f'{s} {n} clips' for s, n in counts.items()))
+  return builder.data_dir
