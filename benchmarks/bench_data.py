@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow_datasets as tfds  # noqa: E402
 
 from data_pipeline import loaders, records  # noqa: E402
+from lipsync_jax import audio  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = ('talking_head_512_25fps.mp4', 'speech_850x480_30fps.mp4', 'phone_600x480_25fps.mp4')
@@ -63,7 +64,7 @@ def bench_preprocess(media, face_model, tmp, copies, workers_list, project_worke
             f'{frames / seconds:6.1f} frames/s, {per_core[runner]:5.1f} per core')
   for runner, rate in per_core.items():
     for name, n, length in CORPORA:
-      hours = n * length * records.FPS / rate / project_workers / 3600
+      hours = n * length * audio.TRAIN_FPS / rate / project_workers / 3600
       print(f'projection, {runner}: {name} ({n:,} clips of {length:g} s) on {project_workers} '
             f'cores at {rate:.1f} frames/s per core: {hours:6.1f} h')
 

@@ -75,7 +75,7 @@ def clip_record(path: str, detector: faces.FaceDetector) -> Tuple[Optional[dict]
   except audio.AudioError as e:
     return None, 'no audio' if 'no audio stream' in str(e) else f'bad audio: {e}'
   try:
-    frames = list(video.read_frames(path, fps=records.FPS))
+    frames = list(video.read_frames(path, fps=audio.TRAIN_FPS))
   except video.VideoError as e:
     return None, f'unreadable: {e}'
   n = min(len(frames), audio.frames_covered(mel.shape[1]))

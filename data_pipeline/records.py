@@ -12,9 +12,6 @@ those choices at preprocessing time or need several reads per sample. LRS2-style
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lipsync_jax import audio
-
-FPS = audio.TRAIN_FPS  # preprocessing resamples every video to the training frame rate
 VERSION = '1.1.0'  # 1.1.0: the sync_* fields
 
 

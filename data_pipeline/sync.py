@@ -21,7 +21,6 @@ import numpy as np
 from data_pipeline import loaders
 from lipsync_jax import audio, cli, convert, evaluate
 
-SAMPLES_PER_FRAME = int(audio.SAMPLE_RATE / audio.TRAIN_FPS)  # 640
 # LatentSync's cut for syncnet_v2's confidence. An expert's confidence (LSE-C of cosine
 # distances) scales with how far it was trained, so no one cut suits every expert: by default
 # its clips are measured and kept, and the user sets a cut from the recorded sync_conf values.
@@ -71,7 +70,7 @@ def measure_clip(judge: Judge, video_path: str, clip: dict, result_path: str) ->
   result = {'offset': offset, 'conf': float(scores['lse_c']), 'mel': None}
   if offset < 0:  # drop the first -offset frames' worth of audio (see the module docstring)
     wav = audio.load_audio(video_path)
-    result['mel'] = audio.melspectrogram(wav[-offset * SAMPLES_PER_FRAME:])
+    result['mel'] = audio.melspectrogram(wav[-offset * audio.SAMPLES_PER_FRAME:])
   with cli.atomic_output(result_path, suffix='.npz') as tmp:
     np.savez(tmp, key=judge.key, **{k: v for k, v in result.items() if v is not None})
   return result

@@ -38,8 +38,6 @@ from tqdm import tqdm
 
 from lipsync_jax import audio, faces
 
-FPS = audio.TRAIN_FPS
-SAMPLES_PER_FRAME = audio.SAMPLE_RATE // FPS  # 640
 SIZE = 224
 LOUDNESS = 0.1  # every clip's E (see above): the level of the audio alone then fixes the opening
 VOICES = ('en-us', 'en-gb', 'en-gb-scotland', 'en-gb-x-rp', 'en-029', 'en-gb-x-gbclan',
@@ -54,15 +52,15 @@ WORDS = ('the quick brown fox jumps over lazy dog we will meet again soon after 
 
 def _frames(wav: np.ndarray, n_frames: int) -> np.ndarray:
   """(n_frames, 640) float64: each video frame's own audio, zeros past the end."""
-  frames = np.zeros((n_frames, SAMPLES_PER_FRAME), np.float64)
-  usable = min(n_frames, len(wav) // SAMPLES_PER_FRAME)
-  frames[:usable] = wav[:usable * SAMPLES_PER_FRAME].reshape(usable, SAMPLES_PER_FRAME)
+  frames = np.zeros((n_frames, audio.SAMPLES_PER_FRAME), np.float64)
+  usable = min(n_frames, len(wav) // audio.SAMPLES_PER_FRAME)
+  frames[:usable] = wav[:usable * audio.SAMPLES_PER_FRAME].reshape(usable, audio.SAMPLES_PER_FRAME)
   return frames
 
 
 def loudness(wav: np.ndarray) -> float:
   """E of the module docstring: the 95th percentile of the per-frame rms."""
-  frames = _frames(wav, len(wav) // SAMPLES_PER_FRAME)
+  frames = _frames(wav, len(wav) // audio.SAMPLES_PER_FRAME)
   return max(float(np.percentile(np.sqrt(np.mean(frames ** 2, axis=1)), 95)), 1e-4)
 
 
@@ -71,8 +69,8 @@ def mouth_track(wav: np.ndarray, n_frames: int) -> np.ndarray:
   frames = _frames(wav, n_frames)
   rms = np.sqrt(np.mean(frames ** 2, axis=1))
   scale = loudness(wav)
-  spectrum = np.abs(np.fft.rfft(frames * np.hanning(SAMPLES_PER_FRAME), axis=1))
-  freqs = np.fft.rfftfreq(SAMPLES_PER_FRAME, 1 / audio.SAMPLE_RATE)
+  spectrum = np.abs(np.fft.rfft(frames * np.hanning(audio.SAMPLES_PER_FRAME), axis=1))
+  freqs = np.fft.rfftfreq(audio.SAMPLES_PER_FRAME, 1 / audio.SAMPLE_RATE)
   centroid = (spectrum * freqs).sum(1) / np.maximum(spectrum.sum(1), 1e-9)
   return np.stack([np.clip(rms / scale, 0, 1), np.clip(centroid / 4000, 0, 1)], axis=1)
 
@@ -144,23 +142,23 @@ def render_clip(spec: dict, identity: Identity, out_path: str) -> dict:
     speech = speak(spec['sentence'], spec['voice'], spec['rate'], spec['pitch'])
   wav = np.concatenate([silence, speech, silence])
   wav = np.clip(wav * (LOUDNESS / loudness(wav)), -1, 1)
-  n_frames = len(wav) // SAMPLES_PER_FRAME
+  n_frames = len(wav) // audio.SAMPLES_PER_FRAME
   track = mouth_track(wav, n_frames)
   k = spec['offset_frames']
-  shifted = np.roll(wav, k * SAMPLES_PER_FRAME)
+  shifted = np.roll(wav, k * audio.SAMPLES_PER_FRAME)
   if k > 0:
-    shifted[:k * SAMPLES_PER_FRAME] = 0
+    shifted[:k * audio.SAMPLES_PER_FRAME] = 0
   elif k < 0:
-    shifted[k * SAMPLES_PER_FRAME:] = 0
+    shifted[k * audio.SAMPLES_PER_FRAME:] = 0
   look = spec['look']
   gains = np.array(look['gains'])
   with tempfile.TemporaryDirectory() as tmp:
     wav_path = os.path.join(tmp, 'audio.f32')
-    shifted[:n_frames * SAMPLES_PER_FRAME].astype(np.float32).tofile(wav_path)
+    shifted[:n_frames * audio.SAMPLES_PER_FRAME].astype(np.float32).tofile(wav_path)
     tmp_mp4 = out_path + '.part.mp4'
     proc = subprocess.Popen(
         ['ffmpeg', '-v', 'error', '-y', '-f', 'rawvideo', '-pix_fmt', 'bgr24', '-s',
-         f'{SIZE}x{SIZE}', '-r', str(FPS), '-i', '-', '-f', 'f32le', '-ar',
+         f'{SIZE}x{SIZE}', '-r', str(audio.TRAIN_FPS), '-i', '-', '-f', 'f32le', '-ar',
          str(audio.SAMPLE_RATE), '-ac', '1', '-i', wav_path, '-c:v', 'libx264', '-preset',
          'veryfast', '-crf', '20', '-pix_fmt', 'yuv420p', '-c:a', 'aac', '-b:a', '96k',
          '-shortest', tmp_mp4], stdin=subprocess.PIPE)
@@ -180,7 +178,7 @@ def render_clip(spec: dict, identity: Identity, out_path: str) -> dict:
       raise RuntimeError(f'ffmpeg failed writing {out_path}')
     os.replace(tmp_mp4, out_path)
   record = dict(spec)
-  record.update(n_frames=n_frames, fps=FPS, opening=np.round(track[:, 0], 4).tolist(),
+  record.update(n_frames=n_frames, fps=audio.TRAIN_FPS, opening=np.round(track[:, 0], 4).tolist(),
                 width=np.round(track[:, 1], 4).tolist())
   with open(out_path[:-4] + '.json', 'w') as f:
     json.dump(record, f)

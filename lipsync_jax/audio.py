@@ -28,6 +28,7 @@ MIN_LEVEL_DB, REF_LEVEL_DB, MAX_ABS = -100.0, 20.0, 4.0
 MEL_FPS = SAMPLE_RATE / HOP  # 80 mel frames per second
 MEL_STEP = 16  # mel frames per model input (0.2 s)
 TRAIN_FPS = 25  # the reference's training index maths assumes 25 fps video
+SAMPLES_PER_FRAME = SAMPLE_RATE // TRAIN_FPS  # 640 samples of audio per video frame
 
 
 class AudioError(cli.UserError, ValueError):
@@ -131,10 +132,10 @@ def inference_chunk_starts(n_mel_frames: int, fps: float) -> np.ndarray:
   return np.asarray(starts, np.int64)
 
 
-def frames_covered(n_mel_frames: int, fps: float = TRAIN_FPS) -> int:
-  """Video frames (at `fps`) whose 0.2 s mel window lies inside n_mel_frames (the preprocessing
+def frames_covered(n_mel_frames: int) -> int:
+  """Video frames (25 fps) whose 0.2 s mel window lies inside n_mel_frames (the preprocessing
   and training index maths)."""
-  return max(0, int((n_mel_frames - MEL_STEP) / (MEL_FPS / fps)))
+  return max(0, int((n_mel_frames - MEL_STEP) / (MEL_FPS / TRAIN_FPS)))
 
 
 def expert_window_start(frame: int) -> int:

@@ -129,17 +129,11 @@ def crop_face(frame: np.ndarray, s: float, x: float, y: float) -> np.ndarray:
   return cv2.resize(face, (CROP_SIZE, CROP_SIZE))
 
 
-def _frames(path: str):
-  info = video.probe_video(path)
-  rate = None if abs(info.fps - FPS) < 1e-3 and not info.variable_rate else FPS
-  return video.read_frames(path, rate)
-
-
 def find_tracks(path: str, detector, min_track: int = MIN_TRACK, min_face: float = MIN_FACE
                 ) -> Tuple[List[Track], List[Tuple[int, int]], int]:
   """(tracks, shots, frames) of a video at 25 fps; one decoding pass, nothing kept but boxes."""
   detections, values, previous = [], [], None
-  for frame in _frames(path):
+  for frame in video.read_frames_at(path, FPS):
     detections.append(detector.detect_all(frame))
     hsv = small_hsv(frame)
     values.append(0.0 if previous is None else content_value(previous, hsv))
@@ -155,7 +149,7 @@ def track_crops(path: str, tracks: Sequence[Track]) -> List[np.ndarray]:
   geometry = [crop_geometry(t) for t in tracks]
   crops: List[List[np.ndarray]] = [[] for _ in tracks]
   last = max((t.end for t in tracks), default=0)
-  for f, frame in enumerate(_frames(path)):
+  for f, frame in enumerate(video.read_frames_at(path, FPS)):
     if f >= last:
       break
     for k, t in enumerate(tracks):
@@ -166,5 +160,4 @@ def track_crops(path: str, tracks: Sequence[Track]) -> List[np.ndarray]:
 
 def track_samples(samples: np.ndarray, track: Track) -> np.ndarray:
   """The 16 kHz samples of the track's frames (run_pipeline cuts the audio the same way)."""
-  per_frame = audio.SAMPLE_RATE // FPS
-  return samples[track.start * per_frame:track.end * per_frame]
+  return samples[track.start * audio.SAMPLES_PER_FRAME:track.end * audio.SAMPLES_PER_FRAME]

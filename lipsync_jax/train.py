@@ -24,6 +24,7 @@ from lipsync_jax import allocator
 if __name__ == '__main__':
   allocator.use_tcmalloc()  # before the heavy imports: re-runs this command under tcmalloc
 
+import functools
 import json
 import os
 import signal
@@ -193,6 +194,11 @@ def make_training(config, platform: str, expert_divisor: Optional[int] = None) -
   return Training(kind, model, expert, init, train_step, evaluate)
 
 
+def _local_copy(x) -> np.ndarray:
+  """This process's copy of a replicated array."""
+  return np.asarray(x.addressable_data(0))
+
+
 class Run:
   """Everything one training job needs: models, states, jitted steps, data, checkpoints."""
 
@@ -306,13 +312,16 @@ class Run:
       means.update(self.lse_of_val_clips(self.config.eval_lse_clips))
     return means, samples
 
+  @functools.cached_property
+  def _expert_on_host(self):
+    return jax.tree.map(_local_copy, self.expert_variables)  # frozen: copied once
+
   def lse_of_val_clips(self, n: int) -> dict:
     """LSE-D / LSE-C judged by the expert (lipsync_jax.evaluate.score_generated) of the first n
     val clips re-generated whole with the current generator."""
-    local = lambda x: np.asarray(x.addressable_data(0))  # replicated: this process's copy
-    variables = jax.tree.map(local, {'params': self.state.params,
-                                     'batch_stats': self.state.batch_stats})
-    expert = (self.expert, jax.tree.map(local, self.expert_variables))
+    variables = jax.tree.map(_local_copy, {'params': self.state.params,
+                                           'batch_stats': self.state.batch_stats})
+    expert = (self.expert, self._expert_on_host)
     source = loaders.clip_source(self.config.data.dir, 'val')
     scores = []
     for i in range(min(n, len(source))):

@@ -110,6 +110,14 @@ def read_frames(path: str, fps: Optional[float] = None) -> Iterator[np.ndarray]:
     proc.stderr.close()
 
 
+def read_frames_at(path: str, fps: float) -> Iterator[np.ndarray]:
+  """read_frames at the constant rate `fps`: decoded as they are where the stream already has
+  it, resampled by the fps filter otherwise (other or variable rates)."""
+  info = probe_video(path)
+  same = abs(info.fps - fps) < 1e-3 and not info.variable_rate
+  return read_frames(path, None if same else fps)
+
+
 class VideoWriter:
   """Streams BGR frames into an H.264 (yuv420p) + AAC file muxed with `audio_path`'s audio.
 

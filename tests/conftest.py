@@ -48,6 +48,13 @@ def concat_clips(out, seconds=4.4):
          '-c:v', 'libx264', '-preset', 'veryfast', '-c:a', 'aac', out)
 
 
+def read_records(data_dir) -> dict:
+  """{clip id: record} of every split of a dataset written by data_pipeline.preprocess."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  builder = tfds.builder_from_directory(str(data_dir))
+  return {r['clip'].decode(): r for s in builder.info.splits for r in builder.as_data_source(s)}
+
+
 def require(path: pathlib.Path) -> pathlib.Path:
   if not path.exists():
     pytest.skip(f'{path} not found (the ../shared fixtures are absent on this machine)')

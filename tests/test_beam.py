@@ -6,19 +6,13 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
-from conftest import FACE_MODEL, MEDIA, ffmpeg, require, run_module
+from conftest import FACE_MODEL, MEDIA, ffmpeg, read_records, require, run_module
 import data_pipeline
 from data_pipeline import preprocess, records
 from lipsync_jax import cli, faces
 
 pytest.importorskip('apache_beam')
-
-
-def read_records(data_dir):
-  builder = tfds.builder_from_directory(data_dir)
-  return {r['clip'].decode(): r for s in builder.info.splits for r in builder.as_data_source(s)}
 
 
 @pytest.mark.slow

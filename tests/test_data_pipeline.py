@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import FACE_MODEL, MEDIA, require, run_module as _run
+from conftest import FACE_MODEL, MEDIA, read_records, require, run_module as _run
 from data_pipeline import loaders, records
 
 
@@ -141,9 +141,7 @@ def test_real_clips_preprocess(tmp_path):
   out = _run('data_pipeline.preprocess', '--data_root', str(tmp_path / 'raw'), '--out',
              str(tmp_path / 'pre'), '--face_model', str(require(FACE_MODEL)))
   assert 'skipped' not in out
-  builder = tfds.builder_from_directory(str(tmp_path / 'pre' / 'clip_dataset' / records.VERSION))
-  by_clip = {r['clip'].decode(): r for s in builder.info.splits
-             for r in builder.as_data_source(s)}
+  by_clip = read_records(tmp_path / 'pre' / 'clip_dataset' / records.VERSION)
   for clip, seconds in [('talking_head_512_25fps', 8.0), ('speech_850x480_30fps', 7.0)]:
     record = by_clip[f'real/{clip}']
     assert abs(len(record['frames']) - 25 * seconds) <= 8  # resampled to 25 fps

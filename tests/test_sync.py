@@ -7,9 +7,8 @@ import math
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
-from conftest import FACE_MODEL, PARITY, require, run_module, save_pth
+from conftest import FACE_MODEL, PARITY, read_records, require, run_module, save_pth
 from data_pipeline import loaders, preprocess, records, sync
 from lipsync_jax import audio, cli, convert, evaluate, logs
 
@@ -38,11 +37,6 @@ def offset_corpus(tmp_path_factory):
           for p in root.glob('*/*.json')}
   assert sorted(set(late.values())) == list(OFFSETS)
   return late, root
-
-
-def read_records(data_dir):
-  builder = tfds.builder_from_directory(data_dir)
-  return {r['clip'].decode(): r for s in builder.info.splits for r in builder.as_data_source(s)}
 
 
 @pytest.mark.slow
