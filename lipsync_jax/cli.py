@@ -13,7 +13,6 @@ The guarantees (README, "What happens when things go wrong"):
 """
 import argparse
 import contextlib
-import gc
 import math
 import os
 import shutil
@@ -61,10 +60,7 @@ def signals_raise(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> I
     return
   received = []
 
-  def handler(signum, frame):
-    if _in_finalizer(frame):  # an exception raised there would be printed and dropped
-      _redeliver(signum)
-      return
+  def handler(signum, _frame):
     received.append(signum)
     if len(received) >= 3:
       os._exit(128 + signum)  # pylint: disable=protected-access
@@ -74,28 +70,31 @@ def signals_raise(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> I
       else:
         raise Interrupted(signum)
 
+  def unraisable(info):
+    """A signal that landed in a finalizer (a gc callback, a weakref callback, a __del__: jax
+    registers some) raised where Python prints and drops exceptions, so the command would run on.
+    It is taken back and delivered again once the finalizer has returned."""
+    if isinstance(info.exc_value, Interrupted) and active:
+      received.remove(info.exc_value.signum)
+      _redeliver(info.exc_value.signum)
+    else:
+      previous_hook(info)
+
   previous = {s: signal.signal(s, handler) for s in signums}
+  previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+  active = [True]
   try:
     yield
   finally:
     for s, h in previous.items():
       signal.signal(s, h)
-
-
-def _in_finalizer(frame) -> bool:
-  """Whether the signal interrupted a garbage-collection callback or a __del__ (jax registers a
-  gc callback): Python prints and discards any exception raised inside those, so an Interrupted
-  raised there would be lost and the command would go on."""
-  callbacks = {getattr(cb, '__code__', None) for cb in gc.callbacks}
-  while frame is not None:
-    if frame.f_code in callbacks or frame.f_code.co_name == '__del__':
-      return True
-    frame = frame.f_back
-  return False
+    active.clear()
+    if sys.unraisablehook is unraisable:  # else a hook chained over ours; ours now passes through
+      sys.unraisablehook = previous_hook
 
 
 def _redeliver(signum: int) -> None:
-  """The same signal to this process again shortly, once the finalizer has returned."""
+  """The same signal to this process again shortly, from another thread."""
   timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
   timer.daemon = True
   timer.start()
@@ -118,8 +117,16 @@ def deferred_interrupts() -> Iterator[None]:
     raise Interrupted(_deferred.pop())
 
 
+class _WorkerExit(SystemExit):
+  """SystemExit from a worker's SIGTERM: `finally` blocks run, multiprocessing prints nothing."""
+
+  def __init__(self, signum: int):
+    super().__init__(128 + signum)
+    self.signum = signum
+
+
 def _exit_worker(signum, _frame):
-  sys.exit(128 + signum)  # SystemExit: `finally` blocks run, multiprocessing prints nothing
+  raise _WorkerExit(signum)
 
 
 def ignore_interrupts_in_worker() -> None:
@@ -128,6 +135,17 @@ def ignore_interrupts_in_worker() -> None:
   files are removed; and the worker dies with its parent even if the parent is killed outright."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   signal.signal(signal.SIGTERM, _exit_worker)
+  previous = sys.unraisablehook
+
+  def unraisable(info):
+    """A SIGTERM that landed in a finalizer is dropped there; the worker would live on and its
+    parent's pool wait on it forever. It is delivered again once the finalizer has returned."""
+    if isinstance(info.exc_value, _WorkerExit):
+      _redeliver(info.exc_value.signum)
+    else:
+      previous(info)
+
+  sys.unraisablehook = unraisable
   if sys.platform.startswith('linux'):
     import ctypes  # pylint: disable=import-outside-toplevel
     pr_set_pdeathsig = 1

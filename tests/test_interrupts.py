@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 
 import pytest
 
@@ -102,29 +103,91 @@ def test_damaged_checkpoint_prints_no_stray_traceback(tmp_path, env):
   assert not (tmp_path / 'out.mp4').exists()
 
 
-def test_a_signal_during_garbage_collection_is_not_lost():
-  """A signal that lands inside a gc callback (jax registers one) cannot raise there: Python
-  would print and drop the exception and the command would run on (seen: train ignoring a
-  SIGINT). It is delivered again once the callback has returned."""
-  from lipsync_jax import cli  # pylint: disable=import-outside-toplevel
-  fired = []
+def _signal_here():
+  """SIGINT to this process, then a spin long enough for the main thread's handler to run here
+  (the kernel may deliver it to another thread, which only flags it)."""
+  os.kill(os.getpid(), signal.SIGINT)
+  until = time.time() + 0.3
+  while time.time() < until:
+    pass
 
+
+def _gc_callback(fired):
   def callback(phase, _info):
     if phase == 'start' and not fired:
       fired.append(True)
-      os.kill(os.getpid(), signal.SIGINT)
-      for _ in range(10000):  # the handler runs here, inside the callback
-        pass
+      _signal_here()
 
-  def body():
+  def collect():
     gc.callbacks.append(callback)
     try:
       gc.collect()
     finally:
       gc.callbacks.remove(callback)
+  return collect
+
+
+def _weakref_callback(fired):
+  def collect():
+    class Thing:
+      pass
+    thing = Thing()
+    ref = weakref.ref(thing, lambda _: (fired.append(True), _signal_here()))
+    del thing
+    return ref
+  return collect
+
+
+def _del_method(fired):
+  class Finalized:
+    def __del__(self):
+      fired.append(True)
+      _signal_here()
+
+  def collect():
+    Finalized()
+  return collect
+
+
+@pytest.mark.parametrize('finalizer', [_gc_callback, _weakref_callback, _del_method])
+def test_a_signal_inside_a_finalizer_is_not_lost(finalizer):
+  """A signal that lands where Python prints and drops exceptions (a gc callback, which jax
+  registers; a weakref callback; a __del__) would otherwise be lost and the command run on (seen:
+  train ignoring a SIGINT). It is delivered again once the finalizer has returned."""
+  from lipsync_jax import cli  # pylint: disable=import-outside-toplevel
+  fired = []
+  collect = finalizer(fired)
+
+  def body():
+    collect()
     time.sleep(5)  # the redelivered signal stops this
     return 0
 
   began = time.time()
   assert cli.run(body, 'test', signums=(signal.SIGINT,)) == 130
   assert fired and time.time() - began < 4
+
+
+def _worker_terminated_inside_a_finalizer():
+  from lipsync_jax import cli  # pylint: disable=import-outside-toplevel
+  cli.ignore_interrupts_in_worker()
+
+  class Thing:
+    pass
+  thing = Thing()
+  ref = weakref.ref(thing, lambda _: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.3)))
+  del thing
+  time.sleep(10)  # the redelivered SIGTERM ends this
+  return ref
+
+
+def test_a_worker_terminated_inside_a_finalizer_still_exits():
+  """A pool's terminate() waits for each worker; one that dropped its SIGTERM in a finalizer
+  hung preprocess's Ctrl-C (seen in CI)."""
+  import multiprocessing  # pylint: disable=import-outside-toplevel
+  worker = multiprocessing.get_context('fork').Process(
+      target=_worker_terminated_inside_a_finalizer)
+  began = time.time()
+  worker.start()
+  worker.join(8)
+  assert worker.exitcode == 128 + signal.SIGTERM and time.time() - began < 5
