@@ -29,7 +29,8 @@ CONFIGS = {'expert': expert, 'wav2lip': wav2lip, 'wav2lip_gan': wav2lip_gan}
 def corpus(tmp: str) -> str:
   raw, pre = os.path.join(tmp, 'raw'), os.path.join(tmp, 'pre')
   assert synthetic.main(['--out', raw, '--speakers', '5', '--clips_per_speaker', '2']) == 0
-  assert preprocess.main(['--data_root', raw, '--out', pre, '--filelists', raw]) == 0
+  assert preprocess.main(['--data_root', raw, '--out', pre, '--filelists', raw,
+                          '--runner', 'local']) == 0
   return os.path.join(pre, 'clip_dataset', records.VERSION)
 
 

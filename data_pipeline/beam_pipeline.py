@@ -3,15 +3,17 @@ clip, on any Beam runner (DirectRunner on this machine, Dataflow, Flink or Spark
 
 TFDS runs the pipeline and writes the sharded ArrayRecord dataset with its dataset_info
 (records.ClipDataset, whose splits are Beam PTransforms here). Each clip is one element: read,
-detected, cropped and encoded by the same function as the local path (preprocess.clip_record),
-so the records are the same. A clip that cannot be used is skipped, counted by reason in Beam
-metrics (namespace below) and logged by the worker; the job fails only if no clip is kept.
+detected, curated, cropped, encoded and (with a sync judge) measured by the same functions as
+the local path (preprocess.clip_records, sync.judge_record), so the records are the same. A
+clip or track that cannot be used is skipped, counted by reason in Beam metrics (namespace
+below) and logged by the worker; the job fails only if no record is kept.
 Needs the `beam` extra: pip install 'lipsync_jax[beam]'.
 """
 import collections
+import dataclasses
 import logging
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import apache_beam as beam
 import cv2
@@ -20,42 +22,67 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners import create_runner
 
-from data_pipeline import preprocess, records
+from data_pipeline import curation, preprocess, records, sync
 from lipsync_jax import cli, faces
 
 NAMESPACE = 'lipsync_jax.preprocess'
 
 
-def reason_kind(reason: str) -> str:
-  """'unreadable', 'no audio', 'bad audio', 'too short', 'no face' or 'failed'."""
-  return reason.split(':')[0].split(' (')[0]
+@dataclasses.dataclass(frozen=True)
+class SyncSettings:
+  """preprocess's --sync_judge and what goes with it; the judge is loaded on each worker."""
+  judge: str
+  vshift: int
+  correct: bool
+  min_conf: float
+
+
+def count(name: str, n: int = 1) -> None:
+  beam.metrics.Metrics.counter(NAMESPACE, name).inc(n)
 
 
 class ProcessClip(beam.DoFn):
-  """clip id -> (clip id, record), or nothing (counted and logged) for a clip that is skipped."""
+  """clip id -> (record id, record) for each record the clip gives (data_pipeline.curation);
+  what is skipped or dropped is counted and logged."""
 
-  def __init__(self, data_root: str, face_model: str):
+  def __init__(self, data_root: str, face_model: str, rules: curation.Curation,
+               sync_settings: Optional[SyncSettings]):
     super().__init__()
     self._data_root, self._face_model = data_root, face_model
-    self._detector = None
+    self._rules, self._sync = rules, sync_settings
+    self._detector = self._judge = None
 
   def setup(self):
     cv2.setNumThreads(1)  # parallelism comes from the runner's workers
     self._detector = faces.FaceDetector(self._face_model)
+    if self._sync:
+      self._judge = sync.load_judge(self._sync.judge, self._sync.vshift)
 
   def process(self, clip: str):
-    beam.metrics.Metrics.counter(NAMESPACE, 'clips in').inc()
+    count('clips in')
+    path = os.path.join(self._data_root, clip + '.mp4')
     try:
-      record, reason = preprocess.clip_record(os.path.join(self._data_root, clip + '.mp4'),
-                                              self._detector)
+      found, dropped, reason = preprocess.clip_records(clip, path, self._detector, self._rules)
     except Exception as e:  # pylint: disable=broad-except
-      record, reason = None, f'failed: {str(e) or type(e).__name__}'  # one clip, not the job
-    if record is None:
-      beam.metrics.Metrics.counter(NAMESPACE, 'dropped: ' + reason_kind(reason)).inc()
+      found, dropped, reason = [], [], f'failed: {str(e) or type(e).__name__}'  # not the job
+    for d in dropped:
+      count('tracks dropped: ' + curation.drop_kind(d))
+    if reason:
+      count('dropped: ' + curation.drop_kind(reason))
       logging.warning('%s: skipped: %s', clip, reason)
       return
-    beam.metrics.Metrics.counter(NAMESPACE, 'clips kept').inc()
-    yield clip, dict(records.UNMEASURED, clip=clip, **record)
+    count('clips kept')
+    for record in found:
+      record = dict(records.UNMEASURED, **record)
+      if self._judge:
+        record, why = sync.judge_record(self._judge, path, record, self._sync.correct,
+                                        self._sync.min_conf)
+        if record is None:
+          count('records dropped: ' + curation.drop_kind(why))
+          logging.warning('%s: record dropped: %s', clip, why)
+          continue
+      count('records')
+      yield record['clip'], record
 
 
 def keeping_result(runner: str):
@@ -86,13 +113,15 @@ def pipeline_options(runner: str, beam_args: Sequence[str], workers: int) -> Pip
 
 
 def run(data_root: str, out: str, splits: Dict[str, str], face_model: str, runner: str,
-        beam_args: Sequence[str], workers: int) -> str:
+        beam_args: Sequence[str], workers: int, rules: curation.Curation,
+        sync_settings: Optional[SyncSettings] = None) -> str:
   """Writes the dataset of `splits` ({clip id: split}) with Beam; returns its folder."""
   by_split: Dict[str, List[str]] = {}
   for clip, split in sorted(splits.items()):
     by_split.setdefault(split, []).append(clip)
   examples = {split: (f'{split}_clips' >> beam.Create(clips) |
-                      f'{split}_process' >> beam.ParDo(ProcessClip(data_root, face_model)))
+                      f'{split}_process' >> beam.ParDo(ProcessClip(data_root, face_model, rules,
+                                                              sync_settings)))
               for split, clips in by_split.items()}
   kept = keeping_result(runner)
   builder = records.ClipDataset(data_dir=out, file_format='array_record',
@@ -105,11 +134,9 @@ def run(data_root: str, out: str, splits: Dict[str, str], face_model: str, runne
   if getattr(kept, 'result', None):
     for c in kept.result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))['counters']:
       counters[c.key.metric.name] += c.committed
-  dropped = {k: v for k, v in sorted(counters.items()) if k.startswith('dropped')}
-  print(f'clips in {counters.get("clips in", 0)}, kept {counters.get("clips kept", 0)}' +
-        ''.join(f', {k} {v}' for k, v in dropped.items()))
-  if not counters.get('clips kept'):
+  print(preprocess.summary(counters))
+  if not counters.get('records'):
     raise cli.UserError(f'none of the {len(splits)} clips under {data_root} could be used')
   counts = {s: len(builder.as_data_source(s)) for s in builder.info.splits}
-  print(f'wrote {builder.data_dir}: ' + ', '.join(f'{s} {n} clips' for s, n in counts.items()))
+  print(f'wrote {builder.data_dir}: ' + ', '.join(f'{s} {n} records' for s, n in counts.items()))
   return builder.data_dir

@@ -1,49 +1,58 @@
-"""Raw talking-face videos -> TFDS ArrayRecord clip records (see data_pipeline/records.py).
+"""Raw talking-face videos -> TFDS ArrayRecord records, one per face track (data_pipeline/records.py).
 
     python -m data_pipeline.preprocess --data_root R --out D [--filelists F] [--workers 2]
-        [--sync_judge syncnet_v2.model|EXPERT --sync_correct --min_sync_conf C]
+        [--runner local|DirectRunner|DataflowRunner|FlinkRunner|SparkRunner ...]
+        [curation flags] [--sync_judge syncnet_v2.model|EXPERT --sync_correct --min_sync_conf C]
 
 R holds R/<speaker>/<clip>.mp4 (LRS2 layout). For each clip: 16 kHz mono audio and its mel
 (lipsync_jax.audio), frames decoded at 25 fps (other rates, variable ones included, are
 RESAMPLED by ffmpeg's fps filter: frames repeated or dropped on a 25 fps grid, so the mel index
-maths of training stays valid), faces found, smoothed, padded and cropped to 96x96 by the same
-pipeline inference uses (lipsync_jax.faces), JPEG-encoded.
+maths of training stays valid), every face found; then curated (data_pipeline/curation.py): cut
+at shot boundaries, faces linked into tracks, each track long enough, large enough and sharp
+enough made into records no longer than the length window, cropped to 96x96 by the same
+pipeline inference uses (lipsync_jax.faces), JPEG-encoded, with the mel of exactly its frames.
 
 Splits come from F/{train,val,test}.txt (lines 'speaker/clip') or, without --filelists, from a
-deterministic hash of the clip id (90/5/5). Work is parallel over clips and resumable: each
-finished clip is cached atomically under D/_clips, a re-run skips them, and the TFDS dataset is
-written last into a temporary folder that TFDS renames when complete, so a crash never leaves a
-corrupt shard. Clips are skipped, with the reason in the summary, when they have no audio, are
-too short, show no face, or cannot be read; any other failure of one clip is reported for that
-clip and the run goes on. SIGINT / SIGTERM stop the workers at once and remove their partial
-files; finished clips stay cached for the next run.
+deterministic hash of the clip id (90/5/5); a clip's records share its split. Runners: an Apache
+Beam runner by default where Beam is installed (data_pipeline/beam_pipeline.py: DirectRunner on
+this machine, Dataflow / Flink / Spark at scale), else `local`: a process pool, resumable (each
+finished clip's records are cached atomically under D/_clips, a re-run with the same rules skips
+them). Either way the TFDS dataset is written into a temporary folder that TFDS renames when
+complete, so a crash never leaves a corrupt shard. Clips are skipped, with the reason in the
+summary, when they have no audio, are too short, show no usable face track, or cannot be read;
+any other failure of one clip is reported for that clip and the run goes on. SIGINT / SIGTERM
+stop the workers at once and remove their partial files.
 
-With --sync_judge each clip's audio-video offset and confidence are measured (data_pipeline.sync)
-and recorded (sync_offset, sync_conf); --sync_correct removes the offset and clips below
---min_sync_conf are dropped. Measurements are cached per clip and judge as well.
+With --sync_judge each record's audio-video offset and confidence are measured
+(data_pipeline.sync) and recorded (sync_offset, sync_conf); --sync_correct removes the offset
+and records below --min_sync_conf are dropped. The local runner caches the measurements too.
 """
 import argparse
 import collections
 import hashlib
+import importlib.util
 import multiprocessing
 import os
 import sys
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from data_pipeline import records, sync
+from data_pipeline import curation, records, sync
 from lipsync_jax import audio, cli, evaluate, faces, video
 
 RUNNERS = ('local', 'DirectRunner', 'DataflowRunner', 'FlinkRunner', 'SparkRunner',
            'PortableRunner')
-MIN_FRAMES = 16  # the reference skips clips with <= 15 frames
-MIN_FACE_FRACTION = 0.5
 
 _detector = None
+
+
+def default_runner() -> str:
+  """DirectRunner where Apache Beam is installed (the beam extra), else the local pool."""
+  return 'DirectRunner' if importlib.util.find_spec('apache_beam') else 'local'
 
 
 def _init_worker(model_path):
@@ -54,97 +63,104 @@ def _init_worker(model_path):
 
 
 def _process_job(job):
-  """(clip id, '' or the reason it was skipped); never raises for a bad clip."""
-  clip, path, cache_path = job
+  """(clip id, '' or the reason it was skipped, what the rules dropped); never raises for a bad
+  clip."""
+  clip, path, cache_path, rules = job
   try:
-    return clip, process_clip(path, cache_path)
+    return (clip, *process_clip(clip, path, cache_path, rules))
   except Exception as e:  # pylint: disable=broad-except
     # One damaged clip must not sink a corpus run; the summary names it with the reason.
-    return clip, f'failed: {str(e) or type(e).__name__}'
+    return clip, f'failed: {str(e) or type(e).__name__}', []
 
 
-def clip_record(path: str, detector: faces.FaceDetector) -> Tuple[Optional[dict], str]:
-  """(the clip's 'frames' (JPEG bytes of each 96x96 crop), 'has_face' and 'mel', '') or (None,
-  the reason it is skipped)."""
+def clip_records(clip: str, path: str, detector: faces.FaceDetector,
+                 rules: curation.Curation) -> Tuple[List[dict], List[str], str]:
+  """(records of the clip (data_pipeline.curation), what its rules dropped, '') or ([], what was
+  dropped, the reason the whole clip is skipped)."""
   try:
     video.probe_video(path)
   except video.VideoError as e:
-    return None, f'unreadable: {e}'
+    return [], [], f'unreadable: {e}'
   try:
-    mel = audio.melspectrogram(audio.load_audio(path))
+    wav = audio.load_audio(path)
+    mel = audio.melspectrogram(wav)
   except audio.AudioError as e:
-    return None, 'no audio' if 'no audio stream' in str(e) else f'bad audio: {e}'
+    return [], [], 'no audio' if 'no audio stream' in str(e) else f'bad audio: {e}'
   try:
     frames = list(video.read_frames(path, fps=audio.TRAIN_FPS))
   except video.VideoError as e:
-    return None, f'unreadable: {e}'
+    return [], [], f'unreadable: {e}'
   n = min(len(frames), audio.frames_covered(mel.shape[1]))
-  if n < MIN_FRAMES:
-    return None, f'too short ({len(frames)} frames, {mel.shape[1]} mel frames)'
+  if n < rules.min_frames:
+    return [], [], f'too short ({len(frames)} frames, {mel.shape[1]} mel frames)'
   frames = frames[:n]
-  boxes = faces.face_boxes(detector.detect_batch(frames), faces.PADS, frames[0].shape)
-  has_face = np.array([b is not None for b in boxes])
-  if has_face.mean() < MIN_FACE_FRACTION:
-    return None, f'no face ({int(has_face.sum())} of {n} frames)'
-  blank = np.zeros((faces.FACE_SIZE, faces.FACE_SIZE, 3), np.uint8)
-  jpegs = [cv2.imencode('.jpg', faces.crop(f, b) if b is not None else blank,
-                        [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-           for f, b in zip(frames, boxes)]
-  return {'frames': np.array(jpegs, dtype=object), 'has_face': has_face, 'mel': mel}, ''
+  detections = [detector.detect_all(f) for f in frames]
+  if not any(len(d) for d in detections):
+    return [], [], f'no face (0 of {n} frames)'
+  found, dropped = curation.records_of_clip(clip, frames, detections, wav, mel, rules)
+  if not found:
+    kinds = collections.Counter(curation.drop_kind(d) for d in dropped)
+    return [], dropped, 'no usable face track (' + ', '.join(
+        f'{k}: {v}' for k, v in sorted(kinds.items())) + f'; {dropped[0]})'
+  return found, dropped, ''
 
 
-def process_clip(path: str, cache_path: str) -> str:
-  """Writes the clip's cache .npz; returns '' on success or the reason it was skipped."""
-  record, reason = clip_record(path, _detector)
-  if record is None:
-    return reason
-  lengths = np.array([len(j) for j in record['frames']])
+def process_clip(clip: str, path: str, cache_path: str, rules: curation.Curation
+                 ) -> Tuple[str, List[str]]:
+  """Writes the clip's records to its cache .npz; (the reason it was skipped or '', what the
+  rules dropped)."""
+  found, dropped, reason = clip_records(clip, path, _detector, rules)
+  if reason:
+    return reason, dropped
+  fields = {'rules': rules.key(), 'dropped': np.array(dropped, dtype=str)}
+  for i, r in enumerate(found):
+    fields.update({f'{i}.clip': r['clip'], f'{i}.span': r['span'],
+                   f'{i}.jpeg': np.frombuffer(b''.join(r['frames']), np.uint8),
+                   f'{i}.lengths': np.array([len(j) for j in r['frames']]),
+                   f'{i}.has_face': r['has_face'], f'{i}.mel': r['mel']})
   with cli.atomic_output(cache_path, suffix='.npz') as tmp:
-    np.savez(tmp, jpeg=np.frombuffer(b''.join(record['frames']), np.uint8), lengths=lengths,
-             has_face=record['has_face'], mel=record['mel'])
-  return ''
+    np.savez(tmp, **fields)
+  return '', dropped
 
 
-def load_cached(cache_path: str, clip_id: str) -> dict:
+def cached_rules(cache_path: str) -> Optional[str]:
+  """The rules a cached clip was made under (None: no usable cache)."""
+  try:
+    with np.load(cache_path, allow_pickle=False) as z:
+      return str(z['rules']) if 'rules' in z.files else None
+  except (OSError, ValueError):
+    return None
+
+
+def load_cached(cache_path: str) -> Tuple[List[dict], List[str]]:
+  """(the cached clip's records, what its rules dropped)."""
+  found = []
   with np.load(cache_path, allow_pickle=False) as z:
-    ends = np.cumsum(z['lengths'])
-    data = z['jpeg'].tobytes()
-    frames = np.array([data[e - l:e] for e, l in zip(ends, z['lengths'])], dtype=object)
-    return dict(records.UNMEASURED, clip=clip_id, frames=frames, has_face=z['has_face'],
-                mel=z['mel'])
+    for i in range(sum(1 for k in z.files if k.endswith('.clip'))):
+      lengths = z[f'{i}.lengths']
+      ends, data = np.cumsum(lengths), z[f'{i}.jpeg'].tobytes()
+      found.append(dict(records.UNMEASURED, clip=str(z[f'{i}.clip']), span=z[f'{i}.span'],
+                        frames=np.array([data[e - l:e] for e, l in zip(ends, lengths)],
+                                        dtype=object),
+                        has_face=z[f'{i}.has_face'], mel=z[f'{i}.mel']))
+    return found, [str(d) for d in z['dropped']]
 
 
-def example(cache_path: str, clip_id: str, measured: Optional[dict], correct: bool) -> dict:
-  """The record of a cached clip, with its sync measurement applied (data_pipeline.sync)."""
-  clip = load_cached(cache_path, clip_id)
-  if measured is None:
-    return clip
-  clip.update(sync_offset=measured['offset'], sync_conf=measured['conf'])
-  if correct:
-    clip = sync.correct(clip, measured['offset'], measured['mel'])
-    clip['sync_corrected'] = True
-  return clip
-
-
-def measure_sync(clips, data_root: str, cache_of: dict, judge: sync.Judge, correct: bool,
-                 min_conf: float) -> Tuple[dict, dict]:
-  """({clip: measurement} of the clips kept, {clip: reason} of those dropped)."""
-  measured, dropped = {}, {}
-  for clip in tqdm(clips, desc=f'sync ({judge.kind})', unit='clip'):
-    source = os.path.join(data_root, clip + '.mp4')
-    raw = load_cached(cache_of[clip], clip)
-    try:
-      result = sync.measure_clip(judge, source, raw, cache_of[clip][:-len('.npz')] + '.sync.npz')
-    except (evaluate.EvaluatorError, audio.AudioError) as e:
-      dropped[clip] = f'sync not measured: {e}'
-      continue
-    if result['conf'] < min_conf:
-      dropped[clip] = f'sync confidence {result["conf"]:.3f} < {min_conf:g}'
-    elif correct and len(sync.correct(raw, result['offset'], result['mel'])['frames']) < MIN_FRAMES:
-      dropped[clip] = f'too short after removing the offset of {result["offset"]:+d} frames'
+def measure_sync(found: Sequence[Tuple[str, dict]], data_root: str, cache_of: dict,
+                 judge: sync.Judge, correct: bool, min_conf: float) -> Tuple[list, dict]:
+  """([(clip, record)] of the records kept, measured and corrected as asked, {record id:
+  reason} of those dropped); measurements are cached beside each clip's records."""
+  kept, dropped = [], {}
+  for clip, record in tqdm(found, desc=f'sync ({judge.kind})', unit='record'):
+    start, end = record['span']
+    cache = f'{cache_of[clip][:-len(".npz")]}.{start}-{end}.sync.npz'
+    judged, reason = sync.judge_record(judge, os.path.join(data_root, clip + '.mp4'), record,
+                                       correct, min_conf, cache)
+    if judged is None:
+      dropped[record['clip']] = reason
     else:
-      measured[clip] = result
-  return measured, dropped
+      kept.append((clip, judged))
+  return kept, dropped
 
 
 def assign_splits(clip_ids, filelists):
@@ -184,73 +200,113 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--face_model', default=None,
                       help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, '
                       'else the packaged one)')
-  parser.add_argument('--sync_judge', default=None, metavar='MODEL',
-                      help="measure each clip's audio-video offset and confidence with this "
-                      "judge: joonson's syncnet_v2.model (the clip's whole frames at 224x224; "
-                      'download it yourself) or a Wav2Lip expert (a training workdir, an orbax '
-                      'checkpoint or lipsync_expert.pth; the clip\'s 96x96 crops). Recorded per '
-                      'clip as sync_offset / sync_conf')
-  parser.add_argument('--sync_correct', action='store_true',
-                      help='shift each clip by its measured offset so audio and video are in '
-                      'sync (whole frames; needs --sync_judge)')
-  parser.add_argument('--min_sync_conf', type=float, default=None,
-                      help='drop clips whose sync confidence (LSE-C) is below this (default: '
-                      + ', '.join(f'{v:g} for {k}' for k, v in sync.DEFAULT_MIN_CONF.items())
-                      + ' judges; 0 keeps every clip; needs --sync_judge)')
-  parser.add_argument('--vshift', type=cli.int_in(1, 100), default=evaluate.VSHIFT,
-                      help='offsets searched, in frames either way (default: %(default)s)')
-  parser.add_argument('--runner', choices=RUNNERS, default='local',
-                      help='local (default): a process pool on this machine, resumable clip by '
-                      "clip; or an Apache Beam runner (pip install 'lipsync_jax[beam]'): "
+  rules = curation.Curation()
+  group = parser.add_argument_group(
+      'curation', 'which face tracks become records (data_pipeline/curation.py); the defaults '
+      'suit LRS2-style data')
+  group.add_argument('--split_shots', action=argparse.BooleanOptionalAction,
+                     default=rules.split_shots, help='cut clips at shot boundaries (content '
+                     'changes), so that no record spans a cut (default: on)')
+  group.add_argument('--min_seconds', type=float, default=rules.min_seconds,
+                     help='shortest face track, and record, kept; never under 16 frames, the '
+                     "reference's minimum (default: %(default).2f)")
+  group.add_argument('--max_seconds', type=float, default=rules.max_seconds,
+                     help='longer tracks are cut into equal records no longer than this '
+                     '(default: %(default)g)')
+  group.add_argument('--min_face', type=float, default=rules.min_face, metavar='PIXELS',
+                     help="tracks whose face (the detector's box, mean side) is smaller are "
+                     'dropped: upscaled crops teach blur (default: %(default)g)')
+  group.add_argument('--min_sharpness', type=float, default=rules.min_sharpness,
+                     help='tracks whose 96x96 crops are blurrier are dropped (median variance '
+                     'of the Laplacian; 0 keeps all) (default: %(default)g)')
+  group.add_argument('--min_face_score', type=float, default=rules.min_score,
+                     help="tracks whose detections the detector is less sure of (median score) "
+                     'are dropped: hands, posters, profiles (default: %(default)g)')
+  group.add_argument('--sync_judge', default=None, metavar='MODEL',
+                     help="measure each record's audio-video offset and confidence with this "
+                     "judge: joonson's syncnet_v2.model (the record's whole frames at 224x224; "
+                     'download it yourself) or a Wav2Lip expert (a training workdir, an orbax '
+                     "checkpoint or lipsync_expert.pth; the record's 96x96 crops). Recorded as "
+                     'sync_offset / sync_conf')
+  group.add_argument('--sync_correct', action='store_true',
+                     help='shift each record by its measured offset so audio and video are in '
+                     'sync (whole frames; needs --sync_judge)')
+  group.add_argument('--min_sync_conf', type=float, default=None,
+                     help='drop records whose sync confidence (LSE-C) is below this (default: '
+                     + ', '.join(f'{v:g} for {k}' for k, v in sync.DEFAULT_MIN_CONF.items())
+                     + ' judges; 0 keeps every record; needs --sync_judge)')
+  group.add_argument('--vshift', type=cli.int_in(1, 100), default=evaluate.VSHIFT,
+                     help='offsets searched, in frames either way (default: %(default)s)')
+  parser.add_argument('--runner', choices=RUNNERS, default=default_runner(),
+                      help="an Apache Beam runner (pip install 'lipsync_jax[beam]'): "
                       'DirectRunner runs --workers processes here, the others run the same '
-                      "pipeline at scale. Options this command does not know (the runner's "
+                      "pipeline at scale; options this command does not know (the runner's "
                       'own, e.g. --project, --region, --temp_location for Dataflow, '
-                      '--flink_master, --spark_master_url) are passed to Beam')
+                      '--flink_master, --spark_master_url) are passed to Beam. Or local: a '
+                      'process pool here, resumable clip by clip, no Beam needed '
+                      '(default: %(default)s)')
   args, beam_args = parser.parse_known_args(argv)
   if beam_args and args.runner == 'local':
     parser.error(f'unrecognized arguments: {" ".join(beam_args)} (runner options need a Beam '
                  '--runner)')
   if not args.sync_judge and (args.sync_correct or args.min_sync_conf is not None):
     parser.error('--sync_correct and --min_sync_conf need --sync_judge')
-  if args.sync_judge and args.runner != 'local':
-    parser.error('--sync_judge runs with --runner local only (the Beam pipeline does not '
-                 'measure offsets yet)')
+  if args.min_seconds > args.max_seconds:
+    parser.error(f'--min_seconds {args.min_seconds:g} is above --max_seconds '
+                 f'{args.max_seconds:g}')
+  args.rules = curation.Curation(args.split_shots, args.min_seconds, args.max_seconds,
+                                 args.min_face, args.min_sharpness, args.min_face_score)
   args.beam_args = beam_args
   return args
 
 
-def process_clips(todo, data_root: str, cache_of: dict, workers: int, model: str) -> dict:
-  """Caches every clip in `todo` with `workers` processes; {clip: reason} of the skipped."""
-  skipped = {}
+def process_clips(todo, data_root: str, cache_of: dict, workers: int, model: str,
+                  rules: curation.Curation) -> Tuple[dict, collections.Counter]:
+  """Caches the records of every clip in `todo` with `workers` processes; ({clip: reason} of
+  the skipped, tracks dropped by kind)."""
+  skipped, track_drops = {}, collections.Counter()
   if not todo:
-    return skipped
-  jobs = [(c, os.path.join(data_root, c + '.mp4'), cache_of[c]) for c in todo]
+    return skipped, track_drops
+  jobs = [(c, os.path.join(data_root, c + '.mp4'), cache_of[c], rules) for c in todo]
   # spawn, not fork: a caller may already run threads (JAX, OpenCV), which fork would deadlock.
   # Leaving the block by any exception (Interrupted too) terminates the workers at once.
   with multiprocessing.get_context('spawn').Pool(
       min(workers, len(jobs)), initializer=_init_worker, initargs=(model,)) as pool:
-    for clip, reason in tqdm(pool.imap_unordered(_process_job, jobs), total=len(jobs),
-                             desc='clips'):
+    for clip, reason, dropped in tqdm(pool.imap_unordered(_process_job, jobs),
+                                      total=len(jobs), desc='clips'):
       if reason:
         skipped[clip] = reason
+      track_drops.update(curation.drop_kind(d) for d in dropped)
     # Done: let the workers exit on their own. Terminating them (what leaving the block does)
     # can land SIGTERM in a worker's finalizer, which then prints "SystemExit: 143".
     pool.close()
     pool.join()
-  return skipped
+  return skipped, track_drops
+
+
+def summary(counts: Dict[str, int]) -> str:
+  """One line of what went in, what came out and what was dropped, by reason (both runners)."""
+  parts = [f'clips in {counts.get("clips in", 0)}', f'kept {counts.get("clips kept", 0)}',
+           f'records {counts.get("records", 0)}']
+  for prefix in ('dropped: ', 'tracks dropped: ', 'records dropped: '):
+    parts += [f'{k} {v}' for k, v in sorted(counts.items()) if k.startswith(prefix) and v]
+  return ', '.join(parts)
 
 
 def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
                workers: Optional[int] = None, face_model: Optional[str] = None,
                sync_judge: Optional[str] = None, sync_correct: bool = False,
                min_sync_conf: Optional[float] = None, vshift: int = evaluate.VSHIFT,
-               runner: str = 'local', beam_args: Sequence[str] = ()) -> str:
+               runner: Optional[str] = None, beam_args: Sequence[str] = (),
+               rules: curation.Curation = curation.Curation()) -> str:
   """Preprocesses every clip under data_root (<speaker>/<clip>.mp4) into a TFDS dataset under
-  `out`; returns the dataset folder the trainer's config.data.dir takes. With `sync_judge` (a
-  syncnet_v2.model or an expert checkpoint) offsets are measured, recorded, removed
-  (`sync_correct`) and unsure clips dropped (`min_sync_conf`, default by judge). A Beam
-  `runner` ('DirectRunner', 'DataflowRunner', ...; `beam_args` its options) writes the same
-  records with Apache Beam (data_pipeline/beam_pipeline.py) instead of the local pool."""
+  `out`; returns the dataset folder the trainer's config.data.dir takes. `rules` pick the face
+  tracks that become records (data_pipeline.curation). With `sync_judge` (a syncnet_v2.model
+  or an expert checkpoint) offsets are measured, recorded, removed (`sync_correct`) and unsure
+  records dropped (`min_sync_conf`, default by judge). `runner`: 'local' (a process pool,
+  resumable), or a Beam runner ('DirectRunner', 'DataflowRunner', ...; `beam_args` its
+  options: data_pipeline/beam_pipeline.py); default: DirectRunner where Beam is installed."""
+  runner = runner or default_runner()
   if not os.path.isdir(data_root):
     raise cli.UserError(f'{data_root}: no such folder (--data_root)')
   if cli.same_file(out, data_root):
@@ -261,9 +317,9 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
   model = faces.resolve_model(face_model)
   if (sync_correct or min_sync_conf is not None) and not sync_judge:
     raise cli.UserError('sync_correct / min_sync_conf need a sync_judge')
-  if sync_judge and runner != 'local':
-    raise cli.UserError('sync_judge runs with the local runner only')
   judge = sync.load_judge(sync_judge, vshift) if sync_judge else None
+  if judge:
+    min_sync_conf = sync.DEFAULT_MIN_CONF[judge.kind] if min_sync_conf is None else min_sync_conf
   splits = assign_splits(find_clips(data_root), filelists)
   if not splits:
     raise cli.UserError(f'no clips found under {data_root} (expected '
@@ -275,29 +331,38 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
       raise cli.UserError(f"--runner {runner} needs Apache Beam: pip install "
                           f"'lipsync_jax[beam]' ({e})") from None
     return beam_pipeline.run(data_root, out, splits, model, runner, beam_args,
-                             workers or os.cpu_count())
+                             workers or os.cpu_count(), rules,
+                             beam_pipeline.SyncSettings(sync_judge, vshift, sync_correct,
+                                                        min_sync_conf) if judge else None)
   cache = cli.ensure_folder(os.path.join(out, '_clips'), 'preprocessed clips')
   cache_of = {c: os.path.join(cache, c.replace('/', '__') + '.npz') for c in splits}
-  todo = [c for c in splits if not os.path.exists(cache_of[c])]
-  skipped = process_clips(todo, data_root, cache_of, workers or os.cpu_count(), model)
-  cached = [c for c in splits if os.path.exists(cache_of[c])]
-  measured = {}
+  todo = [c for c in splits if cached_rules(cache_of[c]) != rules.key()]
+  skipped, _ = process_clips(todo, data_root, cache_of, workers or os.cpu_count(), model, rules)
+  counts = collections.Counter({'clips in': len(splits)})
+  counts.update(f'dropped: {curation.drop_kind(r)}' for r in skipped.values())
+  found = []
+  for clip in splits:
+    if clip not in skipped and cached_rules(cache_of[clip]) == rules.key():
+      clip_found, dropped = load_cached(cache_of[clip])
+      counts.update(f'tracks dropped: {curation.drop_kind(d)}' for d in dropped)
+      counts['clips kept'] += 1
+      found += [(clip, r) for r in clip_found]
   if judge:
-    min_conf = sync.DEFAULT_MIN_CONF[judge.kind] if min_sync_conf is None else min_sync_conf
-    measured, dropped = measure_sync(cached, data_root, cache_of, judge, sync_correct, min_conf)
+    found, dropped = measure_sync(found, data_root, cache_of, judge, sync_correct, min_sync_conf)
+    counts.update(f'records dropped: {curation.drop_kind(r)}' for r in dropped.values())
     skipped.update(dropped)
-    cached = [c for c in cached if c in measured]
-    offsets = collections.Counter(m['offset'] for m in measured.values())
-    print(f'sync offsets (frames: clips) of the {len(measured)} clips kept: ' +
+    offsets = collections.Counter(int(r['sync_offset']) for _, r in found)
+    print(f'sync offsets (frames: records) of the {len(found)} records kept: ' +
           ', '.join(f'{o:+d}: {n}' for o, n in sorted(offsets.items())))
+  counts['records'] = len(found)
   examples = collections.defaultdict(list)
-  for clip in cached:
-    examples[splits[clip]].append((clip, lambda c=clip: example(
-        cache_of[c], c, measured.get(c), sync_correct)))
+  for clip, record in found:
+    examples[splits[clip]].append((record['clip'], lambda r=record: r))
   if skipped:
-    print(f'skipped {len(skipped)} clips:')
+    print(f'skipped {len(skipped)} clips or records:')
     for clip, reason in sorted(skipped.items()):
       print(f'  {clip}: {reason}')
+  print(summary(counts))
   if not examples:
     raise cli.UserError(f'none of the {len(splits)} clips under {data_root} could be used')
   builder = records.ClipDataset(data_dir=out, file_format='array_record',
@@ -306,8 +371,8 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
   # Regenerated from the clip cache on every run (cheap), so clips added since are included.
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       download_mode=tfds.download.GenerateMode.FORCE_REDOWNLOAD))
-  counts = {s: len(v) for s, v in examples.items()}
-  print(f'wrote {builder.data_dir}: ' + ', '.join(f'{s} {n} clips' for s, n in counts.items()))
+  written = {s: len(v) for s, v in examples.items()}
+  print(f'wrote {builder.data_dir}: ' + ', '.join(f'{s} {n} records' for s, n in written.items()))
   return builder.data_dir
 
 
@@ -317,7 +382,7 @@ def main(argv=None) -> int:
   def body() -> int:
     preprocess(args.data_root, args.out, args.filelists, args.workers, args.face_model,
                args.sync_judge, args.sync_correct, args.min_sync_conf, args.vshift, args.runner,
-               args.beam_args)
+               args.beam_args, args.rules)
     return 0
 
   return cli.run(body, 'data_pipeline.preprocess')

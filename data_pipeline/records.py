@@ -1,4 +1,4 @@
-"""The clip record: one TFDS ArrayRecord example per clip.
+"""The clip record: one TFDS ArrayRecord example per face track of a clip.
 
 Why one record per clip and not one per window: every training sample needs, from ONE clip, a
 5-frame target window, its mel window, five per-frame mels, a reference window at another
@@ -12,12 +12,16 @@ those choices at preprocessing time or need several reads per sample. LRS2-style
 import numpy as np
 import tensorflow_datasets as tfds
 
-VERSION = '1.1.0'  # 1.1.0: the sync_* fields
+VERSION = '1.2.0'  # 1.1.0: the sync_* fields; 1.2.0: one face track per record, span
 
 
 def features() -> tfds.features.FeaturesDict:
   return tfds.features.FeaturesDict({
-      'clip': tfds.features.Text(),  # 'speaker/clip'
+      # 'speaker/clip', with '@start-end' where the record is part of the clip (a shot, a
+      # face track, a piece of a long track: data_pipeline/curation.py)
+      'clip': tfds.features.Text(),
+      # [start, end): the source clip's frames (at 25 fps) the record's frames are
+      'span': tfds.features.Tensor(shape=(2,), dtype=np.int32),
       'frames': tfds.features.Tensor(shape=(None,), dtype=np.object_),  # JPEG bytes, BGR crop
       'has_face': tfds.features.Tensor(shape=(None,), dtype=np.bool_),
       'mel': tfds.features.Tensor(shape=(80, None), dtype=np.float32),

@@ -14,11 +14,11 @@ frames; nothing is resampled or padded.
 """
 import dataclasses
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
-from data_pipeline import loaders
+from data_pipeline import curation, loaders
 from lipsync_jax import audio, cli, convert, evaluate
 
 # LatentSync's cut for syncnet_v2's confidence. An expert's confidence (LSE-C of cosine
@@ -31,7 +31,7 @@ DEFAULT_MIN_CONF = {'syncnet': 3.0, 'expert': 0.0}
 class Judge:
   kind: str  # 'syncnet' | 'expert'
   key: str  # identifies the judge and its settings: a cached measurement is reused only if equal
-  measure: Callable[[str, dict], dict]  # (source video, raw cached clip) -> evaluate.summarize
+  measure: Callable[[str, dict], dict]  # (source video, record) -> evaluate.summarize
 
 
 def load_judge(path: str, vshift: int = evaluate.VSHIFT) -> Judge:
@@ -44,8 +44,15 @@ def load_judge(path: str, vshift: int = evaluate.VSHIFT) -> Judge:
   if is_syncnet:
     syncnet = evaluate.load_syncnet(path)
 
-    def measure(video_path, _):
-      return evaluate.score_video(video_path, syncnet, 'lrs', vshift)
+    def measure(video_path, record):
+      start, end = record['span']  # the record's frames of the source, and their audio
+      try:
+        samples = audio.load_pcm16(video_path)
+      except audio.AudioError as e:
+        raise evaluate.EvaluatorError(str(e)) from None
+      return evaluate.score_frames(
+          evaluate.video_frames(video_path)[start:end],
+          samples[start * audio.SAMPLES_PER_FRAME:end * audio.SAMPLES_PER_FRAME], syncnet, vshift)
 
     return Judge('syncnet', 'syncnet:' + key, measure)
   expert = convert.load_checkpoint(path, 'expert')
@@ -57,30 +64,54 @@ def load_judge(path: str, vshift: int = evaluate.VSHIFT) -> Judge:
   return Judge('expert', 'expert:' + key, measure_with_expert)
 
 
-def measure_clip(judge: Judge, video_path: str, clip: dict, result_path: str) -> dict:
-  """{'offset', 'conf', 'mel'} of one clip (mel: the audio's mel aligned to the frames for
-  `correct`, None when the cached one stands), cached in `result_path` (.npz) for this judge."""
-  if os.path.exists(result_path):
+def measure_clip(judge: Judge, video_path: str, record: dict,
+                 result_path: Optional[str] = None) -> dict:
+  """{'offset', 'conf', 'mel'} of one record (mel: the audio's mel aligned to the frames for
+  `correct`, None when the record's stands), cached in `result_path` (.npz) for this judge."""
+  if result_path and os.path.exists(result_path):
     with np.load(result_path, allow_pickle=False) as z:
       if str(z['key']) == judge.key:
         return {'offset': int(z['offset']), 'conf': float(z['conf']),
                 'mel': z['mel'] if 'mel' in z else None}
-  scores = judge.measure(video_path, clip)
+  scores = judge.measure(video_path, record)
   offset = int(scores['offset'])
   result = {'offset': offset, 'conf': float(scores['lse_c']), 'mel': None}
   if offset < 0:  # drop the first -offset frames' worth of audio (see the module docstring)
+    start, end = record['span']
     wav = audio.load_audio(video_path)
-    result['mel'] = audio.melspectrogram(wav[-offset * audio.SAMPLES_PER_FRAME:])
-  with cli.atomic_output(result_path, suffix='.npz') as tmp:
-    np.savez(tmp, key=judge.key, **{k: v for k, v in result.items() if v is not None})
+    result['mel'] = audio.melspectrogram(
+        wav[(start - offset) * audio.SAMPLES_PER_FRAME:end * audio.SAMPLES_PER_FRAME])
+  if result_path:
+    with cli.atomic_output(result_path, suffix='.npz') as tmp:
+      np.savez(tmp, key=judge.key, **{k: v for k, v in result.items() if v is not None})
   return result
 
 
-def correct(clip: dict, offset: int, mel: Optional[np.ndarray]) -> dict:
-  """The clip with frame i + offset paired with audio i (see the module docstring), trimmed to
-  what both streams cover."""
+def judge_record(judge: Judge, video_path: str, record: dict, correct_offset: bool,
+                 min_conf: float, result_path: Optional[str] = None
+                 ) -> Tuple[Optional[dict], str]:
+  """(the record with its measurement, corrected if asked, '') or (None, why it is dropped)."""
+  try:
+    measured = measure_clip(judge, video_path, record, result_path)
+  except (evaluate.EvaluatorError, audio.AudioError) as e:
+    return None, f'sync not measured: {e}'
+  if measured['conf'] < min_conf:
+    return None, f'sync confidence {measured["conf"]:.3f} < {min_conf:g}'
+  judged = dict(record, sync_offset=measured['offset'], sync_conf=measured['conf'])
+  if correct_offset:
+    judged = dict(correct(judged, measured['offset'], measured['mel']), sync_corrected=True)
+    if len(judged['frames']) < curation.MIN_FRAMES:
+      return None, f'too short after removing the offset of {measured["offset"]:+d} frames'
+  return judged, ''
+
+
+def correct(record: dict, offset: int, mel: Optional[np.ndarray]) -> dict:
+  """The record with frame i + offset paired with audio i (see the module docstring), trimmed to
+  what both streams cover; its span moves with its frames."""
   drop = max(offset, 0)
-  mel = clip['mel'] if mel is None else mel
-  n = min(len(clip['frames']) - drop, audio.frames_covered(mel.shape[1]))
-  return dict(clip, frames=clip['frames'][drop:drop + n], has_face=clip['has_face'][drop:drop + n],
-              mel=mel)
+  mel = record['mel'] if mel is None else mel
+  n = min(len(record['frames']) - drop, audio.frames_covered(mel.shape[1]))
+  start = int(record['span'][0]) + drop
+  return dict(record, frames=record['frames'][drop:drop + n],
+              has_face=record['has_face'][drop:drop + n], mel=mel,
+              span=np.array([start, start + n], np.int32))

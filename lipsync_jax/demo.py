@@ -104,7 +104,8 @@ def build_corpus(out: str, settings: Settings) -> str:
   data_dir = os.path.join(pre, 'clip_dataset', records.VERSION)
   if not os.path.isdir(data_dir):
     stage('2/5 preprocessing (faces, crops, mels -> ArrayRecord)')
-    data_dir = preprocess.preprocess(raw, pre, raw, face_model=settings.face_model)
+    data_dir = preprocess.preprocess(raw, pre, raw, face_model=settings.face_model,
+                                     runner='local')
   return data_dir
 
 

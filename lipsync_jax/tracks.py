@@ -39,6 +39,8 @@ CROP_SIZE = 224
 class Track:
   frames: np.ndarray  # (n,) consecutive frame indices
   boxes: np.ndarray  # (n, 4) x1, y1, x2, y2, interpolated over missed frames
+  detected: np.ndarray  # (n,) bool: the face was found in that frame (not interpolated)
+  score: float  # the detector's median confidence over the detected frames
 
   @property
   def start(self) -> int:
@@ -88,17 +90,18 @@ def link_tracks(detections: Sequence[np.ndarray], start: int, end: int,
   track starts from the faces left; short or small tracks are dropped. One face per frame and
   track (the original's loop, which removes faces from the list it iterates, can take two
   overlapping detections of one frame)."""
-  left = {f: [d[:4] for d in detections[f]] for f in range(start, end)}
+  left = {f: list(detections[f]) for f in range(start, end)}
   tracks = []
   while True:
-    frames, boxes = [], []
+    frames, boxes, scores = [], [], []
     for f in range(start, end):
       if frames and f - frames[-1] > max_gap:
         break
-      for k, box in enumerate(left[f]):
-        if not frames or iou(box, boxes[-1]) > min_iou:
+      for k, found in enumerate(left[f]):
+        if not frames or iou(found[:4], boxes[-1]) > min_iou:
           frames.append(f)
-          boxes.append(box)
+          boxes.append(found[:4])
+          scores.append(found[-1])
           del left[f][k]
           break
     if not frames:
@@ -107,7 +110,7 @@ def link_tracks(detections: Sequence[np.ndarray], start: int, end: int,
       every = np.arange(frames[0], frames[-1] + 1)
       filled = np.stack([np.interp(every, frames, np.array(boxes)[:, c]) for c in range(4)], 1)
       if max(np.mean(filled[:, 2] - filled[:, 0]), np.mean(filled[:, 3] - filled[:, 1])) > min_face:
-        tracks.append(Track(every, filled))
+        tracks.append(Track(every, filled, np.isin(every, frames), float(np.median(scores))))
 
 
 def crop_geometry(track: Track) -> np.ndarray:

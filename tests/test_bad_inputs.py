@@ -121,7 +121,7 @@ def I(*flags, face='{in}/face.mp4', audio_='{in}/speech.wav', ckpt='{in}/ckpt',
 
 
 def P(*flags, root='{in}/corpus', out='{out}/pre'):
-  return ['--data_root', root, '--out', out, '--workers', '2', *flags]
+  return ['--data_root', root, '--out', out, '--workers', '2', '--runner', 'local', *flags]
 
 
 def _link(kind):
@@ -294,7 +294,7 @@ def test_bad_clips_are_skipped_and_named(inputs, tmp_path, capsys):
   assert preprocess.main(P(root=str(inputs / 'corpus'), out=str(out))) == 0
   text, err = capsys.readouterr()
   assert 'Traceback' not in err and _snapshot(inputs) == before
-  assert 'skipped 3 clips' in text
+  assert 'skipped 3 clips or records' in text
   assert 'spk/infaudio: bad audio: ' in text and 'infinite samples' in text
   assert 'spk/noface: no face' in text and 'spk/garbage: unreadable' in text
   assert 'train' in text.split('wrote')[1]

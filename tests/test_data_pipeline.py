@@ -123,7 +123,7 @@ def test_resume_skips_finished_clips_and_reports_skips(dataset, tmp_path):
   shutil.copytree(root / 'pre' / '_clips', out / '_clips')
   stamps = {p.name: p.stat().st_mtime_ns for p in (out / '_clips').iterdir()}
   log = _run('data_pipeline.preprocess', '--data_root', str(raw), '--out', str(out),
-             '--face_model', str(require(FACE_MODEL)))
+             '--face_model', str(require(FACE_MODEL)), '--runner', 'local')
   assert 'spk000/broken: unreadable' in log, log
   assert all((out / '_clips' / n).stat().st_mtime_ns == t for n, t in stamps.items())
   builder = tfds.builder_from_directory(str(out / 'clip_dataset' / records.VERSION))

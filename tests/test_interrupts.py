@@ -1,6 +1,7 @@
 """SIGINT and SIGTERM against running commands: they stop promptly with 128 + the signal
 number, their worker and ffmpeg processes end with them, and no temporary or partial file is
 left. (train's own SIGTERM, save and exit 0, is in test_train.py.)"""
+import contextlib
 import gc
 import os
 import shutil
@@ -23,7 +24,13 @@ def interrupt(proc, signum, seconds=30):
   workers = children(proc.pid)
   proc.send_signal(signum)
   began = time.time()
-  _, err = proc.communicate(timeout=seconds)
+  try:
+    _, err = proc.communicate(timeout=seconds)
+  except subprocess.TimeoutExpired:  # a hung command must not outlive the test
+    for pid in [proc.pid] + workers:
+      with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    raise
   return time.time() - began, workers, err
 
 
@@ -67,7 +74,7 @@ def test_preprocess_stops_its_workers(tmp_path, env, signum):
   out = tmp_path / 'pre'
   proc = subprocess.Popen(
       [sys.executable, '-m', 'data_pipeline.preprocess', '--data_root', str(tmp_path / 'raw'),
-       '--out', str(out), '--workers', '2'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+       '--out', str(out), '--workers', '2', '--runner', 'local'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True)
   wait_for(lambda: len(children(proc.pid)) >= 2 or proc.poll() is not None, 120,
            'the worker processes')
@@ -181,6 +188,7 @@ def _worker_terminated_inside_a_finalizer():
   return ref
 
 
+@pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')  # the child never touches JAX
 def test_a_worker_terminated_inside_a_finalizer_still_exits():
   """A pool's terminate() waits for each worker; one that dropped its SIGTERM in a finalizer
   hung preprocess's Ctrl-C (seen in CI)."""

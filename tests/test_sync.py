@@ -44,8 +44,8 @@ def test_offsets_are_recovered_removed_and_recorded(judge, offset_corpus, tmp_pa
   late, root = offset_corpus
   out = run_module('data_pipeline.preprocess', '--data_root', str(root), '--out',
                    str(tmp_path / 'pre'), '--filelists', str(root), '--face_model',
-                   str(require(FACE_MODEL)), '--sync_judge', judge, '--sync_correct')
-  assert 'sync offsets (frames: clips) of the 9 clips kept' in out and 'skipped' not in out
+                   str(require(FACE_MODEL)), '--sync_judge', judge, '--sync_correct', '--runner', 'local')
+  assert 'sync offsets (frames: records) of the 9 records kept' in out and 'skipped' not in out
   data_dir = str(tmp_path / 'pre' / 'clip_dataset' / records.VERSION)
   found = read_records(data_dir)
   assert set(found) == set(late)
@@ -72,20 +72,23 @@ def test_offsets_are_recovered_removed_and_recorded(judge, offset_corpus, tmp_pa
   # a rerun reuses the measurements; a confidence bar above every clip drops them all, by name
   with pytest.raises(cli.UserError, match='none of the 9 clips'):
     preprocess.preprocess(str(root), str(tmp_path / 'pre'), str(root),
-                          face_model=str(require(FACE_MODEL)), sync_judge=judge,
+                          face_model=str(require(FACE_MODEL)), sync_judge=judge, runner='local',
                           min_sync_conf=5.0)
 
 
 def test_correct_shifts_by_whole_frames():
   mel = np.arange(80 * 100, dtype=np.float32).reshape(80, 100)
-  clip = {'frames': np.arange(30), 'has_face': np.arange(30) % 2 == 0, 'mel': mel}
+  clip = {'frames': np.arange(30), 'has_face': np.arange(30) % 2 == 0, 'mel': mel,
+          'span': np.array([5, 35])}  # frames 5..34 of the source
   later = sync.correct(clip, 2, None)  # audio leads by 2: frame i + 2 goes with audio i
   assert list(later['frames'][:3]) == [2, 3, 4] and later['mel'] is mel
-  assert len(later['frames']) == min(28, audio.frames_covered(100))
+  n = min(28, audio.frames_covered(100))
+  assert len(later['frames']) == n and list(later['span']) == [7, 7 + n]
   assert list(later['has_face'][:2]) == [True, False]
   shorter = mel[:, :50]
   earlier = sync.correct(clip, -2, shorter)  # the aligned mel of the trimmed audio
   assert earlier['frames'][0] == 0 and len(earlier['frames']) == audio.frames_covered(50)
+  assert list(earlier['span']) == [5, 5 + audio.frames_covered(50)]
 
 
 def test_judges_are_told_apart_and_bad_ones_refused(tmp_path):
@@ -105,10 +108,11 @@ def test_syncnet_judge_scores_the_clips_whole_frames(offset_corpus, tmp_path):
   judge = sync.load_judge(path, vshift=4)
   assert judge.kind == 'syncnet'
   video = str(offset_corpus[1] / 'spk000' / '00000.mp4')
-  measured = sync.measure_clip(judge, video, {}, str(tmp_path / 'm.npz'))
+  part = {'span': np.array([10, 60])}  # a record of frames 10..59: those frames, their audio
+  measured = sync.measure_clip(judge, video, part, str(tmp_path / 'm.npz'))
   assert -4 <= measured['offset'] <= 4 and measured['conf'] >= 0
   assert (measured['mel'] is None) == (measured['offset'] >= 0)
   # cached for this judge: read back, not scored again
   judge = sync.Judge(judge.kind, judge.key, measure=None)
-  assert sync.measure_clip(judge, video, {}, str(tmp_path / 'm.npz'))['offset'] == measured[
+  assert sync.measure_clip(judge, video, part, str(tmp_path / 'm.npz'))['offset'] == measured[
       'offset']

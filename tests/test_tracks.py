@@ -1,5 +1,6 @@
 """Shots, face tracks and run_pipeline's crops (lipsync_jax/tracks.py)."""
 import numpy as np
+import pytest
 
 from conftest import FACE_MODEL, concat_clips, require
 from lipsync_jax import faces, tracks
@@ -35,6 +36,8 @@ def test_tracks_bridge_gaps_split_faces_and_drop_short_or_small_ones():
   moving = next(t for t in found if t.boxes[0, 0] < 100)
   assert (moving.start, moving.end) == (0, n) and len(moving.frames) == n
   np.testing.assert_allclose(moving.boxes[65], [75, 20, 195, 140])  # interpolated
+  assert not moving.detected[60:70].any() and moving.detected[:60].all()
+  assert moving.score == pytest.approx(0.9)
   # a gap longer than 25 frames ends the track; the rest starts a new one if long enough
   gappy = [_face(50, 50) if not 30 <= f < 60 else np.zeros((0, 15)) for f in range(180)]
   assert [(t.start, t.end) for t in tracks.link_tracks(gappy, 0, 180)] == [(60, 180)]

@@ -1,0 +1,135 @@
+"""What makes a raw clip into training records: shots, one face track per record, and the rules
+that keep a lip-sync corpus clean (the reference's users lost months to an expert stuck at chance
+on uncurated data).
+
+Per clip, at 25 fps: every face of every frame (lipsync_jax.faces' detector); shot boundaries
+where the content changes (lipsync_jax.tracks: mean HSV difference >= 30, shots >= 15 frames); in
+each shot, face tracks linked by IoU > 0.5 across gaps of at most 25 frames (lipsync_jax.tracks,
+the evaluator's rules). A track makes records when it is long enough, its face large enough
+(mean box side), its detections confident enough (the detector's median score) and its crops
+sharp enough (median variance of the Laplacian of the 96x96 grey
+crops: a blurred or upscaled face teaches the generator blur); a track longer than the length
+window is cut into equal pieces no longer than it. Each record is as if the video had been cut
+there: its frames from the track's boxes through the one crop pipeline (padded, smoothed,
+96x96), its mel computed from the audio from its first frame on (to 0.2 s past its last).
+"""
+import collections
+import dataclasses
+import math
+from typing import List, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from lipsync_jax import audio, faces, tracks
+
+MIN_FRAMES = 16  # the reference skips clips with <= 15 frames
+# A record's audio runs this many frames past its last frame where the clip's audio goes on, so
+# that every frame's 0.2 s mel window lies inside its mel (as in a whole clip's mel).
+AUDIO_TAIL = math.ceil(audio.MEL_STEP / (audio.MEL_FPS / audio.TRAIN_FPS))
+
+
+@dataclasses.dataclass(frozen=True)
+class Curation:
+  """The rules, each a preprocess flag; the defaults suit LRS2-style data (broadcast video,
+  faces of 100-200 px, clips of 1-10 s)."""
+  split_shots: bool = True
+  min_seconds: float = MIN_FRAMES / audio.TRAIN_FPS  # the shortest track and record kept
+  max_seconds: float = 10.0  # longer tracks are cut into pieces no longer than this
+  min_face: float = 64.0  # pixels, mean side of the detector's box over the track
+  min_sharpness: float = 50.0  # median Laplacian variance of the track's 96x96 grey crops
+  min_score: float = 0.8  # the detector's median confidence: hands, posters, profiles score lower
+
+  @property
+  def min_frames(self) -> int:
+    return max(MIN_FRAMES, math.ceil(self.min_seconds * audio.TRAIN_FPS - 1e-9))
+
+  @property
+  def max_frames(self) -> int:
+    return max(self.min_frames, int(self.max_seconds * audio.TRAIN_FPS + 1e-9))
+
+  def key(self) -> str:
+    """Identifies the rules: a clip cached under other rules is processed again."""
+    return repr(dataclasses.astuple(self))
+
+
+def sharpness(crops: Sequence[np.ndarray]) -> float:
+  """Median over the crops of the variance of the Laplacian of the grey image."""
+  return float(np.median([cv2.Laplacian(cv2.cvtColor(c, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var()
+                          for c in crops]))
+
+
+def pieces(start: int, end: int, max_frames: int) -> List[Tuple[int, int]]:
+  """[start, end) cut into the fewest equal pieces no longer than max_frames."""
+  k = -(-(end - start) // max_frames)
+  bounds = np.linspace(start, end, k + 1).round().astype(int)
+  return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+
+def clip_shots(frames: Sequence[np.ndarray], split: bool) -> List[Tuple[int, int]]:
+  if not split:
+    return [(0, len(frames))]
+  small = [tracks.small_hsv(f) for f in frames]
+  values = [0.0] + [tracks.content_value(a, b) for a, b in zip(small, small[1:])]
+  return tracks.shots(values)
+
+
+def face_tracks(detections: Sequence[np.ndarray], shot_spans: Sequence[Tuple[int, int]]
+                ) -> List[tracks.Track]:
+  """Every linked track of every shot, none dropped (the rules count what they drop)."""
+  return [t for start, end in shot_spans
+          for t in tracks.link_tracks(detections, start, end, min_track=0, min_face=0)]
+
+
+def track_size(track: tracks.Track) -> float:
+  b = track.boxes
+  return float(max(np.mean(b[:, 2] - b[:, 0]), np.mean(b[:, 3] - b[:, 1])))
+
+
+def records_of_clip(clip: str, frames: Sequence[np.ndarray], detections: Sequence[np.ndarray],
+                    wav: np.ndarray, mel: np.ndarray, rules: Curation
+                    ) -> Tuple[List[dict], List[str]]:
+  """(records, what was dropped: one 'kind (detail)' per track) of a decoded clip whose frames
+  all have audio. A record: clip id (the clip's, with '@start-end' when it is not the whole
+  clip), span [start, end) in the clip's frames, 96x96 JPEG 'frames', 'has_face' (a detection
+  in that frame; bridged frames are cropped at interpolated boxes), 'mel'."""
+  n = len(frames)
+  found = face_tracks(detections, clip_shots(frames, rules.split_shots))
+  out, dropped, taken = [], [], collections.Counter()
+  for track in found:
+    if len(track.frames) < rules.min_frames:
+      dropped.append(f'short track ({len(track.frames)} frames < {rules.min_frames})')
+      continue
+    size = track_size(track)
+    if size < rules.min_face:
+      dropped.append(f'small face ({size:.0f} px < {rules.min_face:g})')
+      continue
+    if track.score < rules.min_score:
+      dropped.append(f'unsure face (detector score {track.score:.2f} < {rules.min_score:g})')
+      continue
+    boxes = faces.face_boxes(list(track.boxes), faces.PADS, frames[0].shape)
+    crops = [faces.crop(frames[f], b) for f, b in zip(track.frames, boxes)]
+    sharp = sharpness([c for c, d in zip(crops, track.detected) if d])
+    if sharp < rules.min_sharpness:
+      dropped.append(f'blurred (sharpness {sharp:.1f} < {rules.min_sharpness:g})')
+      continue
+    for start, end in pieces(track.start, track.end, rules.max_frames):
+      whole = (start, end) == (0, n)
+      piece_mel = mel if whole else audio.melspectrogram(
+          wav[start * audio.SAMPLES_PER_FRAME:(end + AUDIO_TAIL) * audio.SAMPLES_PER_FRAME])
+      keep = min(end - start, audio.frames_covered(piece_mel.shape[1]))
+      lo, hi = start - track.start, start - track.start + keep
+      name = clip if whole else f'{clip}@{start}-{start + keep}'
+      taken[name] += 1  # two faces over one span: name, name.1, ...
+      out.append({
+          'clip': f'{name}.{taken[name] - 1}' if taken[name] > 1 else name,
+          'span': np.array([start, start + keep], np.int32),
+          'frames': np.array([cv2.imencode('.jpg', c, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+                              for c in crops[lo:hi]], dtype=object),
+          'has_face': track.detected[lo:hi], 'mel': piece_mel})
+  return out, dropped
+
+
+def drop_kind(reason: str) -> str:
+  """'short track (3 frames < 16)' -> 'short track'."""
+  return reason.split(':')[0].split(' (')[0]
