@@ -17,15 +17,21 @@ from lipsync_jax.losses import bce, cosine_similarity
 PRECISIONS = [pytest.param(np.float32, id='f32'), pytest.param(np.float64, id='f64')]
 # Both convolution implementations (layers.py) must match the original.
 CONV_IMPLS = pytest.mark.parametrize('conv_impl', ['cpu', 'xla'])
-# For the slowest checks (the generator, the GAN training step): by default each path in the
-# precision it runs in, the CPU kernels in float64 (the tightest check) and XLA's convolutions
-# (the accelerators') in float32, which keeps CI in its time budget; every pair with
-# LIPSYNC_JAX_FULL_PARITY=1 (both paths pass all four).
-HEAVY_PAIRS = pytest.mark.parametrize('dtype,conv_impl', [
-    pytest.param(np.dtype(d).type, c, id=f'{c}-{i}')
-    for d, i in (('float32', 'f32'), ('float64', 'f64')) for c in ('cpu', 'xla')
-    if os.environ.get('LIPSYNC_JAX_FULL_PARITY') == '1' or (c, i) in (('cpu', 'f64'),
-                                                                       ('xla', 'f32'))])
+
+
+def heavy_pairs(*default):
+  """For the slowest checks, only the (conv_impl, precision) pairs given run by default, which
+  keeps CI in its time budget; every pair with LIPSYNC_JAX_FULL_PARITY=1 (both paths pass all
+  four)."""
+  return pytest.mark.parametrize('dtype,conv_impl', [
+      pytest.param(np.dtype(d).type, c, id=f'{c}-{i}')
+      for d, i in (('float32', 'f32'), ('float64', 'f64')) for c in ('cpu', 'xla')
+      if os.environ.get('LIPSYNC_JAX_FULL_PARITY') == '1' or (c, i) in default])
+
+
+# The generator: each path in the precision it runs in, the CPU kernels in float64 (the
+# tightest check) and XLA's convolutions (the accelerators') in float32.
+HEAVY_PAIRS = heavy_pairs(('cpu', 'f64'), ('xla', 'f32'))
 
 
 def _tol(dtype, f32_tol):

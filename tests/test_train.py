@@ -193,8 +193,13 @@ def test_compilation_cache_serves_a_second_run(synthetic_dataset, tmp_path):
     assert proc.returncode == 0, err[-2000:]
     entries.append({p.name for p in cache.iterdir()})
   assert entries[0], 'the first run cached nothing'
-  # the second run compiled the same programs: served from the cache, it adds (almost) none
-  assert len(entries[1] - entries[0]) < len(entries[0]) / 2, entries
+  # the second run's programs that the first cached were served from the cache: it adds no new
+  # entry for them (a program compiled in under the cache's 1 s floor the first time may be
+  # cached by the second, slower run: that is a different program, not a miss)
+  program = lambda entry: entry.split('-')[0]  # jit_train_step-<hash>-cache
+  added = entries[1] - entries[0]
+  assert entries[0] <= entries[1] and not {program(e) for e in added} & {
+      program(e) for e in entries[0]}, entries
 
 
 @pytest.mark.slow
