@@ -139,7 +139,8 @@ def test_real_clips_preprocess(tmp_path):
                'phone_600x480_25fps.mp4'):
     shutil.copy(require(MEDIA / name), raw / name)
   out = _run('data_pipeline.preprocess', '--data_root', str(tmp_path / 'raw'), '--out',
-             str(tmp_path / 'pre'), '--face_model', str(require(FACE_MODEL)))
+             str(tmp_path / 'pre'), '--face_model', str(require(FACE_MODEL)), '--runner',
+             'local')  # the Beam runner on real clips: test_beam.py
   assert 'skipped' not in out
   by_clip = read_records(tmp_path / 'pre' / 'clip_dataset' / records.VERSION)
   for clip, seconds in [('talking_head_512_25fps', 8.0), ('speech_850x480_30fps', 7.0)]:

@@ -28,6 +28,25 @@ def test_conv_transpose_matches_torch(cin, cout, k, stride, pad, out_pad, size, 
   np.testing.assert_allclose(out, ref, atol=1e-12)
 
 
+@pytest.mark.parametrize('cin,cout,k,stride,pad,out_pad,size', [
+    (4, 3, 3, 2, 1, 1, 5), (2, 3, 4, 2, 1, 0, 6), (3, 2, 5, 3, 2, 1, 4)])
+def test_conv_transpose_gradients_are_the_same_on_both_paths(cin, cout, k, stride, pad, out_pad,
+                                                             size):
+  """The sub-pixel transposed convolution (the CPU path) and XLA's input-dilated one give the
+  same gradients, input and kernel (the decoder's backward pass in every generator step)."""
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((2, size, size, cin))
+  params = {'kernel': rng.standard_normal((k, k, cin, cout)), 'bias': rng.standard_normal(cout)}
+  grads = {}
+  with jax.enable_x64(True):
+    for impl in ('cpu', 'xla'):
+      layer = ConvTranspose(cout, k, stride, pad, out_pad, conv_impl=impl)
+      out, vjp = jax.vjp(lambda p, x: layer.apply({'params': p}, x), params, x)
+      grads[impl] = vjp(np.cos(np.arange(out.size).reshape(out.shape)))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10),
+               grads['cpu'], grads['xla'])
+
+
 def _native_conv(x, kernel, strides, padding):
   return jax.lax.conv_general_dilated(x, kernel, strides, padding,
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
