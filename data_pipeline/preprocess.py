@@ -29,12 +29,13 @@ and records below --min_sync_conf are dropped. The local runner caches the measu
 """
 import argparse
 import collections
+import functools
 import hashlib
 import importlib.util
 import multiprocessing
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -63,14 +64,13 @@ def _init_worker(model_path):
 
 
 def _process_job(job):
-  """(clip id, '' or the reason it was skipped, what the rules dropped); never raises for a bad
-  clip."""
+  """(clip id, '' or the reason it was skipped); never raises for a bad clip."""
   clip, path, cache_path, rules = job
   try:
-    return (clip, *process_clip(clip, path, cache_path, rules))
+    return clip, process_clip(clip, path, cache_path, rules)
   except Exception as e:  # pylint: disable=broad-except
     # One damaged clip must not sink a corpus run; the summary names it with the reason.
-    return clip, f'failed: {str(e) or type(e).__name__}', []
+    return clip, f'failed: {str(e) or type(e).__name__}'
 
 
 def clip_records(clip: str, path: str, detector: faces.FaceDetector,
@@ -105,13 +105,12 @@ def clip_records(clip: str, path: str, detector: faces.FaceDetector,
   return found, dropped, ''
 
 
-def process_clip(clip: str, path: str, cache_path: str, rules: curation.Curation
-                 ) -> Tuple[str, List[str]]:
-  """Writes the clip's records to its cache .npz; (the reason it was skipped or '', what the
-  rules dropped)."""
+def process_clip(clip: str, path: str, cache_path: str, rules: curation.Curation) -> str:
+  """Writes the clip's records, and what its rules dropped, to its cache .npz; returns '' or the
+  reason it was skipped."""
   found, dropped, reason = clip_records(clip, path, _detector, rules)
   if reason:
-    return reason, dropped
+    return reason
   fields = {'rules': rules.key(), 'dropped': np.array(dropped, dtype=str)}
   for i, r in enumerate(found):
     fields.update({f'{i}.clip': r['clip'], f'{i}.span': r['span'],
@@ -120,7 +119,7 @@ def process_clip(clip: str, path: str, cache_path: str, rules: curation.Curation
                    f'{i}.has_face': r['has_face'], f'{i}.mel': r['mel']})
   with cli.atomic_output(cache_path, suffix='.npz') as tmp:
     np.savez(tmp, **fields)
-  return '', dropped
+  return ''
 
 
 def cached_rules(cache_path: str) -> Optional[str]:
@@ -132,34 +131,49 @@ def cached_rules(cache_path: str) -> Optional[str]:
     return None
 
 
-def load_cached(cache_path: str) -> Tuple[List[dict], List[str]]:
-  """(the cached clip's records, what its rules dropped)."""
-  found = []
+def cached_contents(cache_path: str) -> Tuple[List[str], List[str]]:
+  """(the record ids of a cached clip, what its rules dropped); the records stay on disk."""
   with np.load(cache_path, allow_pickle=False) as z:
-    for i in range(sum(1 for k in z.files if k.endswith('.clip'))):
-      lengths = z[f'{i}.lengths']
-      ends, data = np.cumsum(lengths), z[f'{i}.jpeg'].tobytes()
-      found.append(dict(records.UNMEASURED, clip=str(z[f'{i}.clip']), span=z[f'{i}.span'],
-                        frames=np.array([data[e - l:e] for e, l in zip(ends, lengths)],
-                                        dtype=object),
-                        has_face=z[f'{i}.has_face'], mel=z[f'{i}.mel']))
-    return found, [str(d) for d in z['dropped']]
+    ids = [str(z[k]) for k in sorted((k for k in z.files if k.endswith('.clip')),
+                                      key=lambda k: int(k.split('.')[0]))]
+    return ids, [str(d) for d in z['dropped']]
 
 
-def measure_sync(found: Sequence[Tuple[str, dict]], data_root: str, cache_of: dict,
-                 judge: sync.Judge, correct: bool, min_conf: float) -> Tuple[list, dict]:
-  """([(clip, record)] of the records kept, measured and corrected as asked, {record id:
-  reason} of those dropped); measurements are cached beside each clip's records."""
-  kept, dropped = [], {}
-  for clip, record in tqdm(found, desc=f'sync ({judge.kind})', unit='record'):
-    start, end = record['span']
-    cache = f'{cache_of[clip][:-len(".npz")]}.{start}-{end}.sync.npz'
-    judged, reason = sync.judge_record(judge, os.path.join(data_root, clip + '.mp4'), record,
-                                       correct, min_conf, cache)
-    if judged is None:
-      dropped[record['clip']] = reason
+def load_cached(cache_path: str, index: int) -> dict:
+  """Record `index` of a cached clip."""
+  with np.load(cache_path, allow_pickle=False) as z:
+    lengths = z[f'{index}.lengths']
+    ends, data = np.cumsum(lengths), z[f'{index}.jpeg'].tobytes()
+    return dict(records.UNMEASURED, clip=str(z[f'{index}.clip']), span=z[f'{index}.span'],
+                frames=np.array([data[e - l:e] for e, l in zip(ends, lengths)], dtype=object),
+                has_face=z[f'{index}.has_face'], mel=z[f'{index}.mel'])
+
+
+def judged_record(judge: sync.Judge, data_root: str, cache_of: dict, correct: bool,
+                  min_conf: float, clip: str, index: int, record_id: str
+                  ) -> Tuple[Optional[dict], str]:
+  """sync.judge_record of cached record `index` of `clip`; the measurement is cached beside the
+  clip's records, per record, so judging it again costs one small read."""
+  measurement = os.path.join(os.path.dirname(cache_of[clip]),
+                             record_id.replace('/', '__') + '.sync.npz')
+  return sync.judge_record(judge, os.path.join(data_root, clip + '.mp4'),
+                           load_cached(cache_of[clip], index), correct, min_conf, measurement)
+
+
+def measure_sync(entries: Sequence[Tuple[str, int, str]], judge: sync.Judge,
+                 judged: Callable[..., Tuple[Optional[dict], str]]) -> Tuple[list, dict]:
+  """(the (clip, index, record id) entries the judge keeps, {record id: reason} of the others);
+  prints the offsets found."""
+  kept, dropped, offsets = [], {}, collections.Counter()
+  for entry in tqdm(entries, desc=f'sync ({judge.kind})', unit='record'):
+    record, reason = judged(*entry)
+    if record is None:
+      dropped[entry[2]] = reason
     else:
-      kept.append((clip, judged))
+      kept.append(entry)
+      offsets[int(record['sync_offset'])] += 1
+  print(f'sync offsets (frames: records) of the {len(kept)} records kept: ' +
+        ', '.join(f'{o:+d}: {n}' for o, n in sorted(offsets.items())))
   return kept, dropped
 
 
@@ -261,27 +275,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def process_clips(todo, data_root: str, cache_of: dict, workers: int, model: str,
-                  rules: curation.Curation) -> Tuple[dict, collections.Counter]:
-  """Caches the records of every clip in `todo` with `workers` processes; ({clip: reason} of
-  the skipped, tracks dropped by kind)."""
-  skipped, track_drops = {}, collections.Counter()
+                  rules: curation.Curation) -> dict:
+  """Caches the records of every clip in `todo` with `workers` processes; {clip: reason} of the
+  skipped."""
+  skipped = {}
   if not todo:
-    return skipped, track_drops
+    return skipped
   jobs = [(c, os.path.join(data_root, c + '.mp4'), cache_of[c], rules) for c in todo]
   # spawn, not fork: a caller may already run threads (JAX, OpenCV), which fork would deadlock.
   # Leaving the block by any exception (Interrupted too) terminates the workers at once.
   with multiprocessing.get_context('spawn').Pool(
       min(workers, len(jobs)), initializer=_init_worker, initargs=(model,)) as pool:
-    for clip, reason, dropped in tqdm(pool.imap_unordered(_process_job, jobs),
-                                      total=len(jobs), desc='clips'):
+    for clip, reason in tqdm(pool.imap_unordered(_process_job, jobs), total=len(jobs),
+                             desc='clips'):
       if reason:
         skipped[clip] = reason
-      track_drops.update(curation.drop_kind(d) for d in dropped)
     # Done: let the workers exit on their own. Terminating them (what leaving the block does)
     # can land SIGTERM in a worker's finalizer, which then prints "SystemExit: 143".
     pool.close()
     pool.join()
-  return skipped, track_drops
+  return skipped
 
 
 def summary(counts: Dict[str, int]) -> str:
@@ -337,27 +350,32 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
   cache = cli.ensure_folder(os.path.join(out, '_clips'), 'preprocessed clips')
   cache_of = {c: os.path.join(cache, c.replace('/', '__') + '.npz') for c in splits}
   todo = [c for c in splits if cached_rules(cache_of[c]) != rules.key()]
-  skipped, _ = process_clips(todo, data_root, cache_of, workers or os.cpu_count(), model, rules)
+  skipped = process_clips(todo, data_root, cache_of, workers or os.cpu_count(), model, rules)
   counts = collections.Counter({'clips in': len(splits)})
   counts.update(f'dropped: {curation.drop_kind(r)}' for r in skipped.values())
-  found = []
+  entries = []  # (clip, record index, record id); the records themselves are read when written
   for clip in splits:
-    if clip not in skipped and cached_rules(cache_of[clip]) == rules.key():
-      clip_found, dropped = load_cached(cache_of[clip])
+    if clip not in skipped:  # every other clip's cache now holds these rules' records
+      ids, dropped = cached_contents(cache_of[clip])
       counts.update(f'tracks dropped: {curation.drop_kind(d)}' for d in dropped)
       counts['clips kept'] += 1
-      found += [(clip, r) for r in clip_found]
+      entries += [(clip, i, rid) for i, rid in enumerate(ids)]
+
+  judged = functools.partial(judged_record, judge, data_root, cache_of, sync_correct,
+                             min_sync_conf)
   if judge:
-    found, dropped = measure_sync(found, data_root, cache_of, judge, sync_correct, min_sync_conf)
-    counts.update(f'records dropped: {curation.drop_kind(r)}' for r in dropped.values())
+    entries, dropped = measure_sync(entries, judge, judged)
     skipped.update(dropped)
-    offsets = collections.Counter(int(r['sync_offset']) for _, r in found)
-    print(f'sync offsets (frames: records) of the {len(found)} records kept: ' +
-          ', '.join(f'{o:+d}: {n}' for o, n in sorted(offsets.items())))
-  counts['records'] = len(found)
+    counts.update(f'records dropped: {curation.drop_kind(r)}' for r in dropped.values())
+
+  def load(clip: str, index: int, record_id: str) -> dict:
+    """Read as TFDS writes it; with a judge, judged again from its cached measurement."""
+    return judged(clip, index, record_id)[0] if judge else load_cached(cache_of[clip], index)
+
+  counts['records'] = len(entries)
   examples = collections.defaultdict(list)
-  for clip, record in found:
-    examples[splits[clip]].append((record['clip'], lambda r=record: r))
+  for entry in entries:
+    examples[splits[entry[0]]].append((entry[2], functools.partial(load, *entry)))
   if skipped:
     print(f'skipped {len(skipped)} clips or records:')
     for clip, reason in sorted(skipped.items()):
