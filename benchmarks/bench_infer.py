@@ -37,7 +37,8 @@ def main():
     if ckpt is None:
       ckpt = os.path.join(tmp, 'generator')
       module = models.build('wav2lip')
-      checkpoint.save_model(ckpt, 'wav2lip', models.init(module, 'wav2lip', jax.random.key(0)))
+      checkpoint.save_model(ckpt, 'wav2lip', module,
+                            models.init(module, 'wav2lip', jax.random.key(0)))
     options = infer.Options(wav2lip_batch_size=args.wav2lip_batch_size)
     print(f'{args.face}, full-size generator, batch {args.wav2lip_batch_size}, '
           f'{jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} cores')

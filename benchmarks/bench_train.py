@@ -41,8 +41,8 @@ def bench(job: str, data_dir: str, tmp: str, args) -> None:
     path = os.path.join(tmp, f'expert_{config.model.width_divisor}')
     if not os.path.isdir(path):
       module = models.build('expert', config.model.width_divisor)
-      checkpoint.save_model(path, 'expert', models.init(module, 'expert', jax.random.key(0)),
-                            config.model.width_divisor)
+      checkpoint.save_model(path, 'expert', module,
+                            models.init(module, 'expert', jax.random.key(0)))
     config.expert_checkpoint = path
   run = train.Run(config, os.path.join(tmp, job))
   start = time.perf_counter()

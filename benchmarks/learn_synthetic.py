@@ -4,6 +4,7 @@ sentences.
 
     python benchmarks/learn_synthetic.py [--out runs/learn] [--expert_steps 3500]
         [--expert_batch 64] [--expert_width_divisor 4] [--generator_steps 2000] [--speakers 16]
+        [--img_size 192 [--compare_size 96]]
 
 Runs the demo's stages (lipsync_jax/demo.py: corpus, preprocessing, expert, tiny generator)
 with larger budgets, then prints
@@ -17,9 +18,12 @@ with larger budgets, then prints
   result shifted one frame either way (a peak off 0 means the mouths lead or lag the audio);
 * how often the expert rates those results in sync, beside how often it rates the real clips
   (at both cuts);
+* with --compare_size, the same figures for models of that face size trained on the same
+  corpus, and the mouths the two generators make compared (benchmarks/mouth_quality.py);
 * the wall time.
 """
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -28,17 +32,20 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_pipeline import loaders, synthetic  # noqa: E402
+from benchmarks import mouth_quality as quality  # noqa: E402
 from lipsync_jax import allocator, audio, convert, demo, faces, infer, losses  # noqa: E402
 
 
 SPEECH_MEL = -2.5  # a mel window whose mean is above this (silence is -4) holds speech
 
 
-def expert_pairs(data_dir: str, split: str, expert: tuple, batches: int = 16) -> dict:
+def expert_pairs(data_dir: str, split: str, expert: tuple, img_size: int,
+                 batches: int = 16) -> dict:
   """The expert's cosines on balanced in-sync / off-sync (offset >= 3 frames) pairs of a split,
   with their labels and whether each window's audio holds speech."""
   module, variables = expert
-  data = iter(loaders.make_dataset(data_dir, split, 'expert', 64, seed=7, min_offset=3))
+  data = iter(loaders.make_dataset(data_dir, split, 'expert', 64, seed=7, min_offset=3,
+                                   img_size=img_size))
   cosines, speech, label = [], [], []
   for _ in range(batches):
     batch = loaders.to_float(next(data))
@@ -79,45 +86,32 @@ def lagged_r(measured: np.ndarray, truth: np.ndarray, lag: int) -> float:
   return float(np.corrcoef(measured[max(lag, 0):][:n], truth[max(-lag, 0):][:n])[0, 1])
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--out', default='runs/learn_synthetic',
-                      help='work folder; rerunning with the same one reuses finished stages')
-  demo.add_stage_flags(parser, demo.Settings(speakers=16, expert_steps=3500,
-                                             generator_steps=2000, expert_width_divisor=4,
-                                             expert_batch=64))
-  args = parser.parse_args()
-  settings = demo.settings_from_args(args)
-  began = time.perf_counter()
-  out = os.path.abspath(args.out)
-  os.makedirs(out, exist_ok=True)
-  data_dir = demo.build_corpus(out, settings)
+def size_figures(out: str, data_dir: str, settings, clips: list, detector) -> None:
+  """Trains (or resumes) the expert and generator of settings.img_size in out and prints their
+  learning figures on the held-out clips."""
+  size = settings.img_size
   expert_dir, generator_dir = demo.train_models(out, data_dir, settings)
   expert = convert.load_checkpoint(expert_dir, 'expert')
-  test_pairs = expert_pairs(data_dir, 'test', expert)
+  test_pairs = expert_pairs(data_dir, 'test', expert, size)
   # The reference never thresholds its expert (it trains on -log cos); a decision rule fitted on
   # the training speakers, as any classifier's, is judged here beside the raw 0.5.
-  threshold = fit_threshold(expert_pairs(data_dir, 'train', expert))
-
-  raw = os.path.join(out, 'corpus')
-  with open(os.path.join(raw, 'test.txt')) as f:
-    clips = [os.path.join(raw, line.strip() + '.mp4') for line in f if line.strip()]
-  detector = faces.FaceDetector(args.face_model)
+  threshold = fit_threshold(expert_pairs(data_dir, 'train', expert, size))
   correlations, result_rates, real_rates = [], [], []
   cuts = (0.5, threshold)
   for i, clip in enumerate(clips):
     speech = clips[(i + 1) % len(clips)]  # another held-out sentence (and voice)
     result = os.path.join(out, f'result_{i}.mp4')
-    infer.lipsync(clip, speech, generator_dir, result, infer.Options(face_model=args.face_model),
-                  progress=False)
-    crops = demo.face_crops(result, detector)
+    infer.lipsync(clip, speech, generator_dir, result,
+                  infer.Options(face_model=settings.face_model), progress=False)
+    crops = demo.face_crops(result, detector, size)
     truth = synthetic.mouth_track(audio.load_audio(speech), len(crops))[:, 0]
     correlations.append([lagged_r(demo.mouth_darkness(crops), truth, lag) for lag in (-1, 0, 1)])
     result_cos = demo.expert_window_cosines(crops, speech, expert)
-    real_cos = demo.expert_window_cosines(demo.face_crops(clip, detector), clip, expert)
+    real_cos = demo.expert_window_cosines(demo.face_crops(clip, detector, size), clip, expert)
     result_rates.append([np.mean(result_cos > t) for t in cuts])
     real_rates.append([np.mean(real_cos > t) for t in cuts])
-  print(f'\nheld-out: {len(clips)} test clips of speakers never seen in training')
+  print(f'\n[{size} px models] held-out: {len(clips)} test clips of speakers never seen in '
+        'training')
   print('expert accuracy, in-sync vs off-sync (offset >= 3 frames; target >= 95%):')
   print(f'  cosine > 0.5: {describe(expert_accuracy(test_pairs))}')
   print(f'  cosine > {threshold:.3f} (the cut fitted on the training speakers): '
@@ -129,6 +123,40 @@ def main():
   for cut, generated, real in zip(cuts, np.mean(result_rates, 0), np.mean(real_rates, 0)):
     print(f'expert rates in sync (cosine > {cut:.3f}): generated {generated:.1%}, '
           f'real clips {real:.1%}')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--out', default='runs/learn_synthetic',
+                      help='work folder; rerunning with the same one reuses finished stages')
+  parser.add_argument('--compare_size', type=int, default=None,
+                      help='also train both models at this face size on the same corpus (stored '
+                      'at the larger size) and compare the mouths the two generators make: '
+                      'sharpness, PSNR and SSIM against the ground truth, in the output '
+                      'frames, and a side-by-side picture')
+  demo.add_stage_flags(parser, demo.Settings(speakers=16, expert_steps=3500,
+                                             generator_steps=2000, expert_width_divisor=4,
+                                             expert_batch=64))
+  args = parser.parse_args()
+  settings = demo.settings_from_args(args)
+  sizes = [settings.img_size] + ([args.compare_size] if args.compare_size else [])
+  settings = dataclasses.replace(settings, corpus_size=max(sizes + [settings.corpus_size or 0]))
+  began = time.perf_counter()
+  out = os.path.abspath(args.out)
+  os.makedirs(out, exist_ok=True)
+  data_dir = demo.build_corpus(out, settings)
+  raw = os.path.join(out, 'corpus')
+  with open(os.path.join(raw, 'test.txt')) as f:
+    clips = [os.path.join(raw, line.strip() + '.mp4') for line in f if line.strip()]
+  detector = faces.FaceDetector(args.face_model)
+  outs = {settings.img_size: out}
+  if args.compare_size:
+    outs[args.compare_size] = os.path.join(out, f'compare_{args.compare_size}px')
+  for size, folder in outs.items():
+    size_figures(folder, data_dir, dataclasses.replace(settings, img_size=size), clips, detector)
+  if args.compare_size:
+    generators = {size: os.path.join(folder, 'generator') for size, folder in outs.items()}
+    quality.compare(clips, generators, out, detector, args.face_model)
   print(f'wall time {(time.perf_counter() - began) / 60:.1f} min')
   print('reproduce: python benchmarks/learn_synthetic.py ' + ' '.join(sys.argv[1:]))
 

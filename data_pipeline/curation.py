@@ -7,11 +7,12 @@ where the content changes (lipsync_jax.tracks: mean HSV difference >= 30, shots 
 each shot, face tracks linked by IoU > 0.5 across gaps of at most 25 frames (lipsync_jax.tracks,
 the evaluator's rules). A track makes records when it is long enough, its face large enough
 (mean box side), its detections confident enough (the detector's median score) and its crops
-sharp enough (median variance of the Laplacian of the 96x96 grey
-crops: a blurred or upscaled face teaches the generator blur); a track longer than the length
-window is cut into equal pieces no longer than it. Each record is as if the video had been cut
-there: its frames from the track's boxes through the one crop pipeline (padded, smoothed,
-96x96), its mel computed from the audio from its first frame on (to 0.2 s past its last).
+sharp enough (median variance of the Laplacian of the grey crops at 96x96, whatever size is
+stored, so one threshold means the same at every size: a blurred or upscaled face teaches the
+generator blur); a track longer than the length window is cut into equal pieces no longer than
+it. Each record is as if the video had been cut there: its frames from the track's boxes through
+the one crop pipeline (padded, smoothed, face_size x face_size: 96, or an HQ model's size or
+larger), its mel computed from the audio from its first frame on (to 0.2 s past its last).
 """
 import collections
 import dataclasses
@@ -21,7 +22,7 @@ from typing import List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from lipsync_jax import audio, faces, tracks
+from lipsync_jax import audio, faces, models, tracks
 
 MIN_FRAMES = 16  # the reference skips clips with <= 15 frames
 # A record's audio runs this many frames past its last frame where the clip's audio goes on, so
@@ -37,8 +38,9 @@ class Curation:
   min_seconds: float = MIN_FRAMES / audio.TRAIN_FPS  # the shortest track and record kept
   max_seconds: float = 10.0  # longer tracks are cut into pieces no longer than this
   min_face: float = 64.0  # pixels, mean side of the detector's box over the track
-  min_sharpness: float = 50.0  # median Laplacian variance of the track's 96x96 grey crops
+  min_sharpness: float = 50.0  # median Laplacian variance of the track's grey crops at 96x96
   min_score: float = 0.8  # the detector's median confidence: hands, posters, profiles score lower
+  face_size: int = models.IMG_SIZE  # the side of the stored crops (the largest model's size)
 
   @property
   def min_frames(self) -> int:
@@ -54,9 +56,13 @@ class Curation:
 
 
 def sharpness(crops: Sequence[np.ndarray]) -> float:
-  """Median over the crops of the variance of the Laplacian of the grey image."""
-  return float(np.median([cv2.Laplacian(cv2.cvtColor(c, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var()
-                          for c in crops]))
+  """Median over the crops, brought to 96x96, of the variance of the Laplacian of the grey
+  image."""
+  def grey(crop):
+    if crop.shape[0] != models.IMG_SIZE:
+      crop = cv2.resize(crop, (models.IMG_SIZE,) * 2, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+  return float(np.median([cv2.Laplacian(grey(c), cv2.CV_64F).var() for c in crops]))
 
 
 def pieces(start: int, end: int, max_frames: int) -> List[Tuple[int, int]]:
@@ -91,8 +97,8 @@ def records_of_clip(clip: str, frames: Sequence[np.ndarray], detections: Sequenc
                     ) -> Tuple[List[dict], List[str]]:
   """(records, what was dropped: one 'kind (detail)' per track) of a decoded clip whose frames
   all have audio. A record: clip id (the clip's, with '@start-end' when it is not the whole
-  clip), span [start, end) in the clip's frames, 96x96 JPEG 'frames', 'has_face' (a detection
-  in that frame; bridged frames are cropped at interpolated boxes), 'mel'."""
+  clip), span [start, end) in the clip's frames, JPEG 'frames' (face_size), 'has_face' (a
+  detection in that frame; bridged frames are cropped at interpolated boxes), 'mel'."""
   n = len(frames)
   found = face_tracks(detections, clip_shots(frames, rules.split_shots))
   out, dropped, taken = [], [], collections.Counter()
@@ -108,7 +114,7 @@ def records_of_clip(clip: str, frames: Sequence[np.ndarray], detections: Sequenc
       dropped.append(f'unsure face (detector score {track.score:.2f} < {rules.min_score:g})')
       continue
     boxes = faces.face_boxes(list(track.boxes), faces.PADS, frames[0].shape)
-    crops = [faces.crop(frames[f], b) for f, b in zip(track.frames, boxes)]
+    crops = [faces.crop(frames[f], b, rules.face_size) for f, b in zip(track.frames, boxes)]
     sharp = sharpness([c for c, d in zip(crops, track.detected) if d])
     if sharp < rules.min_sharpness:
       dropped.append(f'blurred (sharpness {sharp:.1f} < {rules.min_sharpness:g})')

@@ -7,12 +7,16 @@ clips (`shard=(jax.process_index(), jax.process_count())`).
 
 Batches (NHWC; images BGR uint8, 4x less to move between workers than float32: `to_float`
 scales them to [0, 1]; mels float32 in [-4, 4]):
-* expert: `mel_window` (B,80,16,1), `face` (B,48,96,15) lower halves of 5 frames (channel
+* expert: `mel_window` (B,80,16,1), `face` (B,S/2,S,15) lower halves of 5 frames (channel
   3t+c), `label` (B,) 1 = in sync, 0 = off sync. Negatives come from the same clip at least
   `min_offset` frames away; the mel is always cut at the positive window, as the reference.
-* generator: `faces` (B,5,96,96,6) = target window with rows 48.. zeroed | reference window
+* generator: `faces` (B,5,S,S,6) = target window with rows S/2.. zeroed | reference window
   from elsewhere in the clip, `mels` (B,5,80,16,1) per-frame mels (training convention, one
-  frame earlier than inference), `mel_window` (B,80,16,1), `gt` (B,5,96,96,3).
+  frame earlier than inference), `mel_window` (B,80,16,1), `gt` (B,5,S,S,3).
+
+S is the model's face size (96 or an HQ size). A dataset stores crops of one size (preprocess
+--face_size); a smaller model reads them downscaled (area interpolation), so one dataset stored
+at the largest size serves every smaller one. A dataset smaller than the model is refused.
 """
 import functools
 from typing import Tuple
@@ -24,16 +28,20 @@ from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lipsync_jax import audio, models
+from lipsync_jax import audio, cli, models
 
 T = 5  # frames per window
 PREFETCH_BATCHES = 2  # per process (each worker process too)
 
 
-def batch_spec(kind: str, batch_size: int) -> dict:
+class DatasetError(cli.UserError, ValueError):
+  """A dataset that cannot serve the batches asked for."""
+
+
+def batch_spec(kind: str, batch_size: int, img_size: int = models.IMG_SIZE) -> dict:
   """Shapes and dtypes of one batch of `kind` (as make_dataset yields them), for compiling a
   step ahead of time without data."""
-  image, mel = (models.IMG_SIZE,) * 2, models.MEL_SHAPE
+  image, mel = (img_size,) * 2, models.MEL_SHAPE
   spec = {'mel_window': ((batch_size,) + mel, np.float32)}
   if kind == 'expert':
     spec.update(face=((batch_size, image[0] // 2, image[1], 3 * T), np.uint8),
@@ -52,9 +60,18 @@ def clip_source(data_dir: str, split: str):
   return tfds.builder_from_directory(data_dir).as_data_source(split)
 
 
-def decode_frames(jpegs) -> np.ndarray:
-  """uint8 (n, H, W, 3) BGR images of JPEG-encoded frames (a record's `frames`)."""
-  return np.stack([cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in jpegs])
+def decode_frames(jpegs, size: int = None) -> np.ndarray:
+  """uint8 (n, H, W, 3) BGR images of JPEG-encoded frames (a record's `frames`), resized to
+  size x size where given and different."""
+  images = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in jpegs]
+  if size is not None and images and images[0].shape[:2] != (size, size):
+    images = [cv2.resize(i, (size, size), interpolation=cv2.INTER_AREA) for i in images]
+  return np.stack(images)
+
+
+def stored_face_size(source) -> int:
+  """The side of the face crops a clip source stores (its first record's first frame)."""
+  return int(decode_frames(source[0]['frames'][:1]).shape[1])
 
 
 def to_float(batch: dict) -> dict:
@@ -81,28 +98,30 @@ def _mel_at(mel: np.ndarray, start: int) -> np.ndarray:
   return mel[:, start:start + audio.MEL_STEP, None]
 
 
-def expert_sample(record: dict, rng: np.random.Generator, min_offset: int) -> dict:
+def expert_sample(record: dict, rng: np.random.Generator, min_offset: int,
+                  img_size: int = models.IMG_SIZE) -> dict:
   mel = record['mel']
   starts = valid_starts(record['has_face'], mel.shape[1], generator=False)
   s = int(rng.choice(starts))
   far = starts[np.abs(starts - s) >= min_offset]
   label = 1.0 if (rng.random() < 0.5 or far.size == 0) else 0.0
   face_start = s if label else int(rng.choice(far))
-  window = decode_frames(record['frames'][face_start:face_start + T])[:, 48:]
+  window = decode_frames(record['frames'][face_start:face_start + T], img_size)[:, img_size // 2:]
   return {'mel_window': _mel_at(mel, audio.expert_window_start(s)),
           'face': np.concatenate(list(window), axis=-1), 'label': np.float32(label)}
 
 
-def generator_sample(record: dict, rng: np.random.Generator) -> dict:
+def generator_sample(record: dict, rng: np.random.Generator,
+                     img_size: int = models.IMG_SIZE) -> dict:
   mel = record['mel']
   starts = valid_starts(record['has_face'], mel.shape[1], generator=True)
   s = int(rng.choice(starts))
   others = starts[starts != s]
   r = int(rng.choice(others)) if others.size else s
-  gt = decode_frames(record['frames'][s:s + T])
+  gt = decode_frames(record['frames'][s:s + T], img_size)
   masked = gt.copy()
-  masked[:, 48:] = 0
-  reference = decode_frames(record['frames'][r:r + T])
+  masked[:, img_size // 2:] = 0
+  reference = decode_frames(record['frames'][r:r + T], img_size)
   return {'faces': np.concatenate([masked, reference], axis=-1),
           'mels': np.stack([_mel_at(mel, audio.generator_frame_start(k))
                             for k in range(s, s + T)]),
@@ -110,15 +129,22 @@ def generator_sample(record: dict, rng: np.random.Generator) -> dict:
 
 
 def make_dataset(data_dir: str, split: str, kind: str, batch_size: int, seed: int,
-                 min_offset: int = 3, workers: int = 0,
-                 shard: Tuple[int, int] = (0, 1)) -> grain.IterDataset:
-  """An endless, deterministic IterDataset of batches ('expert' or 'generator')."""
+                 min_offset: int = 3, workers: int = 0, shard: Tuple[int, int] = (0, 1),
+                 img_size: int = models.IMG_SIZE) -> grain.IterDataset:
+  """An endless, deterministic IterDataset of batches ('expert' or 'generator') of img_size
+  faces."""
   index, count = shard
-  ds = grain.MapDataset.source(clip_source(data_dir, split))[index::count]
+  source = clip_source(data_dir, split)
+  stored = stored_face_size(source)
+  if stored < img_size:
+    raise DatasetError(f'{data_dir}: the dataset stores {stored} px face crops, the model needs '
+                       f'{img_size} px; preprocess again with --face_size {img_size} (a larger '
+                       'dataset serves every smaller model)')
+  ds = grain.MapDataset.source(source)[index::count]
   if kind == 'expert':
-    sample = functools.partial(expert_sample, min_offset=min_offset)
+    sample = functools.partial(expert_sample, min_offset=min_offset, img_size=img_size)
   elif kind == 'generator':
-    sample = generator_sample
+    sample = functools.partial(generator_sample, img_size=img_size)
   else:
     raise ValueError(f'unknown batch kind {kind!r}')
   ds = ds.seed(seed).shuffle().repeat(None).random_map(lambda r, rng: sample(r, rng))

@@ -9,8 +9,9 @@ R holds R/<speaker>/<clip>.mp4 (LRS2 layout). For each clip: 16 kHz mono audio a
 RESAMPLED by ffmpeg's fps filter: frames repeated or dropped on a 25 fps grid, so the mel index
 maths of training stays valid), every face found; then curated (data_pipeline/curation.py): cut
 at shot boundaries, faces linked into tracks, each track long enough, large enough and sharp
-enough made into records no longer than the length window, cropped to 96x96 by the same
-pipeline inference uses (lipsync_jax.faces), JPEG-encoded, with the mel of exactly its frames.
+enough made into records no longer than the length window, cropped (96x96, or --face_size) by
+the same pipeline inference uses (lipsync_jax.faces), JPEG-encoded, with the mel of exactly its
+frames.
 
 Splits come from F/{train,val,test}.txt (lines 'speaker/clip') or, without --filelists, from a
 deterministic hash of the clip id (90/5/5); a clip's records share its split. Runners: an Apache
@@ -43,7 +44,7 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from data_pipeline import curation, records, sync
-from lipsync_jax import audio, cli, evaluate, faces, video
+from lipsync_jax import audio, cli, evaluate, faces, models, video
 
 RUNNERS = ('local', 'DirectRunner', 'DataflowRunner', 'FlinkRunner', 'SparkRunner',
            'PortableRunner')
@@ -231,17 +232,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="tracks whose face (the detector's box, mean side) is smaller are "
                      'dropped: upscaled crops teach blur (default: %(default)g)')
   group.add_argument('--min_sharpness', type=float, default=rules.min_sharpness,
-                     help='tracks whose 96x96 crops are blurrier are dropped (median variance '
-                     'of the Laplacian; 0 keeps all) (default: %(default)g)')
+                     help='tracks whose crops, at 96x96, are blurrier are dropped (median '
+                     'variance of the Laplacian; 0 keeps all) (default: %(default)g)')
   group.add_argument('--min_face_score', type=float, default=rules.min_score,
                      help="tracks whose detections the detector is less sure of (median score) "
                      'are dropped: hands, posters, profiles (default: %(default)g)')
+  group.add_argument('--face_size', type=cli.int_in(models.IMG_SIZE, 2048),
+                     default=rules.face_size, metavar='PIXELS',
+                     help='side of the stored face crops: the face size of the largest model '
+                     'the dataset is to train (96: the reference; 192, 288: the HQ configs). '
+                     'Smaller models read them downscaled (default: %(default)s)')
   group.add_argument('--sync_judge', default=None, metavar='MODEL',
                      help="measure each record's audio-video offset and confidence with this "
                      "judge: joonson's syncnet_v2.model (the record's whole frames at 224x224; "
                      'download it yourself) or a Wav2Lip expert (a training workdir, an orbax '
-                     "checkpoint or lipsync_expert.pth; the record's 96x96 crops). Recorded as "
-                     'sync_offset / sync_conf')
+                     "checkpoint or lipsync_expert.pth; the record's crops, at its size). "
+                     'Recorded as sync_offset / sync_conf')
   group.add_argument('--sync_correct', action='store_true',
                      help='shift each record by its measured offset so audio and video are in '
                      'sync (whole frames; needs --sync_judge)')
@@ -269,7 +275,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.error(f'--min_seconds {args.min_seconds:g} is above --max_seconds '
                  f'{args.max_seconds:g}')
   args.rules = curation.Curation(args.split_shots, args.min_seconds, args.max_seconds,
-                                 args.min_face, args.min_sharpness, args.min_face_score)
+                                 args.min_face, args.min_sharpness, args.min_face_score,
+                                 args.face_size)
   args.beam_args = beam_args
   return args
 

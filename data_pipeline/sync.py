@@ -58,7 +58,7 @@ def load_judge(path: str, vshift: int = evaluate.VSHIFT) -> Judge:
   expert = convert.load_checkpoint(path, 'expert')
 
   def measure_with_expert(_, clip):
-    crops = loaders.decode_frames(clip['frames'])
+    crops = loaders.decode_frames(clip['frames'], expert[0].img_size)
     return evaluate.expert_scores(crops, clip['has_face'], clip['mel'], expert, vshift)
 
   return Judge('expert', 'expert:' + key, measure_with_expert)

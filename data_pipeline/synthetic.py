@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from lipsync_jax import audio, faces
 
-SIZE = 224
+SIZE = 224  # default frame side: faces of about 100 px, for 96 px crops
 LOUDNESS = 0.1  # every clip's E (see above): the level of the audio alone then fixes the opening
 VOICES = ('en-us', 'en-gb', 'en-gb-scotland', 'en-gb-x-rp', 'en-029', 'en-gb-x-gbclan',
           'en-gb-x-gbcwmd')
@@ -152,13 +152,15 @@ def render_clip(spec: dict, identity: Identity, out_path: str) -> dict:
     shifted[k * audio.SAMPLES_PER_FRAME:] = 0
   look = spec['look']
   gains = np.array(look['gains'])
+  size = spec['frame_size']
+  motion = size / SIZE  # head motion in proportion to the frame
   with tempfile.TemporaryDirectory() as tmp:
     wav_path = os.path.join(tmp, 'audio.f32')
     shifted[:n_frames * audio.SAMPLES_PER_FRAME].astype(np.float32).tofile(wav_path)
     tmp_mp4 = out_path + '.part.mp4'
     proc = subprocess.Popen(
         ['ffmpeg', '-v', 'error', '-y', '-f', 'rawvideo', '-pix_fmt', 'bgr24', '-s',
-         f'{SIZE}x{SIZE}', '-r', str(audio.TRAIN_FPS), '-i', '-', '-f', 'f32le', '-ar',
+         f'{size}x{size}', '-r', str(audio.TRAIN_FPS), '-i', '-', '-f', 'f32le', '-ar',
          str(audio.SAMPLE_RATE), '-ac', '1', '-i', wav_path, '-c:v', 'libx264', '-preset',
          'veryfast', '-crf', '20', '-pix_fmt', 'yuv420p', '-c:a', 'aac', '-b:a', '96k',
          '-shortest', tmp_mp4], stdin=subprocess.PIPE)
@@ -166,11 +168,11 @@ def render_clip(spec: dict, identity: Identity, out_path: str) -> dict:
     for i in range(n_frames):
       face = identity.image.copy()
       draw_mouth(face, identity.mouth, *track[i])
-      scale = SIZE * look['scale'] / side
-      dx = look['x'] + 3 * np.sin(2 * np.pi * i / 61 + look['phase'])
-      dy = look['y'] + 2 * np.sin(2 * np.pi * i / 47 + 2 * look['phase'])
+      scale = size * look['scale'] / side
+      dx = motion * (look['x'] + 3 * np.sin(2 * np.pi * i / 61 + look['phase']))
+      dy = motion * (look['y'] + 2 * np.sin(2 * np.pi * i / 47 + 2 * look['phase']))
       affine = np.array([[scale, 0, dx], [0, scale, dy]])
-      frame = cv2.warpAffine(face, affine, (SIZE, SIZE), flags=cv2.INTER_AREA,
+      frame = cv2.warpAffine(face, affine, (size, size), flags=cv2.INTER_AREA,
                              borderMode=cv2.BORDER_CONSTANT, borderValue=look['background'])
       proc.stdin.write(np.clip(frame * gains, 0, 255).astype(np.uint8).tobytes())
     proc.stdin.close()
@@ -204,7 +206,7 @@ def plan(args, n_identities: int) -> list:
               'pitch': int(rng.integers(25, 75)),
               'sentence': ' '.join(rng.choice(WORDS, int(rng.integers(5, 10)))),
               'offset_frames': args.offset_frames[len(specs) % len(args.offset_frames)],
-              'look': look}
+              'look': look, 'frame_size': args.frame_size}
       if args.audio:
         spec['audio_file'] = args.audio[int(rng.integers(len(args.audio)))]
       specs.append(spec)
@@ -238,6 +240,10 @@ def main(argv=None) -> int:
   parser.add_argument('--offset_frames', type=int, nargs='+', default=[0],
                       help='write the audio this many frames late (negative: early); several '
                       'values are dealt to the clips in turn')
+  parser.add_argument('--frame_size', type=int, default=SIZE, metavar='PIXELS',
+                      help='side of the square frames; faces fill about 45%% of it (%(default)s: '
+                      'about 100 px faces, for 96 px crops; 448 or 672 for the 192 / 288 px '
+                      'HQ models)')
   parser.add_argument('--face_model', default=None,
                       help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, '
                       'else the packaged one)')

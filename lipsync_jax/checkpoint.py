@@ -1,7 +1,7 @@
 """The one checkpoint layer: orbax CheckpointManager directories holding named items.
 
-Every checkpoint (a converted official model or a training workdir) has the items
-`meta` (JSON: model name, width divisor, ...) and `variables` (the main model's params and
+Every checkpoint (a converted official model or a training workdir) has the items `meta` (JSON:
+model name, width divisor, face size, ...) and `variables` (the main model's params and
 batch_stats). Training adds its own items (optimizer state, data iterator, ...) beside them, so
 `load_model` reads a converted .pth and a training run alike.
 """
@@ -54,10 +54,15 @@ def model_items(meta: dict, variables: dict) -> dict:
   return {'meta': ocp.args.JsonSave(meta), 'variables': ocp.args.StandardSave(variables)}
 
 
-def save_model(directory: str, name: str, variables: dict, width_divisor: int = 1,
+def model_meta(name: str, module: nn.Module) -> dict:
+  """What `load_model` needs to rebuild the module: name, width divisor, face size."""
+  return {'model': name, 'width_divisor': module.width_divisor, 'img_size': module.img_size}
+
+
+def save_model(directory: str, name: str, module: nn.Module, variables: dict,
                step: int = 0) -> str:
   """Writes a model-only checkpoint (what `python -m lipsync_jax.convert` produces)."""
-  meta = {'model': name, 'width_divisor': width_divisor}
+  meta = model_meta(name, module)
   with manager(directory) as mngr:
     mngr.save(step, args=ocp.args.Composite(**model_items(meta, variables)))
     mngr.wait_until_finished()
@@ -91,7 +96,9 @@ def load_model(directory: str, expect: Optional[str] = None,
   name = meta['model']
   if expect is not None and name != expect:
     raise CheckpointError(f'{directory}: holds a {name!r} model, but a {expect!r} is needed')
-  module = models.build(name, meta.get('width_divisor', 1))
+  # Checkpoints written before the HQ sizes have no img_size: they are 96 px.
+  module = models.build(name, meta.get('width_divisor', 1),
+                        img_size=meta.get('img_size', models.IMG_SIZE))
   # Restored onto this process's first device whatever topology saved it (a pod-trained
   # workdir read for inference on one machine: orbax refuses the saved sharding otherwise).
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

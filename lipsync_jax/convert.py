@@ -174,7 +174,7 @@ def convert(checkpoint_path: str, out_dir: str) -> str:
   cli.ensure_folder(os.path.dirname(os.path.abspath(out_dir)), 'converted checkpoint')
   name, module, variables = load_official(checkpoint_path)
   with cli.atomic_output(out_dir, directory=True) as tmp:
-    checkpoint.save_model(tmp, name, variables)
+    checkpoint.save_model(tmp, name, module, variables)
   return (summary.summarize(module, name, variables)[0]
           + f'\nwrote {name} checkpoint to {os.path.abspath(out_dir)}')
 

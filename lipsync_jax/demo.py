@@ -32,8 +32,8 @@ import numpy as np
 
 from configs import expert as expert_config
 from configs import wav2lip as wav2lip_config
-from data_pipeline import preprocess, records, synthetic
-from lipsync_jax import audio, cli, convert, evaluate, faces, infer, logs, train, video
+from data_pipeline import curation, preprocess, records, synthetic
+from lipsync_jax import audio, cli, convert, evaluate, faces, infer, logs, models, train, video
 
 NEW_SENTENCE = ('please open the window we will meet again soon after lunch and music plays '
                 'loudly while children dance')
@@ -59,6 +59,8 @@ class Settings:
   dtype: str = 'auto'  # compute dtype of both trainings
   expert_width_divisor: Optional[int] = None  # default: the tiny config's (8)
   expert_batch: Optional[int] = None  # default: the tiny config's (16)
+  img_size: int = models.IMG_SIZE  # face size of both models (192, 288: the HQ family)
+  corpus_size: Optional[int] = None  # stored crop size (default img_size; larger serves several)
 
 
 def add_stage_flags(parser: argparse.ArgumentParser, defaults: Settings) -> None:
@@ -83,6 +85,12 @@ def add_stage_flags(parser: argparse.ArgumentParser, defaults: Settings) -> None
                       "config's 8)")
   parser.add_argument('--expert_batch', type=int, default=d.expert_batch,
                       help="expert batch size (default: the tiny config's 16; the reference: 64)")
+  parser.add_argument('--img_size', type=int, default=d.img_size,
+                      help='face size of both models: 96 (the reference) or an HQ size (192, '
+                      '288); the corpus frames grow with it (default: %(default)s)')
+  parser.add_argument('--corpus_size', type=int, default=d.corpus_size,
+                      help='size of the stored face crops, at least --img_size (default: '
+                      '--img_size)')
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -90,22 +98,28 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def build_corpus(out: str, settings: Settings) -> str:
-  """The synthetic corpus in out/corpus, preprocessed into out/preprocessed; returns the
-  dataset folder (both stages are skipped when already done)."""
+  """The synthetic corpus in out/corpus (frames scaled so that the faces are about the stored
+  crop size), preprocessed into out/preprocessed; returns the dataset folder (both stages are
+  skipped when already done)."""
   raw, pre = os.path.join(out, 'corpus'), os.path.join(out, 'preprocessed')
+  size = settings.corpus_size or settings.img_size
+  if size < settings.img_size:
+    raise SystemExit(f'--corpus_size {size} is below --img_size {settings.img_size}')
   face_flag = ['--face_model', settings.face_model] if settings.face_model else []
   if not os.path.exists(os.path.join(raw, 'test.txt')):
     stage(f'1/5 synthetic corpus: {settings.speakers} speakers x '
           f'{settings.clips_per_speaker} clips')
+    frame_size = synthetic.SIZE * size // models.IMG_SIZE // 2 * 2  # even, for H.264
     if synthetic.main(['--out', raw, '--speakers', str(settings.speakers),
                        '--clips_per_speaker', str(settings.clips_per_speaker), '--seed',
-                       str(settings.seed)] + face_flag):
+                       str(settings.seed), '--frame_size', str(frame_size)] + face_flag):
       raise SystemExit(1)
   data_dir = os.path.join(pre, 'clip_dataset', records.VERSION)
   if not os.path.isdir(data_dir):
-    stage('2/5 preprocessing (faces, crops, mels -> ArrayRecord)')
+    stage(f'2/5 preprocessing (faces, {size} px crops, mels -> ArrayRecord)')
     data_dir = preprocess.preprocess(raw, pre, raw, face_model=settings.face_model,
-                                     runner='local')
+                                     runner='local',
+                                     rules=curation.Curation(face_size=size))
   return data_dir
 
 
@@ -134,7 +148,7 @@ def train_models(out: str, data_dir: str, settings: Settings) -> Tuple[str, str]
   config.model.width_divisor = settings.expert_width_divisor or config.model.width_divisor
   config.batch_size = settings.expert_batch or config.batch_size
   config.lr_schedule = 'cosine'  # a short run ends better annealed
-  config.model.dtype = settings.dtype
+  config.model.dtype, config.model.img_size = settings.dtype, settings.img_size
   config.eval_every = config.checkpoint_every = eval_every(settings.expert_steps)
   config.log_every = 50
   stage(f'3/5 training the expert ({settings.expert_steps} steps of {config.batch_size} '
@@ -144,7 +158,7 @@ def train_models(out: str, data_dir: str, settings: Settings) -> Tuple[str, str]
   config.data.dir, config.total_steps, config.learning_rate = (data_dir,
                                                                settings.generator_steps, 1e-3)
   config.lr_schedule = 'cosine'
-  config.model.dtype = settings.dtype
+  config.model.dtype, config.model.img_size = settings.dtype, settings.img_size
   config.expert_checkpoint = expert_dir
   config.eval_lse_clips = 2  # LSE by the expert in the generator's eval scalars
   config.eval_every = config.checkpoint_every = eval_every(settings.generator_steps)
@@ -171,13 +185,15 @@ def new_speech(out: str) -> str:
   return path
 
 
-def face_crops(path: str, detector: faces.FaceDetector) -> np.ndarray:
-  """(frames, 96, 96, 3) face crops of a video, as preprocessing cuts them (zeros: no face)."""
+def face_crops(path: str, detector: faces.FaceDetector, size: int = models.IMG_SIZE
+               ) -> np.ndarray:
+  """(frames, size, size, 3) face crops of a video, as preprocessing cuts them (zeros: no
+  face)."""
   crops = []
   for frame in video.read_frames(path):
     box = detector.detect(frame)
-    crops.append(np.zeros((96, 96, 3), np.uint8) if box is None else
-                 faces.crop(frame, faces.pad_box(box, faces.PADS, frame.shape)))
+    crops.append(np.zeros((size, size, 3), np.uint8) if box is None else
+                 faces.crop(frame, faces.pad_box(box, faces.PADS, frame.shape), size))
   return np.stack(crops)
 
 
@@ -185,7 +201,8 @@ def mouth_darkness(crops: np.ndarray) -> np.ndarray:
   """Per-crop mouth opening measured from pixels: how much darker than the skin (the median
   luma) the mouth region is, summed. Works on drawn and generated mouths alike (generated ones
   are dark but not the drawn colour); on the corpus clips it tracks the ground truth closely."""
-  region = crops[:, 52:92, 20:76].astype(np.float32)
+  s = crops.shape[1] / 96  # the region was chosen on 96 px crops; the same part of any size
+  region = crops[:, round(52 * s):round(92 * s), round(20 * s):round(76 * s)].astype(np.float32)
   luma = region @ np.array([0.114, 0.587, 0.299], np.float32)  # BGR
   skin = np.median(luma.reshape(len(crops), -1), axis=1)[:, None, None]
   return (np.clip(skin - luma, 0, None) / np.maximum(skin, 1)).sum(axis=(1, 2))
@@ -277,7 +294,8 @@ def run(out: str, settings: Optional[Settings] = None) -> dict:
   side_by_side = os.path.join(out, 'side_by_side.mp4')
   write_side_by_side(face, result, speech, side_by_side)
   detector = faces.FaceDetector(settings.face_model)
-  result_crops, input_crops = face_crops(result, detector), face_crops(face, detector)
+  result_crops, input_crops = (face_crops(v, detector, settings.img_size)
+                               for v in (result, face))
   opening = synthetic.mouth_track(audio.load_audio(speech), len(result_crops))[:, 0]
   n = len(face_opening)
   expert = convert.load_checkpoint(expert_dir, 'expert')

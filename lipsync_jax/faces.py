@@ -2,7 +2,8 @@
 
 OpenCV's YuNet detector (cv2.FaceDetectorYN) on each frame, keeping the largest face; boxes
 smoothed over time as the reference does (mean of each box and the next 4); padded by
-(top, bottom, left, right); cropped and resized to 96x96. A frame without a face yields None,
+(top, bottom, left, right); cropped and resized to the model's face size (96x96 for the
+reference's, larger for HQ models: the same box at every size). A frame without a face yields None,
 never an exception.
 
 The detector model ships inside the package (lipsync_jax/assets, MIT licence beside it), so
@@ -20,7 +21,6 @@ from lipsync_jax import cli
 
 MODEL_NAME = 'face_detection_yunet_2026may.onnx'
 PACKAGED_MODEL = pathlib.Path(__file__).resolve().parent / 'assets' / MODEL_NAME
-FACE_SIZE = 96
 PADS = (0, 10, 0, 0)  # top, bottom, left, right around a detected face: training crops and
 # infer's default alike, so the generator sees at inference the crops it learned on
 DETECT_MAX_SIDE = 640  # larger frames are downscaled for detection only
@@ -147,7 +147,7 @@ def face_boxes(boxes: Sequence[Optional[np.ndarray]], pads: Sequence[int], frame
   return [None if b is None else b.astype(np.int64) for b in padded]
 
 
-def crop(frame: np.ndarray, box: np.ndarray, size: int = FACE_SIZE,
+def crop(frame: np.ndarray, box: np.ndarray, size: int,
          interpolation: int = cv2.INTER_AREA) -> np.ndarray:
   """The box's pixels resized to size x size (aspect not preserved, as the reference). Area
   interpolation by default; the reference's inference resizes bilinearly (cv2's default)."""

@@ -21,7 +21,6 @@ import argparse
 import collections
 import contextlib
 import dataclasses
-import functools
 import itertools
 import math
 import os
@@ -35,6 +34,7 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 from tqdm import tqdm
 
 from lipsync_jax import audio, cli, convert, faces, models, video
@@ -121,7 +121,7 @@ def generate_faces(module, params, mels, crops):
   """[0, 1] faces for uint8 crops (the lower half is masked here, as the reference does)."""
   compute = module.dtype or jnp.float32
   crops = crops.astype(jnp.float32) / 255.0
-  masked = crops.at[:, models.IMG_SIZE // 2:].set(0.0)  # the reference: lower half hidden,
+  masked = crops.at[:, crops.shape[1] // 2:].set(0.0)  # the reference: lower half hidden,
   faces_in = jnp.concatenate([masked, crops], axis=-1)  # the same frame as pose reference
   return module.apply(params, mels.astype(compute), faces_in.astype(compute)).astype(jnp.float32)
 
@@ -130,14 +130,27 @@ def generate_faces(module, params, mels, crops):
 generate = jax.jit(generate_faces, static_argnums=0)
 
 
-def load_generator(path: str, dtype: str):
-  """generate(mels, uint8 crops) -> [0, 1] faces, BatchNorm folded, from a .pth or orbax
-  checkpoint."""
+class Generator(NamedTuple):
+  """A loaded generator: called as generate(mels, uint8 crops) -> [0, 1] faces."""
+  module: nn.Module  # BatchNorm folded
+  params: dict
+
+  @property
+  def img_size(self) -> int:
+    """The side of the crops it takes and the faces it makes (the checkpoint's)."""
+    return self.module.img_size
+
+  def __call__(self, mels, crops):
+    return generate(self.module, self.params, mels, crops)
+
+
+def load_generator(path: str, dtype: str) -> Generator:
+  """The generator of a .pth or orbax checkpoint, BatchNorm folded, at the checkpoint's size."""
   module, variables = convert.load_checkpoint(path, 'wav2lip')
   dtype = models.compute_dtype_for(dtype, jax.default_backend())
-  folded = models.build('wav2lip', module.width_divisor, dtype, folded_bn=True)
-  params = jax.device_put(fold_batchnorm(variables))
-  return functools.partial(generate, folded, params)
+  folded = models.build('wav2lip', module.width_divisor, dtype, folded_bn=True,
+                        img_size=module.img_size)
+  return Generator(folded, jax.device_put(fold_batchnorm(variables)))
 
 
 def load_speech(path: str):
@@ -288,7 +301,8 @@ def frames_with_boxes(source: FaceSource, n_out: int, face: str, options: Option
 # -- paste-back -----------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Paster:
-  """Puts generated 96x96 faces back into frames, hard (the reference) or feathered."""
+  """Puts generated faces (of any size) back into frames, hard (the reference) or feathered; the
+  feathering mask is drawn at each box's size in the frame, so it scales with the face."""
   mode: str
   truncate: bool  # the reference's uint8 truncation instead of rounding
   _masks: dict = dataclasses.field(default_factory=dict)
@@ -374,9 +388,10 @@ def prefetch(iterator: Iterator, size: int) -> Iterator:
         buffer.get(timeout=0.05)
 
 
-def lipsync_frames(face: str, options: Options, generate, detector, stages: Stages,
+def lipsync_frames(face: str, options: Options, generate: Generator, detector, stages: Stages,
                    windows: np.ndarray, source: FaceSource) -> Iterator[np.ndarray]:
   """The output frames, in order; counts frames with a face in stages['faces']."""
+  size = generate.img_size
   reference = options.reference
   paste = Paster('hard' if reference else options.paste, truncate=reference)
   interpolation = cv2.INTER_LINEAR if reference else cv2.INTER_AREA
@@ -391,7 +406,7 @@ def lipsync_frames(face: str, options: Options, generate, detector, stages: Stag
         raise InferenceError(f'{face}: no face in frame {i} ({i / source.fps:.2f} s)' + (
             '' if source.static else '; drop --on_missing_face abort to pass such frames '
             'through'))
-      yield frame, box, None if box is None else faces.crop(frame, box, interpolation=interpolation)
+      yield frame, box, None if box is None else faces.crop(frame, box, size, interpolation)
 
   def finish(batch, generated):
     with stages.time('generate'):
@@ -407,7 +422,7 @@ def lipsync_frames(face: str, options: Options, generate, detector, stages: Stag
   stream = prefetch(items(), size=2 * batch_size)
   while start < n_out:
     batch = list(itertools.islice(stream, batch_size))
-    crops = np.zeros((batch_size, models.IMG_SIZE, models.IMG_SIZE, 3), np.uint8)
+    crops = np.zeros((batch_size, size, size, 3), np.uint8)
     mels = np.zeros((batch_size,) + windows.shape[1:], np.float32)
     mels[:len(batch)] = windows[start:start + len(batch)]
     for k, (_, _, face) in enumerate(batch):

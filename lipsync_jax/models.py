@@ -4,11 +4,19 @@ Submodule names are the reference's state_dict prefixes with '.' replaced by '_'
 (`face_encoder_blocks.1.2` -> `face_encoder_blocks_1_2`), which keeps the official-weight
 converter a mechanical renaming. Channel widths are divided by `width_divisor` for tiny variants.
 
-Layouts: faces (N, 96, 96, C) BGR in [0, 1]; mels (N, 80, 16, 1). Windows (B, T, ...) are folded
-into B*T frames batch-major (row b*T + t): BatchNorm sees the same frames as the reference's
-time-major folding (its statistics do not depend on the order), and a batch sharded over devices
-on B stays split by device. The discriminator's folded predictions come back in the reference's
-row order, t*B + b.
+Layouts: faces (N, S, S, C) BGR in [0, 1], S = `img_size`; mels (N, 80, 16, 1). Windows (B, T,
+...) are folded into B*T frames batch-major (row b*T + t): BatchNorm sees the same frames as
+the reference's time-major folding (its statistics do not depend on the order), and a batch
+sharded over devices on B stays split by device. The discriminator's folded predictions come
+back in the reference's row order, t*B + b.
+
+Sizes above the reference's 96 px (the HQ family, `img_size` 192, 288, any 96 x 2^a x 3^b): each
+factor 2 or 3 of img_size / 96 adds one stage that brings the picture to the next size with that
+stride, right after each network's first, full-resolution layer; what follows is the 96 px
+network, unchanged. The generator's decoder gains the matching upsampling stages (with skips from
+the new encoder stages) before its output block; the speech encoder is the same at every size.
+So all sizes share one embedding (the expert's 512-d) and the 96 px layer names and weights stay
+the reference's; the new stages are thin (16 or 32 channels), as the reference's first stage.
 """
 from typing import Optional, Sequence, Tuple
 
@@ -19,6 +27,8 @@ from flax import linen as nn
 from lipsync_jax.layers import Conv, ConvBlock, Layer, LeakyConvBlock, conv_impl_for
 
 L = Layer
+IMG_SIZE = 96  # the reference's face size (the default of every model and crop)
+MEL_SHAPE = (80, 16, 1)
 
 
 def _residuals(c: int, n: int, k: int = 3) -> Tuple[Layer, ...]:
@@ -29,6 +39,7 @@ def _up(c: int, n_res: int) -> Tuple[Layer, ...]:
   return (L(c, 3, 2, 1, transpose=True, output_padding=1),) + _residuals(c, n_res)
 
 
+# The reference's 96 px tables; `*_for(img_size)` adds the stages of larger sizes.
 GENERATOR_FACE_ENCODER = (
     (L(16, 7, 1, 3),),
     (L(32, 3, 2, 1),) + _residuals(32, 2),
@@ -72,6 +83,50 @@ DISC_FACE_ENCODER = (
 )
 
 
+# Stride -> (padding, output_padding) of the 3x3 convolutions that change the size by that factor.
+_RESIZE = {2: (1, 1), 3: (0, 0)}
+
+
+def size_strides(img_size: int) -> Tuple[int, ...]:
+  """The strides of the stages an img_size model adds to the 96 px one (largest first: the
+  full-resolution stage is the costliest, so it shrinks the picture most)."""
+  factor, rest = divmod(img_size, IMG_SIZE)
+  strides = []
+  for s in sorted(_RESIZE, reverse=True):
+    while factor > 1 and factor % s == 0:
+      strides.append(s)
+      factor //= s
+  if rest or factor != 1:
+    raise ValueError(f'img_size {img_size} is not 96 times a product of 2s and 3s '
+                     '(96, 192, 288, 384, ...)')
+  return tuple(strides)
+
+
+def _down(c: int, stride: int) -> Layer:
+  return L(c, 3, stride, _RESIZE[stride][0])
+
+
+def generator_face_encoder_for(img_size: int) -> Tuple[Tuple[Layer, ...], ...]:
+  added = tuple((_down(16, s),) + _residuals(16, 1) for s in size_strides(img_size))
+  return GENERATOR_FACE_ENCODER[:1] + added + GENERATOR_FACE_ENCODER[1:]
+
+
+def generator_face_decoder_for(img_size: int) -> Tuple[Tuple[Layer, ...], ...]:
+  added = tuple((L(32, 3, s, _RESIZE[s][0], transpose=True, output_padding=_RESIZE[s][1]),)
+                + _residuals(32, 1) for s in reversed(size_strides(img_size)))
+  return GENERATOR_FACE_DECODER + added
+
+
+def expert_face_encoder_for(img_size: int) -> Tuple[Layer, ...]:
+  added = sum(((_down(32, s),) + _residuals(32, 1) for s in size_strides(img_size)), ())
+  return EXPERT_FACE_ENCODER[:1] + added + EXPERT_FACE_ENCODER[1:]
+
+
+def disc_face_encoder_for(img_size: int) -> Tuple[Tuple[Layer, ...], ...]:
+  added = tuple((_down(32, s), L(32, 3, 1, 1)) for s in size_strides(img_size))
+  return DISC_FACE_ENCODER[:1] + added + DISC_FACE_ENCODER[1:]
+
+
 def fold_time(x: jax.Array) -> jax.Array:
   """(B, T, ...) -> (B*T, ...), row b*T + t. Not the reference's time-major t*B + b: that order
   interleaves the windows of every device, and XLA's partitioner then gathers the whole batch
@@ -107,6 +162,7 @@ class _Net(nn.Module):
   precision: Optional[str] = None
   folded_bn: bool = False
   conv_impl: str = 'cpu'  # or 'xla' (layers.conv_impl_for chooses by platform)
+  img_size: int = IMG_SIZE  # larger sizes: see the module docstring
 
   def scaled(self, layer: Layer) -> Layer:
     return layer._replace(features=max(layer.features // self.width_divisor, 4))
@@ -114,6 +170,11 @@ class _Net(nn.Module):
   def block(self, layer: Layer, name: str) -> ConvBlock:
     return ConvBlock(self.scaled(layer), self.folded_bn, self.dtype, self.precision,
                      self.conv_impl, name=name)
+
+  def check_faces(self, face: jax.Array, height: int) -> None:
+    if face.shape[-3:-1] != (height, self.img_size):
+      raise ValueError(f'{type(self).__name__} of img_size {self.img_size} needs faces of '
+                       f'{height}x{self.img_size} pixels, not {face.shape[-3]}x{face.shape[-2]}')
 
   def sequence(self, x, layers: Sequence[Layer], prefix: str, train: bool):
     for j, layer in enumerate(layers):
@@ -126,6 +187,7 @@ class Wav2Lip(_Net):
 
   @nn.compact
   def __call__(self, mel, face, train: bool = False):
+    self.check_faces(face, self.img_size)
     windowed = face.ndim == 5
     if windowed:
       batch = face.shape[0]
@@ -134,11 +196,11 @@ class Wav2Lip(_Net):
     self.sow('intermediates', 'audio_emb', x)
     skips = []
     f = face
-    for i, layers in enumerate(GENERATOR_FACE_ENCODER):
+    for i, layers in enumerate(generator_face_encoder_for(self.img_size)):
       f = self.sequence(f, layers, f'face_encoder_blocks_{i}', train)
       self.sow('intermediates', f'face_enc_{i}', f)
       skips.append(f)
-    for i, layers in enumerate(GENERATOR_FACE_DECODER):
+    for i, layers in enumerate(generator_face_decoder_for(self.img_size)):
       x = self.sequence(x, layers, f'face_decoder_blocks_{i}', train)
       self.sow('intermediates', f'face_dec_{i}', x)
       x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
@@ -152,12 +214,13 @@ class Wav2Lip(_Net):
 class SyncNet(_Net):
   """Expert lip-sync discriminator: returns L2-normalised (audio, face) embeddings.
 
-  face: (N, 48, 96, 15), the lower halves of 5 frames stacked on channels (3t + c).
+  face: (N, S/2, S, 15), the lower halves of 5 frames stacked on channels (3t + c).
   """
 
   @nn.compact
   def __call__(self, mel, face, train: bool = False):
-    f = self.sequence(face, EXPERT_FACE_ENCODER, 'face_encoder', train)
+    self.check_faces(face, self.img_size // 2)
+    f = self.sequence(face, expert_face_encoder_for(self.img_size), 'face_encoder', train)
     a = self.sequence(mel, EXPERT_AUDIO_ENCODER, 'audio_encoder', train)
     return _l2_normalize(a.reshape(a.shape[0], -1)), _l2_normalize(f.reshape(f.shape[0], -1))
 
@@ -176,13 +239,14 @@ def _l2_normalize(x, eps=1e-12):
 
 
 class QualityDiscriminator(_Net):
-  """Visual quality discriminator on lower halves: (N,96,96,3) or (B,T,96,96,3) -> (N or T*B, 1)."""
+  """Visual quality discriminator on lower halves: (N,S,S,3) or (B,T,S,S,3) -> (N or T*B, 1)."""
 
   @nn.compact
   def __call__(self, face):
+    self.check_faces(face, self.img_size)
     windowed = face.ndim == 5
     x = lower_half(fold_time(face) if windowed else face)
-    for i, layers in enumerate(DISC_FACE_ENCODER):
+    for i, layers in enumerate(disc_face_encoder_for(self.img_size)):
       for j, layer in enumerate(layers):
         x = LeakyConvBlock(self.scaled(layer), self.dtype, self.precision, self.conv_impl,
                            name=f'face_encoder_blocks_{i}_{j}')(x)
@@ -204,30 +268,31 @@ def compute_dtype_for(setting: str, platform: str) -> jnp.dtype:
 
 
 MODELS = {'wav2lip': Wav2Lip, 'expert': SyncNet, 'quality_disc': QualityDiscriminator}
-IMG_SIZE = 96
-MEL_SHAPE = (80, 16, 1)
 
 
 def build(name: str, width_divisor: int = 1, dtype=None, precision=None,
-          folded_bn: bool = False, conv_impl: str = 'auto') -> nn.Module:
-  """Builds a network by name ('wav2lip', 'expert', 'quality_disc'). conv_impl 'auto' picks
-  the kernels for the default backend; pass the target's (layers.conv_impl_for) when compiling
-  for another platform."""
+          folded_bn: bool = False, conv_impl: str = 'auto', img_size: int = IMG_SIZE
+          ) -> nn.Module:
+  """Builds a network by name ('wav2lip', 'expert', 'quality_disc') for img_size faces.
+  conv_impl 'auto' picks the kernels for the default backend; pass the target's
+  (layers.conv_impl_for) when compiling for another platform."""
   if name not in MODELS:
     raise ValueError(f'unknown model {name!r}; expected one of {sorted(MODELS)}')
+  size_strides(img_size)  # a clear error for a size the scaling rule cannot make
   return MODELS[name](width_divisor=width_divisor, dtype=dtype, precision=precision,
                       folded_bn=folded_bn,
-                      conv_impl=conv_impl_for(conv_impl, jax.default_backend()))
+                      conv_impl=conv_impl_for(conv_impl, jax.default_backend()),
+                      img_size=img_size)
 
 
-def example_inputs(name: str, n: int = 1, dtype=jnp.float32) -> tuple:
+def example_inputs(name: str, n: int = 1, dtype=jnp.float32, img_size: int = IMG_SIZE) -> tuple:
   """Zero inputs of the right single-frame shapes, for init and tracing."""
   mel = jnp.zeros((n,) + MEL_SHAPE, dtype)
   if name == 'wav2lip':
-    return mel, jnp.zeros((n, IMG_SIZE, IMG_SIZE, 6), dtype)
+    return mel, jnp.zeros((n, img_size, img_size, 6), dtype)
   if name == 'expert':
-    return mel, jnp.zeros((n, IMG_SIZE // 2, IMG_SIZE, 15), dtype)
-  return (jnp.zeros((n, IMG_SIZE, IMG_SIZE, 3), dtype),)
+    return mel, jnp.zeros((n, img_size // 2, img_size, 15), dtype)
+  return (jnp.zeros((n, img_size, img_size, 3), dtype),)
 
 
 def init(module: nn.Module, name: str, rng: jax.Array) -> dict:
@@ -237,4 +302,4 @@ def init(module: nn.Module, name: str, rng: jax.Array) -> dict:
   def draw(key, *inputs):
     seed = jax.random.key_data(key).reshape(-1)[-2:]
     return module.init(jax.random.wrap_key_data(jnp.tile(seed, 2), impl='rbg'), *inputs)
-  return jax.jit(draw)(rng, *example_inputs(name, 2))
+  return jax.jit(draw)(rng, *example_inputs(name, 2, img_size=module.img_size))

@@ -1,13 +1,14 @@
 """Model summaries: parameters per block and convolution GFLOPs per frame (or per sample)."""
 import collections
 import re
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import jax
 import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+from configs.common import HQ_SIZES
 from lipsync_jax import models
 from lipsync_jax.layers import Conv, ConvTranspose, pair
 
@@ -77,21 +78,41 @@ def models_of(config) -> Dict[str, int]:
   return names
 
 
+def abstract_variables(module: nn.Module, name: str) -> dict:
+  return jax.eval_shape(lambda: models.init(module, name, jax.random.key(0)))
+
+
+def sizes_table(sizes: Sequence[int], divisor: int = 1) -> str:
+  """Parameters and GFLOPs per frame (per sample for the expert) of each model at each size."""
+  lines = [f'  {"model":14s} {"img_size":>8s} {"params":>12s} {"GFLOP":>8s}']
+  for name in models.MODELS:
+    for size in sizes:
+      module = models.build(name, divisor, img_size=size)
+      _, params, gflop = summarize(module, name, abstract_variables(module, name))
+      lines.append(f'  {name:14s} {size:>8d} {params:>12,} {gflop:>8.2f}')
+  return '\n'.join(lines)
+
+
 def print_summaries(config=None) -> None:
-  """Summaries of the models a config trains, or of the three full-size reference models."""
+  """Summaries of the models a config trains (at its img_size), or of the three full-size
+  reference models and a table of every HQ size."""
   names = models_of(config) if config else {n: 1 for n in models.MODELS}
+  size = config.model.get('img_size', models.IMG_SIZE) if config else models.IMG_SIZE
   for name, divisor in names.items():
-    module = models.build(name, divisor)
-    variables = jax.eval_shape(lambda m=module, n=name: models.init(m, n, jax.random.key(0)))
-    print(summarize(module, name, variables)[0])
+    module = models.build(name, divisor, img_size=size)
+    print(f'[img_size {size}] ' + summarize(module, name, abstract_variables(module, name))[0])
+  if not config:
+    print('every size (configs :hq192, :hq288):')
+    print(sizes_table((models.IMG_SIZE,) + HQ_SIZES))
 
 
 def _cli():
   from absl import app  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
   config_flag = config_flags.DEFINE_config_file(
-      'config', None, 'optional training config (e.g. configs/wav2lip_gan.py:tiny); without it '
-      'the full-size reference models are summarised. Fields can be overridden, e.g. '
+      'config', None, 'optional training config (e.g. configs/wav2lip_gan.py:tiny, '
+      ':hq192); without it the full-size reference models are summarised, with a table of '
+      'every face size. Fields can be overridden, e.g. '
       '--config.model.width_divisor=4')
 
   def main(argv):

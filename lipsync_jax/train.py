@@ -94,11 +94,17 @@ def check_workdir(config, workdir: str) -> None:
 
 def load_expert(config) -> tuple:
   """(width divisor, frozen variables) of the expert in an expert workdir/checkpoint dir or an
-  official .pth. Its width need not be the generator's: any expert can judge any generator."""
+  official .pth. Its width need not be the generator's (any expert can judge any generator); its
+  face size must be."""
   path = config.expert_checkpoint
   if not path:
     raise TrainingError('config.expert_checkpoint is empty: the generator needs a trained expert')
   module, variables = convert.load_checkpoint(path, 'expert')
+  size = config.model.img_size
+  if module.img_size != size:
+    raise TrainingError(f'config.expert_checkpoint {path}: the expert judges {module.img_size} px '
+                        f'faces, the generator makes {size} px ones; train an expert at '
+                        f'config.model.img_size={size}')
   return module.width_divisor, variables
 
 
@@ -138,7 +144,7 @@ def make_training(config, platform: str, expert_divisor: Optional[int] = None) -
   except ValueError as e:
     raise TrainingError(f'config.model: {e}') from e
   build = lambda name, divisor=config.model.width_divisor: models.build(
-      name, divisor, dtype, conv_impl=conv_impl)
+      name, divisor, dtype, conv_impl=conv_impl, img_size=config.model.img_size)
   tx = optax.adam(learning_rate(config, config.learning_rate), config.adam_b1, config.adam_b2)
   model = build(config.model.name)
   expert = disc = disc_tx = None
@@ -248,7 +254,7 @@ class Run:
     self.train_iter = iter(loaders.make_dataset(
         config.data.dir, 'train', self.kind, local_batch, config.data.seed,
         config.data.min_offset, config.data.workers,
-        (jax.process_index(), jax.process_count())))
+        (jax.process_index(), jax.process_count()), config.model.img_size))
     self.local_batch = local_batch
     # Async saves run orbax's collectives from a thread; only where devices keep order.
     self.ckpt = ocp.CheckpointManager(
@@ -296,7 +302,8 @@ class Run:
     the generator, else None)."""
     it = iter(loaders.make_dataset(self.config.data.dir, 'val', self.kind, self.local_batch,
                                    seed=1234, min_offset=self.config.data.min_offset,
-                                   shard=(jax.process_index(), jax.process_count())))
+                                   shard=(jax.process_index(), jax.process_count()),
+                                   img_size=self.config.model.img_size))
     totals, samples = [], None
     for i in range(self.config.eval_batches):
       local = next(it)
@@ -328,7 +335,8 @@ class Run:
       record = source[i]
       try:
         scores.append(evaluate.score_generated(self.model, variables,
-                                               loaders.decode_frames(record['frames']),
+                                               loaders.decode_frames(record['frames'],
+                                                                     self.model.img_size),
                                                record['has_face'], record['mel'], expert))
       except evaluate.EvaluatorError:  # too short, or no face in any window
         continue
@@ -339,7 +347,7 @@ class Run:
 
   # -- checkpoints ---------------------------------------------------------------------------
   def _meta(self) -> dict:
-    return {'model': self.config.model.name, 'width_divisor': self.config.model.width_divisor,
+    return {**checkpoint.model_meta(self.config.model.name, self.model),
             'syncnet_wt': self.syncnet_wt, 'best_loss': self.best_loss}
 
   def save(self, step: int, eval_metrics: dict = None) -> None:

@@ -88,10 +88,10 @@ def save_pth(path, state_dict, legacy, wrap=None, prefix=''):
   return str(path)
 
 
-def random_checkpoint(path, name, width_divisor=8):
+def random_checkpoint(path, name, width_divisor=8, img_size=96):
   """An untrained model (He-normal kernels, unit BatchNorm), drawn in numpy: no compilation."""
-  abstract = jax.eval_shape(lambda: models.init(models.build(name, width_divisor), name,
-                                                jax.random.key(0)))
+  module = models.build(name, width_divisor, img_size=img_size)
+  abstract = jax.eval_shape(lambda: models.init(module, name, jax.random.key(0)))
   rng = np.random.default_rng(0)
 
   def draw(path, leaf):
@@ -101,7 +101,7 @@ def random_checkpoint(path, name, width_divisor=8):
     return np.full(leaf.shape, 1.0 if key in ('scale', 'var') else 0.0, np.float32)
 
   variables = jax.tree_util.tree_map_with_path(draw, abstract)
-  checkpoint.save_model(str(path), name, variables, width_divisor=width_divisor)
+  checkpoint.save_model(str(path), name, module, variables)
   return str(path)
 
 

@@ -54,7 +54,7 @@ def test_each_rule_drops_its_tracks_and_records_cut_their_audio():
       wav[:(60 + curation.AUDIO_TAIL) * audio.SAMPLES_PER_FRAME]))
   assert audio.frames_covered(record['mel'].shape[1]) == 60
   box = faces.face_boxes([detections[0][0, :4]], faces.PADS, frames[0].shape)[0]
-  crop = faces.crop(frames[0], box)  # the padded box, 96x96: JPEG-encoded as preprocessing does
+  crop = faces.crop(frames[0], box, 96)  # the padded box, 96x96: JPEG-encoded as preprocessing does
   assert record['frames'][0] == cv2.imencode('.jpg', crop, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
 
 

@@ -75,7 +75,7 @@ def test_smoothing_skips_missing_boxes_and_pads():
 
 def test_crop_is_96_square():
   frame = np.random.default_rng(0).integers(0, 255, (200, 300, 3), np.uint8)
-  assert faces.crop(frame, np.array([10, 20, 110, 180])).shape == (96, 96, 3)
+  assert faces.crop(frame, np.array([10, 20, 110, 180]), 96).shape == (96, 96, 3)
 
 
 def test_model_resolution(tmp_path, monkeypatch):

@@ -50,7 +50,7 @@ def test_gan_step_updates_generator_and_discriminator():
 def test_checkpoint_round_trip_and_errors(tmp_path):
   module, variables = _tiny('quality_disc', 0)
   directory = tmp_path / 'ckpt'
-  checkpoint.save_model(str(directory), 'quality_disc', variables, width_divisor=16)
+  checkpoint.save_model(str(directory), 'quality_disc', module, variables)
   name, loaded_module, loaded = checkpoint.load_model(str(directory))
   assert name == 'quality_disc' and loaded_module.width_divisor == 16
   jax.tree.map(np.testing.assert_array_equal, loaded, variables)
