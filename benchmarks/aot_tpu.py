@@ -3,6 +3,8 @@
     pip install -e '.[tpu-aot]'     # libtpu, the version jax[tpu] pins for our jax
     python benchmarks/aot_tpu.py --topology v5e-8 --job wav2lip_gan --dtype bfloat16
     python benchmarks/aot_tpu.py --json aot.json      # every topology x job x dtype (hours)
+    python benchmarks/aot_tpu.py --topology v5e-8 --job wav2lip_gan --dtype bfloat16 \
+        --img_size 192 288 --find_max_batch           # the HQ family
 
 Each configuration's step (as `python -m lipsync_jax.train` runs it: data parallel over every
 chip, state replicated, XLA's convolutions) or the inference generator (BatchNorm folded, uint8
@@ -49,6 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import expert as expert_config  # noqa: E402
 from configs import wav2lip as wav2lip_config  # noqa: E402
 from configs import wav2lip_gan as gan_config  # noqa: E402
+from configs.common import HQ_SIZES  # noqa: E402
 from data_pipeline import loaders  # noqa: E402
 from lipsync_jax import infer, layers, models, summary, train  # noqa: E402
 
@@ -86,17 +89,18 @@ def _abstract(tree, sharding):
 
 
 def lower_training(job: str, per_chip: int, dtype: str, width_divisor: int, mesh: Mesh,
-                   platform: str = 'tpu'):
+                   platform: str = 'tpu', img_size: int = models.IMG_SIZE):
   """The jitted train step of `job` on `mesh` (its networks built for `platform`), lowered
   with abstract state and batch."""
   config = JOBS[job][0].get_config()
   config.model.dtype, config.model.width_divisor = dtype, width_divisor
+  config.model.img_size = img_size
   config.model.conv_impl = 'auto'
   training = train.make_training(config, platform, expert_divisor=width_divisor)
   data, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
   state = _abstract(jax.eval_shape(training.init, jax.random.key(0)), replicated)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data) for k, v in
-           loaders.batch_spec(training.kind, per_chip * mesh.size).items()}
+           loaders.batch_spec(training.kind, per_chip * mesh.size, img_size).items()}
   expert_vars = None
   if training.kind == 'generator':
     expert_vars = _abstract(jax.eval_shape(lambda: models.init(
@@ -107,28 +111,29 @@ def lower_training(job: str, per_chip: int, dtype: str, width_divisor: int, mesh
   return step.lower(state, batch, expert_vars, syncnet_wt, health)
 
 
-def lower_inference(per_chip: int, dtype: str, width_divisor: int, mesh: Mesh):
+def lower_inference(per_chip: int, dtype: str, width_divisor: int, mesh: Mesh,
+                    img_size: int = models.IMG_SIZE):
   """infer's generator (BatchNorm folded, uint8 crops in, [0, 1] faces out) on `mesh`."""
   compute = models.compute_dtype_for(dtype, 'tpu')
   folded = models.build('wav2lip', width_divisor, compute, folded_bn=True,
-                        conv_impl=layers.conv_impl_for('auto', 'tpu'))
-  unfolded = models.build('wav2lip', width_divisor)
+                        conv_impl=layers.conv_impl_for('auto', 'tpu'), img_size=img_size)
+  unfolded = models.build('wav2lip', width_divisor, img_size=img_size)
   params = _abstract(jax.eval_shape(lambda: layers.fold_batchnorm(
       models.init(unfolded, 'wav2lip', jax.random.key(0)))), NamedSharding(mesh, P()))
   data = NamedSharding(mesh, P('data'))
   n = per_chip * mesh.size
   mels = jax.ShapeDtypeStruct((n,) + models.MEL_SHAPE, jnp.float32, sharding=data)
-  crops = jax.ShapeDtypeStruct((n, models.IMG_SIZE, models.IMG_SIZE, 3), jnp.uint8,
-                               sharding=data)
+  crops = jax.ShapeDtypeStruct((n, img_size, img_size, 3), jnp.uint8, sharding=data)
   generate = jax.jit(lambda p, m, c: infer.generate_faces(folded, p, m, c))
   return generate.lower(params, mels, crops)
 
 
-def analytic_flops(job: str, per_chip: int, width_divisor: int) -> float:
+def analytic_flops(job: str, per_chip: int, width_divisor: int,
+                   img_size: int = models.IMG_SIZE) -> float:
   """Model FLOPs per chip and step: convolution multiply-adds x 2 of every network evaluation,
   x 3 for the backward pass of a training step (PaLM-style MFU accounting)."""
   def forward(name):
-    module = models.build(name, width_divisor)
+    module = models.build(name, width_divisor, img_size=img_size)
     return sum(summary.flops_per_block(module, name).values())
   if job == 'infer':
     return per_chip * forward('wav2lip')
@@ -291,17 +296,17 @@ def breakdown(costs: List[OpCost], top: int) -> str:
 
 # -- one configuration -----------------------------------------------------------------------------
 def measure(topology: str, job: str, per_chip: int, dtype: str, width_divisor: int,
-            top: int = 0, dump_hlo: str = None) -> dict:
+            top: int = 0, dump_hlo: str = None, img_size: int = models.IMG_SIZE) -> dict:
   """One configuration's row; with `top`, row['breakdown'] names its costliest ops; with
   `dump_hlo` (a folder), the compiled HLO is written there."""
   devices = devices_for(topology)
   mesh = Mesh(np.asarray(devices), ('data',))
   hbm, peak, bandwidth, ici = device_specs(topology, len(devices))
   row = {'topology': topology, 'chips': len(devices), 'job': job, 'per_chip': per_chip,
-         'dtype': dtype, 'width_divisor': width_divisor}
+         'dtype': dtype, 'width_divisor': width_divisor, 'img_size': img_size}
   began = time.perf_counter()
-  lowered = (lower_inference(per_chip, dtype, width_divisor, mesh) if job == 'infer' else
-             lower_training(job, per_chip, dtype, width_divisor, mesh))
+  lowered = (lower_inference(per_chip, dtype, width_divisor, mesh, img_size) if job == 'infer'
+             else lower_training(job, per_chip, dtype, width_divisor, mesh, img_size=img_size))
   try:
     compiled = lowered.compile()
   except Exception as e:  # pylint: disable=broad-except
@@ -319,14 +324,14 @@ def measure(topology: str, job: str, per_chip: int, dtype: str, width_divisor: i
   hlo = compiled.as_text()
   if dump_hlo:
     os.makedirs(dump_hlo, exist_ok=True)
-    name = f'{topology}_{job}_{per_chip}_{dtype}_{width_divisor}.hlo'
+    name = f'{topology}_{job}_{per_chip}_{dtype}_{width_divisor}_{img_size}px.hlo'
     with open(os.path.join(dump_hlo, name), 'w') as f:
       f.write(hlo)
   costs = roofline(hlo, peak, bandwidth, ici, len(devices))
   seconds, hlo_flops = sum(c.seconds for c in costs), sum(c.flops for c in costs)
   if top:
     row['breakdown'] = breakdown(costs, top)
-  model_flops = analytic_flops(job, per_chip, width_divisor)
+  model_flops = analytic_flops(job, per_chip, width_divisor, img_size)
   frames = per_chip * len(devices) * (1 if job in ('infer', 'expert') else loaders.T)
   row.update(
       fits=used <= hbm, hbm_gib=hbm / GIB,
@@ -341,16 +346,19 @@ def measure(topology: str, job: str, per_chip: int, dtype: str, width_divisor: i
   return row
 
 
-def largest_fitting_batch(topology, job, dtype, width_divisor, start) -> int:
+def largest_fitting_batch(topology, job, dtype, width_divisor, start,
+                          img_size: int = models.IMG_SIZE) -> int:
   """Halves until one fits, then bisects up to the largest per-chip batch that fits."""
+  fits = lambda batch: measure(topology, job, batch, dtype, width_divisor,
+                               img_size=img_size)['fits']
   low, high = 0, start
-  while high > 1 and not measure(topology, job, high, dtype, width_divisor)['fits']:
+  while high > 1 and not fits(high):
     low, high = 0, high // 2
-  low = high if measure(topology, job, high, dtype, width_divisor)['fits'] else 0
+  low = high if fits(high) else 0
   high = start
   while high - low > 1:
     mid = (low + high) // 2
-    if measure(topology, job, mid, dtype, width_divisor)['fits']:
+    if fits(mid):
       low = mid
     else:
       high = mid
@@ -358,8 +366,8 @@ def largest_fitting_batch(topology, job, dtype, width_divisor, start) -> int:
 
 
 def describe(row: dict) -> str:
-  head = (f"{row['topology']:6} {row['job']:11} {row['per_chip']:4}/chip {row['dtype']:8} "
-          f"/{row['width_divisor']}")
+  head = (f"{row['topology']:6} {row['job']:11} {row.get('img_size', 96):3}px "
+          f"{row['per_chip']:4}/chip {row['dtype']:8} /{row['width_divisor']}")
   if not row['fits'] and 'used_gib' not in row:
     return f"{head}  DOES NOT FIT ({row['error'][:120]})"
   rate = row.get('frames_per_s') or row.get('windows_per_s')
@@ -385,6 +393,9 @@ def main(argv=None) -> int:
                       help='batch per chip (default: 64 windows for the expert, 16 windows of 5 '
                       'frames for the generators, 128 frames for inference)')
   parser.add_argument('--width_divisor', type=int, default=1, help='8: the tiny models')
+  parser.add_argument('--img_size', type=int, nargs='+', default=[models.IMG_SIZE],
+                      choices=[models.IMG_SIZE] + list(HQ_SIZES),
+                      help='face sizes: 96 (the reference) and the HQ sizes (default: 96)')
   parser.add_argument('--find_max_batch', action='store_true',
                       help='for a configuration that does not fit, find the largest batch that '
                       'does (several more compilations)')
@@ -395,29 +406,31 @@ def main(argv=None) -> int:
   parser.add_argument('--dump_hlo', default=None, help='write each compiled HLO to this folder')
   args = parser.parse_args(argv)
   rows, missed_reference = [], False
-  for topology in args.topology:
-    for job in args.job:
-      for dtype in (['bfloat16'] if job == 'infer' else args.dtype):
-        per_chip = args.per_chip or JOBS[job][1]
-        row = measure(topology, job, per_chip, dtype, args.width_divisor, args.top,
-                      args.dump_hlo)
-        if not row['fits'] and args.find_max_batch:
-          row['largest_fitting_per_chip'] = largest_fitting_batch(
-              topology, job, dtype, args.width_divisor, per_chip)
-        print(describe(row) + (f"; largest fitting batch {row['largest_fitting_per_chip']}"
-                               if 'largest_fitting_per_chip' in row else ''), flush=True)
-        if 'breakdown' in row:
-          print(row['breakdown'], flush=True)
-        rows.append(row)
-        if (job, per_chip, dtype) == REFERENCE and args.width_divisor == 1 and not row['fits']:
-          missed_reference = True
-        if args.json:
-          old = json.load(open(args.json)) if os.path.exists(args.json) else []
-          key = lambda r: (r['topology'], r['job'], r['per_chip'], r['dtype'],
-                           r['width_divisor'])
-          merged = {key(r): r for r in old + [row]}
-          with open(args.json, 'w') as f:
-            json.dump(list(merged.values()), f, indent=1)
+  configurations = [(t, j, d, s) for t in args.topology for j in args.job
+                    for d in (['bfloat16'] if j == 'infer' else args.dtype)
+                    for s in args.img_size]
+  for topology, job, dtype, size in configurations:
+    per_chip = args.per_chip or JOBS[job][1]
+    row = measure(topology, job, per_chip, dtype, args.width_divisor, args.top,
+                  args.dump_hlo, size)
+    if not row['fits'] and args.find_max_batch:
+      row['largest_fitting_per_chip'] = largest_fitting_batch(
+          topology, job, dtype, args.width_divisor, per_chip, size)
+    print(describe(row) + (f"; largest fitting batch {row['largest_fitting_per_chip']}"
+                           if 'largest_fitting_per_chip' in row else ''), flush=True)
+    if 'breakdown' in row:
+      print(row['breakdown'], flush=True)
+    rows.append(row)
+    if ((job, per_chip, dtype) == REFERENCE and args.width_divisor == 1
+        and size == models.IMG_SIZE and not row['fits']):
+      missed_reference = True
+    if args.json:
+      old = json.load(open(args.json)) if os.path.exists(args.json) else []
+      key = lambda r: (r['topology'], r['job'], r['per_chip'], r['dtype'],
+                       r['width_divisor'], r.get('img_size', models.IMG_SIZE))
+      merged = {key(r): r for r in old + [row]}
+      with open(args.json, 'w') as f:
+        json.dump(list(merged.values()), f, indent=1)
   print('command: python benchmarks/aot_tpu.py ' + ' '.join(argv or sys.argv[1:]))
   return 1 if missed_reference else 0
 

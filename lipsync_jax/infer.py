@@ -500,7 +500,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
       description='Lip-sync the face in a video or image to an audio track (Wav2Lip).')
   p.add_argument('--checkpoint_path', required=True,
                  help='generator weights: an official wav2lip.pth / wav2lip_gan.pth (converted '
-                 'on the fly), an orbax checkpoint directory, or a training workdir')
+                 'on the fly), an orbax checkpoint directory, or a training workdir; faces are '
+                 'cropped, generated and pasted at its face size (96 px, or 192 / 288 for an HQ '
+                 'model)')
   p.add_argument('--face', required=True, help='video or image (jpg, png, ...) with a face')
   p.add_argument('--audio', required=True,
                  help='speech: any file ffmpeg reads (wav, mp3, the audio track of a video)')

@@ -88,9 +88,9 @@ def save_pth(path, state_dict, legacy, wrap=None, prefix=''):
   return str(path)
 
 
-def random_checkpoint(path, name, width_divisor=8, img_size=96):
+def random_checkpoint(path, name, width_divisor=8):
   """An untrained model (He-normal kernels, unit BatchNorm), drawn in numpy: no compilation."""
-  module = models.build(name, width_divisor, img_size=img_size)
+  module = models.build(name, width_divisor)
   abstract = jax.eval_shape(lambda: models.init(module, name, jax.random.key(0)))
   rng = np.random.default_rng(0)
 
