@@ -60,8 +60,8 @@ def picture(crops: Dict, path: str) -> str:
   truth = crops['truth']
   frame = int(np.argmin(truth.reshape(len(truth), -1).mean(axis=1)))
   panels = []
-  for key, images in crops.items():
-    panel = cv2.resize(images[frame], None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+  for key in ['truth'] + sorted(k for k in crops if k != 'truth'):
+    panel = cv2.resize(crops[key][frame], None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
     label = 'ground truth' if key == 'truth' else f'{key} px model'
     cv2.putText(panel, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
     panels.append(panel)

@@ -151,3 +151,21 @@ def test_hq_training_checkpoint_and_inference(hq_dataset, tmp_path, monkeypatch)
   assert (result.width, result.height) == (source.width, source.height)
   n = sum(1 for _ in video.read_frames(str(out)))
   assert abs(n / source.fps - len(audio.load_audio(other)) / audio.SAMPLE_RATE) <= 1 / source.fps
+
+
+def test_mouth_quality_measures(tmp_path):
+  """benchmarks/mouth_quality.py's measures: a blurred mouth is less sharp, further from the
+  truth, and the picture puts the truth first, then the sizes in order."""
+  sys.path.insert(0, str(ROOT / 'benchmarks'))
+  import mouth_quality  # pylint: disable=import-outside-toplevel
+  truth = np.random.default_rng(0).integers(0, 256, (3, 96, 192, 3), np.uint8)
+  blurred = np.stack([cv2.GaussianBlur(i, (7, 7), 2) for i in truth])
+  assert mouth_quality.sharpness(blurred) < mouth_quality.sharpness(truth) / 4
+  assert mouth_quality.psnr(truth, truth) == float('inf')
+  assert mouth_quality.psnr(blurred, truth) < 20 and mouth_quality.ssim(truth, truth) == 1
+  assert mouth_quality.ssim(blurred, truth) < 0.5
+  path = mouth_quality.picture({'truth': truth, 192: truth, 96: blurred}, str(tmp_path / 'p.png'))
+  image = cv2.imread(path)
+  assert image.shape == (192, 3 * 384, 3)
+  np.testing.assert_array_equal(image[100:, 384:768], np.repeat(np.repeat(
+      blurred[int(np.argmin(truth.reshape(3, -1).mean(1)))], 2, 0), 2, 1)[100:])
