@@ -5,6 +5,7 @@ model name, width divisor, face size, ...) and `variables` (the main model's par
 batch_stats). Training adds its own items (optimizer state, data iterator, ...) beside them, so
 `load_model` reads a converted .pth and a training run alike.
 """
+import inspect
 import os
 import sys
 from typing import Optional, Tuple
@@ -20,22 +21,26 @@ class CheckpointError(cli.UserError, RuntimeError):
   """A checkpoint that is missing, incomplete or not what was asked for."""
 
 
-def _drop_closed_loop_callbacks() -> None:
-  """After a failed restore, reads orbax still had in flight finish on tensorstore's threads and
-  call into the event loop orbax has already closed; Python would print each of those
-  RuntimeErrors as a stray traceback around our message. Exactly those are dropped (installed
-  before any restore: they can come while the error is still being raised)."""
+def _drop_stray_restore_errors() -> None:
+  """After a failed restore, reads orbax still had in flight finish on tensorstore's threads:
+  they call into the event loop orbax has already closed, or their coroutines are collected with
+  the read's own error (the one the restore already raised). Python would print each as a stray
+  traceback around our message. Exactly those are dropped (installed before any restore: they
+  can come while the error is still being raised)."""
   previous = sys.unraisablehook
 
   def hook(unraisable):
-    value = unraisable.exc_value
-    if not (isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'):
+    value, source = unraisable.exc_value, unraisable.object
+    closed_loop = isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
+    orbax_read = (inspect.iscoroutine(source)
+                  and f'{os.sep}orbax{os.sep}' in source.cr_code.co_filename)
+    if not (closed_loop or orbax_read):
       previous(unraisable)
 
   sys.unraisablehook = hook
 
 
-_drop_closed_loop_callbacks()
+_drop_stray_restore_errors()
 
 
 def restore_failed(message: str, error: Exception) -> CheckpointError:
