@@ -39,13 +39,12 @@ from lipsync_jax import allocator, audio, convert, demo, faces, infer, losses  #
 SPEECH_MEL = -2.5  # a mel window whose mean is above this (silence is -4) holds speech
 
 
-def expert_pairs(data_dir: str, split: str, expert: tuple, img_size: int,
-                 batches: int = 16) -> dict:
-  """The expert's cosines on balanced in-sync / off-sync (offset >= 3 frames) pairs of a split,
-  with their labels and whether each window's audio holds speech."""
+def expert_pairs(data_dir: str, split: str, expert: tuple, batches: int = 16) -> dict:
+  """The expert's cosines on balanced in-sync / off-sync (offset >= 3 frames) pairs of a split
+  (at the expert's face size), with their labels and whether each window's audio holds speech."""
   module, variables = expert
   data = iter(loaders.make_dataset(data_dir, split, 'expert', 64, seed=7, min_offset=3,
-                                   img_size=img_size))
+                                   img_size=module.img_size))
   cosines, speech, label = [], [], []
   for _ in range(batches):
     batch = loaders.to_float(next(data))
@@ -92,10 +91,10 @@ def size_figures(out: str, data_dir: str, settings, clips: list, detector) -> No
   size = settings.img_size
   expert_dir, generator_dir = demo.train_models(out, data_dir, settings)
   expert = convert.load_checkpoint(expert_dir, 'expert')
-  test_pairs = expert_pairs(data_dir, 'test', expert, size)
+  test_pairs = expert_pairs(data_dir, 'test', expert)
   # The reference never thresholds its expert (it trains on -log cos); a decision rule fitted on
   # the training speakers, as any classifier's, is judged here beside the raw 0.5.
-  threshold = fit_threshold(expert_pairs(data_dir, 'train', expert, size))
+  threshold = fit_threshold(expert_pairs(data_dir, 'train', expert))
   correlations, result_rates, real_rates = [], [], []
   cuts = (0.5, threshold)
   for i, clip in enumerate(clips):
