@@ -44,7 +44,7 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from data_pipeline import curation, records, sync
-from lipsync_jax import audio, cli, evaluate, faces, models, video
+from lipsync_jax import audio, cli, evaluate, faces, models, paths, video
 
 RUNNERS = ('local', 'DirectRunner', 'DataflowRunner', 'FlinkRunner', 'SparkRunner',
            'PortableRunner')
@@ -52,9 +52,12 @@ RUNNERS = ('local', 'DirectRunner', 'DataflowRunner', 'FlinkRunner', 'SparkRunne
 _detector = None
 
 
-def default_runner() -> str:
-  """DirectRunner where Apache Beam is installed (the beam extra), else the local pool."""
-  return 'DirectRunner' if importlib.util.find_spec('apache_beam') else 'local'
+def default_runner(out: str = '') -> str:
+  """DirectRunner where Apache Beam is installed (the beam extra), else the local pool; the
+  local pool for a gs:// --out (it stages the dataset locally and uploads it)."""
+  if paths.is_url(out) or not importlib.util.find_spec('apache_beam'):
+    return 'local'
+  return 'DirectRunner'
 
 
 def _init_worker(model_path):
@@ -207,7 +210,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--data_root', required=True, help='R/<speaker>/<clip>.mp4')
   parser.add_argument('--out', required=True,
-                      help='output folder (TFDS data_dir); not the --data_root itself')
+                      help='output folder (TFDS data_dir); not the --data_root itself. A gs:// '
+                      'URL (the gcs extra; --runner local): clips are cached and the dataset '
+                      'written under $LIPSYNC_JAX_CACHE or ~/.cache/lipsync_jax/preprocess, then '
+                      'uploaded')
   parser.add_argument('--filelists', default=None,
                       help='folder with train.txt/val.txt/test.txt (default: hash split)')
   parser.add_argument('--workers', type=cli.int_in(1, 1024), default=os.cpu_count(),
@@ -257,15 +263,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                      + ' judges; 0 keeps every record; needs --sync_judge)')
   group.add_argument('--vshift', type=cli.int_in(1, 100), default=evaluate.VSHIFT,
                      help='offsets searched, in frames either way (default: %(default)s)')
-  parser.add_argument('--runner', choices=RUNNERS, default=default_runner(),
+  parser.add_argument('--runner', choices=RUNNERS, default=None,
                       help="an Apache Beam runner (pip install 'lipsync_jax[beam]'): "
                       'DirectRunner runs --workers processes here, the others run the same '
                       "pipeline at scale; options this command does not know (the runner's "
                       'own, e.g. --project, --region, --temp_location for Dataflow, '
                       '--flink_master, --spark_master_url) are passed to Beam. Or local: a '
                       'process pool here, resumable clip by clip, no Beam needed '
-                      '(default: %(default)s)')
+                      '(default: DirectRunner where Beam is installed, else local; local for a '
+                      'gs:// --out)')
   args, beam_args = parser.parse_known_args(argv)
+  args.runner = args.runner or default_runner(args.out)
   if beam_args and args.runner == 'local':
     parser.error(f'unrecognized arguments: {" ".join(beam_args)} (runner options need a Beam '
                  '--runner)')
@@ -326,7 +334,17 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
   records dropped (`min_sync_conf`, default by judge). `runner`: 'local' (a process pool,
   resumable), or a Beam runner ('DirectRunner', 'DataflowRunner', ...; `beam_args` its
   options: data_pipeline/beam_pipeline.py); default: DirectRunner where Beam is installed."""
-  runner = runner or default_runner()
+  runner = runner or default_runner(out)
+  local_out = out
+  if paths.is_url(out):
+    if runner != 'local':
+      raise cli.UserError(f'--out {out}: ArrayRecord writes local files only, and Beam workers '
+                          'have no common local folder; write to a file system every worker '
+                          'sees and copy the dataset folder up, or use --runner local, which '
+                          'uploads it')
+    # The clip cache and the dataset are made here, then the dataset is uploaded.
+    local_out = os.path.join(cli.cache_root(), 'preprocess', out.split('://', 1)[1])
+    print(f'{out}: caching clips and writing the dataset in {local_out}, then uploading it')
   if not os.path.isdir(data_root):
     raise cli.UserError(f'{data_root}: no such folder (--data_root)')
   if cli.same_file(out, data_root):
@@ -354,7 +372,7 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
                              workers or os.cpu_count(), rules,
                              beam_pipeline.SyncSettings(sync_judge, vshift, sync_correct,
                                                         min_sync_conf) if judge else None)
-  cache = cli.ensure_folder(os.path.join(out, '_clips'), 'preprocessed clips')
+  cache = cli.ensure_folder(os.path.join(local_out, '_clips'), 'preprocessed clips')
   cache_of = {c: os.path.join(cache, c.replace('/', '__') + '.npz') for c in splits}
   todo = [c for c in splits if cached_rules(cache_of[c]) != rules.key()]
   skipped = process_clips(todo, data_root, cache_of, workers or os.cpu_count(), model, rules)
@@ -390,15 +408,18 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
   print(summary(counts))
   if not examples:
     raise cli.UserError(f'none of the {len(splits)} clips under {data_root} could be used')
-  builder = records.ClipDataset(data_dir=out, file_format='array_record',
+  builder = records.ClipDataset(data_dir=local_out, file_format='array_record',
                                 split_examples=dict(examples))
   tfds.disable_progress_bar()
   # Regenerated from the clip cache on every run (cheap), so clips added since are included.
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       download_mode=tfds.download.GenerateMode.FORCE_REDOWNLOAD))
+  data_dir = builder.data_dir
+  if local_out != out:
+    data_dir = paths.upload_tree(data_dir, paths.join(out, os.path.relpath(data_dir, local_out)))
   written = {s: len(v) for s, v in examples.items()}
-  print(f'wrote {builder.data_dir}: ' + ', '.join(f'{s} {n} records' for s, n in written.items()))
-  return builder.data_dir
+  print(f'wrote {data_dir}: ' + ', '.join(f'{s} {n} records' for s, n in written.items()))
+  return data_dir
 
 
 def main(argv=None) -> int:

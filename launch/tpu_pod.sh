@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Train on a Cloud TPU pod slice: the same command on every worker of TPU VM NAME in ZONE.
 #   launch/tpu_pod.sh NAME ZONE CONFIG WORKDIR [--config.x=y ...]
-#   launch/tpu_pod.sh my-v4-32 us-central2-b configs/wav2lip_gan.py /mnt/bucket/runs/gan \
-#       --config.data.dir=/mnt/bucket/lrs2/clip_dataset/1.1.0
+#   launch/tpu_pod.sh my-v4-32 us-central2-b configs/wav2lip_gan.py gs://bucket/runs/gan \
+#       --config.data.dir=gs://bucket/lrs2/clip_dataset/1.2.0
 # Assumes this repository is checked out at ~/lipsync_jax on every worker with
-# `pip install -e . "jax[tpu]"` done. On TPU, jax.distributed.initialize() finds the other
-# workers by itself; each worker reads its own shard of clips. WORKDIR must be one folder that
-# every worker sees (e.g. a bucket mounted with gcsfuse at the same path): gs:// URLs are not
-# supported by the trainer yet. A SIGTERM (or maintenance notice) on any worker stops all of
-# them at the same step with a checkpoint.
+# `pip install -e '.[gcs]' "jax[tpu]"` done. On TPU, jax.distributed.initialize() finds the
+# other workers by itself; each worker reads its own shard of clips. WORKDIR and the data must
+# be places every worker sees: gs:// URLs (the TPU VM's service account), or one folder at the
+# same path on all. A SIGTERM (or maintenance notice) on any worker stops all of them at the
+# same step with a checkpoint.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   sed -n '2,11p' "$0"; exit 2

@@ -14,7 +14,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
-from lipsync_jax import cli, models
+from lipsync_jax import cli, models, paths
 
 
 class CheckpointError(cli.UserError, RuntimeError):
@@ -51,7 +51,7 @@ def restore_failed(message: str, error: Exception) -> CheckpointError:
 
 def manager(directory: str, create: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(create=create, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(paths.resolve(directory), options=options)
 
 
 def model_items(meta: dict, variables: dict) -> dict:
@@ -71,11 +71,11 @@ def save_model(directory: str, name: str, module: nn.Module, variables: dict,
   with manager(directory) as mngr:
     mngr.save(step, args=ocp.args.Composite(**model_items(meta, variables)))
     mngr.wait_until_finished()
-  return os.path.join(os.path.abspath(directory), str(step))
+  return paths.join(paths.resolve(directory), str(step))
 
 
 def latest_step(directory: str) -> int:
-  if not os.path.isdir(directory):
+  if not paths.isdir(directory):
     raise CheckpointError(f'{directory}: no such checkpoint directory')
   step = manager(directory, create=False).latest_step()
   if step is None:

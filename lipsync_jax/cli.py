@@ -187,11 +187,15 @@ def run(body: Callable[[], int], prog: str,
 CACHE_ENV = 'LIPSYNC_JAX_COMPILATION_CACHE'  # a folder, or 'off'
 
 
-def default_compilation_cache() -> str:
-  """$LIPSYNC_JAX_COMPILATION_CACHE, else <$LIPSYNC_JAX_CACHE or ~/.cache/lipsync_jax>/xla."""
-  root = os.environ.get('LIPSYNC_JAX_CACHE',
+def cache_root() -> str:
+  """$LIPSYNC_JAX_CACHE, else ~/.cache/lipsync_jax: the user's local cache folders."""
+  return os.environ.get('LIPSYNC_JAX_CACHE',
                         os.path.join(os.path.expanduser('~'), '.cache', 'lipsync_jax'))
-  return os.environ.get(CACHE_ENV) or os.path.join(root, 'xla')
+
+
+def default_compilation_cache() -> str:
+  """$LIPSYNC_JAX_COMPILATION_CACHE, else <cache_root()>/xla."""
+  return os.environ.get(CACHE_ENV) or os.path.join(cache_root(), 'xla')
 
 
 def enable_compilation_cache(folder: Optional[str]) -> Optional[str]:

@@ -17,7 +17,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from lipsync_jax import checkpoint, cli, models, summary, torch_pickle
+from lipsync_jax import checkpoint, cli, models, paths, summary, torch_pickle
 
 
 class ConversionError(cli.UserError, ValueError):
@@ -112,7 +112,7 @@ def state_dict_from_variables(variables: dict) -> Dict[str, np.ndarray]:
 def read_state_dict(path: str) -> Dict[str, np.ndarray]:
   """The tensors of a PyTorch checkpoint file (legacy or zip format; a bare state dict or a
   dict with 'state_dict'; 'module.' prefixes dropped), read without torch."""
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise ConversionError(f'{path}: no such file')
   try:
     loaded = torch_pickle.load(path)
@@ -150,13 +150,13 @@ def load_checkpoint(path: str, expect: str) -> Tuple[nn.Module, dict]:
   """The `expect` model from an official .pth (converted on the fly), an orbax checkpoint
   directory, or a training workdir (its latest checkpoint); any other model is an error. A file
   is read as a PyTorch checkpoint whatever its name (.pth, .PTH, .pth.tar, .pt)."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise checkpoint.CheckpointError(f'{path}: no such checkpoint file or directory')
-  if os.path.isfile(path):
+  if paths.isfile(path):
     name, module, variables = load_official(path)
   else:
-    nested = os.path.join(path, 'checkpoints')
-    path = nested if os.path.isdir(nested) else path
+    nested = paths.join(path, 'checkpoints')
+    path = nested if paths.isdir(nested) else path
     name, module, variables = checkpoint.load_model(path)
   if name != expect:
     raise ConversionError(f'{path}: holds a {name!r} model, but a {expect!r} is needed')

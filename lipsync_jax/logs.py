@@ -1,17 +1,56 @@
 """Training logs: console lines, TensorBoard event files, a scalars.jsonl file (for scripts)
-and PNG sample grids, written by process 0 only.
+and PNG sample grids, written by process 0 only, locally or to gs:// (lipsync_jax.paths).
 
     tensorboard --logdir W/tensorboard     # W: the training workdir; grids in W/samples/
 """
 import collections
+import io
 import json
-import os
 from typing import Dict, List, Optional, Tuple
 
 import cv2
 import jax
 import numpy as np
 import tensorboardX
+from tensorboardX import record_writer
+
+from lipsync_jax import paths
+
+
+class _ObjectEventWriter:
+  """tensorboardX's event-file writer for Cloud Storage, through the path layer. An object
+  cannot be appended to, so each flush writes the events since the last one as the next part
+  (`<event file>.000001`, ...): TensorBoard reads every 'tfevents' file of a folder in name
+  order, and no flush uploads what an earlier one did."""
+
+  def __init__(self, path: str):
+    self.path, self.part, self.buffer = path, 0, io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    if self.buffer.tell():
+      self.part += 1
+      paths.write_bytes(f'{self.path}.{self.part:06d}', self.buffer.getvalue())
+      self.buffer = io.BytesIO()
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _ObjectEventWriters:
+  """The factory tensorboardX looks up by URL scheme."""
+
+  def open(self, path: str) -> _ObjectEventWriter:
+    return _ObjectEventWriter(path)
+
+  def directory_check(self, path: str) -> None:
+    paths.makedirs(path)
+
+
+for _scheme in paths.URL_SCHEMES:
+  record_writer.register_writer_factory(_scheme.split(':')[0], _ObjectEventWriters())
 
 
 def sample_grid(gt: np.ndarray, generated: np.ndarray, reference: np.ndarray,
@@ -36,9 +75,13 @@ class Logger:
   def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
     self.workdir = workdir
-    self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard')) \
+    self._tb = tensorboardX.SummaryWriter(paths.join(workdir, 'tensorboard')) \
         if self.enabled else None
-    self._jsonl = open(os.path.join(workdir, SCALARS), 'a') if self.enabled else None
+    # scalars.jsonl is written whole at every log line (an object store cannot append); a
+    # resumed run carries on after the earlier run's lines.
+    self._jsonl = paths.join(workdir, SCALARS)
+    self._lines = (paths.read_text(self._jsonl) if self.enabled and paths.exists(self._jsonl)
+                   else '')
 
   def scalars(self, step: int, metrics: dict, note: str = '') -> None:
     if not self.enabled:
@@ -49,17 +92,16 @@ class Logger:
     for k, v in values.items():
       self._tb.add_scalar(k, v, step)
     self._tb.flush()
-    self._jsonl.write(json.dumps({'step': step, **values}) + '\n')
-    self._jsonl.flush()
+    self._lines += json.dumps({'step': step, **values}) + '\n'
+    paths.write_text(self._jsonl, self._lines)
 
   def samples(self, step: int, gt, generated, reference) -> Optional[str]:
     if not self.enabled:
       return None
     grid = sample_grid(gt, generated, reference)
-    folder = os.path.join(self.workdir, 'samples')
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f'step_{step:07d}.png')
-    cv2.imwrite(path, grid)
+    folder = paths.makedirs(paths.join(self.workdir, 'samples'))
+    path = paths.join(folder, f'step_{step:07d}.png')
+    paths.write_bytes(path, cv2.imencode('.png', grid)[1].tobytes())
     self._tb.add_image('samples (ground truth | generated | reference)', grid[..., ::-1], step,
                        dataformats='HWC')
     self._tb.flush()
@@ -68,7 +110,6 @@ class Logger:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
-      self._jsonl.close()
 
 
 SCALARS = 'scalars.jsonl'
@@ -77,12 +118,11 @@ SCALARS = 'scalars.jsonl'
 def read_scalars(workdir: str) -> Dict[str, List[Tuple[int, float]]]:
   """name -> [(step, value)] from a workdir's scalars.jsonl (a resumed run's repeats: last wins)."""
   series = collections.defaultdict(dict)
-  with open(os.path.join(workdir, SCALARS)) as f:
-    for line in f:
-      record = json.loads(line)
-      step = record.pop('step')
-      for k, v in record.items():
-        series[k][step] = v
+  for line in paths.read_text(paths.join(workdir, SCALARS)).splitlines():
+    record = json.loads(line)
+    step = record.pop('step')
+    for k, v in record.items():
+      series[k][step] = v
   return {k: sorted(v.items()) for k, v in series.items()}
 
 

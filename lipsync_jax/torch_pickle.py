@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, NamedTuple
 import ml_dtypes
 import numpy as np
 
-from lipsync_jax import cli
+from lipsync_jax import cli, paths
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 # How torch.save pickles that number (protocol 2, LONG1 of 10 bytes, STOP): comparing these
@@ -99,8 +99,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     return self._load_storage(pid)
 
 
-def _load_zip(path: str) -> Any:
-  with zipfile.ZipFile(path) as archive:
+def _load_zip(f) -> Any:
+  with zipfile.ZipFile(f) as archive:
     pkl = next((n for n in archive.namelist() if n.endswith('/data.pkl') or n == 'data.pkl'),
                None)
     if pkl is None:
@@ -160,13 +160,12 @@ def _resolve(obj: Any, data: Dict[str, np.ndarray]) -> Any:
 
 
 def load(path: str) -> Any:
-  """Loads a .pth file (zip or legacy format) with every tensor as a numpy array."""
-  with open(path, 'rb') as f:
+  """Loads a .pth file (zip or legacy format; a local path or a URL) with every tensor as a
+  numpy array."""
+  with paths.as_path(path).open('rb') as f:
     is_zip = f.read(4) == b'PK\x03\x04'
-    if is_zip:
-      return _load_zip(path)
     f.seek(0)
-    return _load_legacy(f)
+    return _load_zip(f) if is_zip else _load_legacy(f)
 
 
 def find_state_dict(checkpoint: Any) -> Dict[str, np.ndarray]:

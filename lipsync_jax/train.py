@@ -43,8 +43,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from data_pipeline import loaders
-from lipsync_jax import checkpoint, cli, convert, evaluate, layers, logs, losses, models, steps
+from data_pipeline import loaders, records
+from lipsync_jax import (checkpoint, cli, convert, evaluate, layers, logs, losses, models, paths,
+                         steps)
 
 
 class TrainingError(cli.UserError, RuntimeError):
@@ -84,12 +85,23 @@ def check_workdir(config, workdir: str) -> None:
   expert = config.get('expert_checkpoint')
   if not expert:
     return
-  expert, run = os.path.realpath(expert), os.path.realpath(workdir)
-  owned = [run] + [os.path.join(run, d) for d in ('checkpoints', 'best')]
-  if any(expert == d or expert.startswith(d + os.sep) for d in owned):
+  same = lambda p: p.rstrip('/') if paths.is_url(p) else os.path.realpath(p)
+  expert, run = same(expert), same(workdir)
+  owned = [run] + [paths.join(run, d) for d in ('checkpoints', 'best')]
+  if any(expert == d or expert.startswith(paths.join(d, '')) for d in owned):
     raise TrainingError(f'config.expert_checkpoint {config.expert_checkpoint} is this run\'s '
                         f'workdir {workdir} (or in its checkpoints); training there would '
                         'overwrite the expert: choose another --workdir')
+
+
+def prepare_workdir(config, workdir: str) -> str:
+  """The run's folder (a local one created and proven writable) with the run's config.json,
+  written by process 0 alone."""
+  workdir = (paths.resolve(workdir) if paths.is_url(workdir)
+             else cli.ensure_folder(workdir, 'training run'))
+  if jax.process_index() == 0:
+    paths.write_text(paths.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+  return workdir
 
 
 def load_expert(config) -> tuple:
@@ -211,12 +223,12 @@ class Run:
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
     self.kind = 'expert' if config.model.name == 'expert' else 'generator'
-    if not os.path.isfile(os.path.join(config.data.dir, 'dataset_info.json')):
+    info = paths.join(config.data.dir, 'dataset_info.json')
+    if not paths.isfile(info):
       raise TrainingError(f'config.data.dir {config.data.dir}: not a dataset written by '
                           'data_pipeline.preprocess (no dataset_info.json; pass its '
-                          'clip_dataset/1.1.0 folder)')
-    with open(os.path.join(config.data.dir, 'dataset_info.json')) as f:
-      splits = {split['name'] for split in json.load(f).get('splits', [])}
+                          f'clip_dataset/{records.VERSION} folder)')
+    splits = {split['name'] for split in json.loads(paths.read_text(info)).get('splits', [])}
     missing = {'train', 'val'} - splits
     if missing:
       raise TrainingError(f'config.data.dir {config.data.dir}: the dataset has no '
@@ -258,14 +270,14 @@ class Run:
     self.local_batch = local_batch
     # Async saves run orbax's collectives from a thread; only where devices keep order.
     self.ckpt = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, 'checkpoints')),
+        paths.join(paths.resolve(workdir), 'checkpoints'),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=config.keep_checkpoints,
             enable_async_checkpointing=not self.serialize_steps))
     # Its own barrier names: saved at the same step as `ckpt`, orbax's multi-process barriers
     # (keyed by step) would otherwise collide.
     self.best = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, 'best')),
+        paths.join(paths.resolve(workdir), 'best'),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, enable_async_checkpointing=False,
             multiprocessing_options=ocp.options.MultiprocessingOptions(
@@ -418,6 +430,7 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
   non-finite-loss check) are read every log_every steps and before every checkpoint."""
   maybe_initialize_distributed()
   check_workdir(config, workdir)
+  workdir = prepare_workdir(config, workdir)
   run = Run(config, workdir)
   step = run.restore_latest()
   if step:
@@ -481,12 +494,7 @@ def main(argv):
 
   def body() -> int:
     cli.enable_compilation_cache(_COMPILATION_CACHE.value)
-    check_workdir(config, _WORKDIR.value)  # before anything is written there
-    workdir = cli.ensure_folder(_WORKDIR.value, 'training run')
-    with cli.atomic_output(os.path.join(workdir, 'config.json'), suffix='.json') as tmp:
-      with open(tmp, 'w') as f:
-        f.write(config.to_json_best_effort(indent=2))
-    train(config, workdir)
+    train(config, _WORKDIR.value)
     return 0
 
   # SIGTERM stays train()'s own: save a checkpoint and exit 0 (preemption).
@@ -495,7 +503,9 @@ def main(argv):
 
 if __name__ == '__main__':
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'training config file')
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'run folder (checkpoints, logs)')
+  _WORKDIR = flags.DEFINE_string(
+      'workdir', None, 'run folder (checkpoints, logs): a local path, or a gs:// URL (the gcs '
+      'extra); every process of a multi-host job must see the same one')
   _COMPILATION_CACHE = flags.DEFINE_string(
       'compilation_cache', cli.default_compilation_cache(),
       "keep compiled XLA programs here so a rerun (a resume, the same config) skips "
