@@ -108,24 +108,6 @@ AUDIO_CNN = ((64, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1), (0, 0))),
              (512, (5, 4), (1, 1), (0, 0), None))
 
 
-_THIN_INPUT = 64  # input channels below which XLA:CPU's convolution loses to row-tap matmuls
-
-
-def _row_tap_conv(x, kernel, strides):
-  """VALID 2-D convolution (NHWC, HWIO) as one matmul per kernel row, that row's taps stacked on
-  channels: on CPU about twice as fast as XLA's own convolution for an input with few channels
-  (the lip stream's first layer: 5 frames x 3 colours, 7x7, stride 2)."""
-  kh, kw, c, features = kernel.shape
-  sh, sw = strides
-  ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-  out = 0
-  for i in range(kh):
-    rows = x[:, i:i + sh * (ho - 1) + 1:sh]
-    taps = jnp.concatenate([rows[:, :, j:j + sw * (wo - 1) + 1:sw] for j in range(kw)], -1)
-    out = out + taps @ kernel[i].reshape(kw * c, features)
-  return out
-
-
 class _Conv3d(nn.Module):
   """torch's Conv3d with stride 1 and no padding in time, computed as 2-D convolutions over the
   kT frames stacked on channels (XLA:CPU's 3-D convolutions are far slower than its 2-D ones);
@@ -150,13 +132,9 @@ class _Conv3d(nn.Module):
     stacked = jnp.moveaxis(stacked.reshape(n * out_t, kt, h, w, c), 1, 3)  # (N T', H, W, kT, C)
     stacked = stacked.reshape(n * out_t, h, w, kt * c).astype(self.dtype)
     kernel2d = jnp.moveaxis(kernel, 0, 2).reshape(kh, kw, kt * c, self.features)
-    if (jax.default_backend() == 'cpu' and kt * c < _THIN_INPUT
-        and not any(self.padding[1:])):
-      y = _row_tap_conv(stacked, kernel2d.astype(self.dtype), self.stride[1:])
-    else:
-      y = jax.lax.conv_general_dilated(
-          stacked, kernel2d.astype(self.dtype), self.stride[1:],
-          [(p, p) for p in self.padding[1:]], dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = jax.lax.conv_general_dilated(
+        stacked, kernel2d.astype(self.dtype), self.stride[1:],
+        [(p, p) for p in self.padding[1:]], dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     y = y + bias.astype(self.dtype)
     return y.reshape((n, out_t) + y.shape[1:])
 

@@ -200,16 +200,3 @@ def test_tracks_protocol_scores_each_face_track(syncnet_pth, tmp_path, capsys, m
     np.testing.assert_array_equal(frames, crops)
     np.testing.assert_array_equal(track_audio, tracks.track_samples(samples, track))
   assert len(scored[1][1]) == 110 * 640 and scored[1][1][0] == samples[110 * 640]
-
-
-@pytest.mark.parametrize('strides', [(2, 2), (1, 1)])
-def test_row_tap_convolution_is_the_convolution(strides):
-  """The CPU path of the lip stream's first layer (thin input): XLA's convolution elsewhere."""
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(2, 23, 19, 15))
-  kernel = rng.normal(size=(7, 5, 15, 8))
-  with jax.enable_x64():
-    want = jax.lax.conv_general_dilated(x, kernel, strides, 'VALID',
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    got = evaluate._row_tap_conv(jnp.asarray(x), jnp.asarray(kernel), strides)  # pylint: disable=protected-access
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

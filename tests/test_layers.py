@@ -1,9 +1,14 @@
 """Layer-level checks against torch's own operators (torch is a test-only dependency)."""
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from lipsync_jax import models
 from lipsync_jax.layers import ConvTranspose, conv2d, fold_batchnorm
 
@@ -89,3 +94,22 @@ def test_folded_batchnorm_matches_eval_mode():
   ref = jax.jit(module.apply)(variables, mel, face)
   out = jax.jit(folded.apply)(fold_batchnorm(variables), mel, face)
   np.testing.assert_allclose(out, ref, atol=2e-5)
+
+
+# (a convolution large enough for XLA to hand it to YNNPACK when allowed)
+_CONV_HLO = ('import jax, jax.numpy as jnp\n'
+             'import lipsync_jax\n'
+             'x, w = jnp.ones((2, 48, 48, 32)), jnp.ones((3, 3, 32, 32))\n'
+             'conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(\n'
+             '    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))\n'
+             'print("ynn_fusion" in conv.lower(x, w).compile().as_text())\n')
+
+
+@pytest.mark.parametrize('xla_flags,on_ynnpack', [
+    ('', False),  # the package's default: XLA:CPU's own convolutions
+    ('--xla_cpu_experimental_ynn_fusion_type=+individual_convolution', True)])  # the user's
+def test_cpu_convolutions_are_xlas_own_unless_the_user_says(xla_flags, on_ynnpack):
+  env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', _CONV_HLO], env=env, cwd=ROOT, text=True,
+                       capture_output=True, check=True).stdout
+  assert out.split()[-1] == str(on_ynnpack)
