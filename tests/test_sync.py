@@ -1,7 +1,7 @@
 """Audio-video offsets in the data pipeline (data_pipeline/sync.py, preprocess --sync_judge):
 synthetic clips written with known offsets of -3..+3 frames are measured by a tiny expert
 trained here, corrected, recorded, and the corrected dataset feeds the trainers. About 3 minutes (mostly
-the expert's 600 steps); marked slow, run in CI."""
+the expert's 300 steps); marked slow, run in CI."""
 import json
 
 import numpy as np
@@ -20,7 +20,7 @@ def judge(synthetic_dataset, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('judge') / 'expert'
   run_module('lipsync_jax.train', '--config', 'configs/expert.py:tiny', '--workdir',
              str(workdir), f'--config.data.dir={synthetic_dataset[0]}',
-             '--config.total_steps=600', '--config.learning_rate=1e-3', '--config.log_every=100',
+             '--config.total_steps=300', '--config.learning_rate=2e-3', '--config.log_every=100',
              '--config.eval_every=100000', '--config.checkpoint_every=100000')
   return str(workdir)
 
