@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lipsync_jax import allocator, evaluate  # noqa: E402
+import bench_vs_torch  # noqa: E402  (benchmarks/, beside this file)
 
 LRS2_TEST_VIDEOS = 14239
 
@@ -106,13 +107,14 @@ def main():
       fn()
       times[name].append(time.perf_counter() - start)
   ours_s, torch_s = (statistics.median(times[k]) for k in ('ours', 'torch'))
+  ratio = bench_vs_torch.paired_ratio(times)
   rate = n / ours_s
   windows_per_video = args.clip_seconds * evaluate.FPS - evaluate.FRAMES_PER_WINDOW
   hours = LRS2_TEST_VIDEOS * windows_per_video / rate / 3600
   print(f'jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), '
         f'{os.cpu_count()} cores, tcmalloc {allocator.active()}')
   print(f'{n} windows per call: ours {rate:.1f} windows/s, torch {n / torch_s:.1f} windows/s, '
-        f'ratio {torch_s / ours_s:.2f}x (medians of {args.rounds} alternated runs; '
+        f'ratio {ratio:.2f}x (medians of {args.rounds} alternated runs; '
         f'max relative difference {error:.1e})')
   print(f'LRS2 test list ({LRS2_TEST_VIDEOS} videos, {args.clip_seconds} s each assumed = '
         f'{windows_per_video:.0f} windows): {hours:.1f} h of SyncNet at our rate on this machine '

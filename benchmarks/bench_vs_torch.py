@@ -9,9 +9,9 @@ weights of our randomly initialised generator (speed does not depend on the valu
 are checked to agree). Ours runs as `infer` runs it: BatchNorm folded, uint8 crops in, masking
 on the device, jitted. Torch runs as the reference's inference does: eval mode, no_grad, float32
 NCHW tensors (prepared outside the timed region, which favours torch). Timed runs alternate
-between the two so that both see the same machine load; the ratio printed is torch's median
-time / ours (above 1: ours is faster). Needs torch (the test extra). Both use every core unless
---threads is given.
+between the two so that both see the same machine load; the ratio printed is the median over
+rounds of torch's time / ours (above 1: ours is faster). Needs torch (the test extra). Both use
+every core unless --threads is given.
 """
 import argparse
 import functools
@@ -87,6 +87,12 @@ def torch_generator(torch, width_divisor: int = 1):
   return Wav2Lip().eval()
 
 
+def paired_ratio(times: dict) -> float:
+  """The median over rounds of torch's time / ours, each pair timed back to back: steadier
+  than a ratio of medians on a machine whose load drifts."""
+  return statistics.median(t / o for o, t in zip(times['ours'], times['torch']))
+
+
 def timed(fn) -> float:
   start = time.perf_counter()
   fn()
@@ -150,7 +156,7 @@ def main():
       times['torch'].append(timed(theirs))
     ours_s, torch_s = (statistics.median(times[k]) for k in ('ours', 'torch'))
     print(f'batch {batch:4}: ours {batch / ours_s:7.1f} frames/s, torch {batch / torch_s:7.1f} '
-          f'frames/s, ratio {torch_s / ours_s:.2f}x  (max |diff| {error:.1e}, '
+          f'frames/s, ratio {paired_ratio(times):.2f}x  (max |diff| {error:.1e}, '
           f'{args.rounds} alternated runs, medians)', flush=True)
   print('command: python benchmarks/bench_vs_torch.py ' + ' '.join(sys.argv[1:]))
 
