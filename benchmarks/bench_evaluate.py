@@ -66,6 +66,7 @@ def main():
   args = parser.parse_args()
   import torch  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   reference = torch_syncnet(torch)
   rng = np.random.default_rng(0)
@@ -76,7 +77,7 @@ def main():
         module.running_var.uniform_(0.5, 1.5)
   state = {k: v.numpy() for k, v in reference.state_dict().items()}
   module = evaluate.SyncNetS()
-  variables = jax.tree.map(np.asarray, evaluate.variables_from_state_dict(state))
+  variables = jax.tree.map(jnp.asarray, evaluate.variables_from_state_dict(state))  # as load_syncnet
 
   n = args.windows
   frames = rng.integers(0, 256, (n + 4, 224, 224, 3), np.uint8)

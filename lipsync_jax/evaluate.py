@@ -139,6 +139,22 @@ class _Conv3d(nn.Module):
     return y.reshape((n, out_t) + y.shape[1:])
 
 
+def max_pool(x, window: tuple, strides: tuple, padding: tuple):
+  """torch's MaxPool (-inf padding, floor mode) as a running maximum of strided slices, one axis
+  at a time: XLA fuses it with the BatchNorm and ReLU before it, where a reduce_window makes a
+  pass of its own (the lip stream runs faster by the difference on CPU). x: (N, *spatial, C)."""
+  for axis, (size, stride, pad) in enumerate(zip(window, strides, padding), start=1):
+    if pad:
+      widths = [(0, 0)] * x.ndim
+      widths[axis] = (pad, pad)
+      x = jnp.pad(x, widths, constant_values=-jnp.inf)
+    count = (x.shape[axis] - size) // stride + 1
+    taps = [jax.lax.slice_in_dim(x, i, i + stride * (count - 1) + 1, stride, axis)
+            for i in range(size)]
+    x = functools.reduce(jnp.maximum, taps)
+  return x
+
+
 class _Stream(nn.Module):
   """conv -> BatchNorm (running statistics) -> ReLU [-> max-pool, -inf padding] per layer, then
   Linear 512 -> BatchNorm -> ReLU -> Linear 1024. Names follow the torch module indices
@@ -158,8 +174,7 @@ class _Stream(nn.Module):
       x = nn.relu(BatchNorm(use_running_average=True, name=f'cnn_{index + 1}')(x))
       index += 3
       if pool is not None:
-        window, pool_stride, pool_padding = pool
-        x = nn.max_pool(x, window, pool_stride, [(p, p) for p in pool_padding])
+        x = max_pool(x, *pool)
         index += 1
     x = x.reshape(x.shape[0], -1)
     if features_only:

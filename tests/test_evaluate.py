@@ -48,6 +48,20 @@ def test_mfcc_is_python_speech_features(io):
   assert rel(ours, io['mfcc']) < 1e-12
 
 
+@pytest.mark.parametrize('window,strides,padding', [((3, 3), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)),
+                                                    ((3, 3), (1, 2), (0, 0)), ((1, 3, 3), (1, 2, 2), (0, 1, 1))])
+def test_max_pool_is_torchs(window, strides, padding):
+  """Strided-slice pooling against reduce_window with -inf padding, on odd sizes and negative
+  values (where a zero pad would show)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2,) + (5, 13, 11)[-len(window):] + (3,)) - 3
+  expected = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1,) + window + (1,),
+                                   (1,) + strides + (1,),
+                                   [(0, 0)] + [(p, p) for p in padding] + [(0, 0)])
+  ours = evaluate.max_pool(x, window, strides, padding)
+  assert ours.shape == expected.shape
+  np.testing.assert_array_equal(ours, expected)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('dtype,tol', [(np.float32, 1e-4), (np.float64, 1e-9)], ids=['f32', 'f64'])
 def test_embeddings_match_the_original(io, state_dict, tmp_path, dtype, tol):
