@@ -141,6 +141,18 @@ def parity(name: str):
   return np.load(require(PARITY / f'{name}.npz'))
 
 
+# lipsync_jax chooses XLA's own CPU convolutions (lipsync_jax/__init__.py), which run float64, used
+# only by the parity checks, several times slower than YNNPACK's; those checks compile with these.
+_FLOAT64_CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': (
+    'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT')}
+
+
+def jit(dtype, fun, **kwargs):
+  """jax.jit, with YNNPACK's convolutions and matmuls for float64 programs on CPU."""
+  fast = np.dtype(dtype) == np.float64 and jax.default_backend() == 'cpu'
+  return jax.jit(fun, compiler_options=_FLOAT64_CPU_OPTIONS if fast else None, **kwargs)
+
+
 def rel_l2(x, ref) -> float:
   x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
   return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))

@@ -17,7 +17,7 @@ torch = pytest.importorskip('torch')
 
 @pytest.mark.parametrize('cin,cout,k,stride,pad,out_pad,size', [
     (4, 3, 3, 2, 1, 1, 5), (4, 3, 3, 1, 0, 0, 1), (2, 3, 4, 2, 1, 0, 6), (3, 2, 5, 3, 2, 1, 4),
-    (2, 2, 3, 2, 0, 0, 3)])
+    (2, 2, 3, 2, 0, 0, 3), (2, 2, 2, 3, 0, 0, 3)])  # the last: a phase without kernel taps
 @pytest.mark.parametrize('conv_impl', ['cpu', 'xla'])
 def test_conv_transpose_matches_torch(cin, cout, k, stride, pad, out_pad, size, conv_impl):
   rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import (load_parity_weights, mels_to_nhwc, nchw_to_nhwc, parity, rel_l2,
+from conftest import (jit, load_parity_weights, mels_to_nhwc, nchw_to_nhwc, parity, rel_l2,
                       windows_to_nhwc)
 from lipsync_jax import convert, models
 from lipsync_jax.losses import bce, cosine_similarity
@@ -60,7 +60,7 @@ def test_generator(dtype, conv_impl):
   io = parity('wav2lip_io')
   with jax.enable_x64(dtype == np.float64):
     module, variables = _model('wav2lip', dtype, conv_impl)
-    apply = jax.jit(module.apply)
+    apply = jit(dtype, module.apply)
     out4 = apply(variables, mels_to_nhwc(io['in/mel_4d']).astype(dtype),
                  nchw_to_nhwc(io['in/face_4d']).astype(dtype))
     assert rel_l2(np.moveaxis(out4, -1, 1), io['f64/eval_4d']) < _tol(dtype, 1e-5)
@@ -69,7 +69,7 @@ def test_generator(dtype, conv_impl):
     out5 = apply(variables, mels, faces)
     assert out5.shape == (2, 5, 96, 96, 3)
     assert rel_l2(np.moveaxis(out5, -1, 1), io['f64/eval_5d']) < _tol(dtype, 1e-5)
-    out_t, updates = jax.jit(lambda v, m, f: module.apply(v, m, f, train=True,
+    out_t, updates = jit(dtype, lambda v, m, f: module.apply(v, m, f, train=True,
                                                           mutable=['batch_stats']))(
                                                               variables, mels, faces)
     assert rel_l2(np.moveaxis(out_t, -1, 1), io['f64/train_5d']) < _tol(dtype, 1e-4)
@@ -101,14 +101,14 @@ def test_expert(dtype, conv_impl):
     mel = mels_to_nhwc(io['in/mel']).astype(dtype)
     face = nchw_to_nhwc(io['in/face']).astype(dtype)
     y = io['in/y'].astype(dtype)
-    a, v = jax.jit(module.apply)(variables, mel, face)
+    a, v = jit(dtype, module.apply)(variables, mel, face)
     cos = cosine_similarity(a, v)
     emb_tol = _tol(dtype, 3e-5)
     assert rel_l2(a, io['f64/eval_audio_emb']) < emb_tol
     assert rel_l2(v, io['f64/eval_face_emb']) < emb_tol
     assert rel_l2(cos, io['f64/eval_cos']) < emb_tol
     assert rel_l2(bce(cos, y), io['f64/eval_bce']) < emb_tol
-    (a, v), updates = jax.jit(lambda *args: module.apply(*args, train=True,
+    (a, v), updates = jit(dtype, lambda *args: module.apply(*args, train=True,
                                                          mutable=['batch_stats']))(
                                                              variables, mel, face)
     cos = cosine_similarity(a, v)
@@ -124,7 +124,7 @@ def test_quality_discriminator(dtype, conv_impl):
   io = parity('disc_io')
   with jax.enable_x64(dtype == np.float64):
     module, variables = _model('quality_disc', dtype, conv_impl)
-    pred = jax.jit(module.apply)(variables, windows_to_nhwc(io['in/face_5d']).astype(dtype))
+    pred = jit(dtype, module.apply)(variables, windows_to_nhwc(io['in/face_5d']).astype(dtype))
     assert pred.shape == (10, 1)
     tol = _tol(dtype, 1e-5)
     assert rel_l2(pred, io['f64/eval_pred']) < tol

@@ -5,14 +5,12 @@ train-mode expert), the discriminator's real/fake step and one expert step, comp
 parameter through gradient L2 norms, sums and probes, at the README's float32 bounds and at
 1e-8 in float64.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import mels_to_nhwc, nchw_to_nhwc, parity, rel_l2, windows_to_nhwc
+from conftest import jit, mels_to_nhwc, nchw_to_nhwc, parity, rel_l2, windows_to_nhwc
 from lipsync_jax import convert, losses
 from test_parity_forward import CONV_IMPLS, _model, heavy_pairs
 
@@ -54,7 +52,6 @@ def _check_grads(stats, io, prefix, dtype, has_pre_bn_bias=True, l2_only=False):
       assert rel_l2(flat.reshape(io[full].shape), io[full]) < tol
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _generator_step(gen, expert, disc, gen_vars, expert_vars, disc_params, batch, weights):
   syncnet_wt, disc_wt = weights
 
@@ -94,7 +91,8 @@ def test_hq_training_step(dtype, conv_impl):
              'mel_window': mels_to_nhwc(io['in/window_mel']), 'gt': windows_to_nhwc(io['in/gt_5d'])}
     batch = jax.tree.map(lambda x: jnp.asarray(x, dtype), batch)
     weights = (float(io['const/syncnet_wt']), float(io['const/disc_wt']))
-    gen_losses, per_term, total, disc_grads, disc_losses, acts = _generator_step(
+    step = jit(dtype, _generator_step, static_argnums=(0, 1, 2))
+    gen_losses, per_term, total, disc_grads, disc_losses, acts = step(
         gen, expert, disc, gen_vars, expert_vars, disc_vars['params'], batch, weights)
 
   loss_tol = 1e-10 if dtype == np.float64 else 1e-4
@@ -121,7 +119,7 @@ def test_expert_training_step(dtype, conv_impl):
     expert, variables = _model('expert', dtype, conv_impl)
     args = (mels_to_nhwc(sync_io['in/mel']).astype(dtype),
             nchw_to_nhwc(sync_io['in/face']).astype(dtype), sync_io['in/y'].astype(dtype))
-    (loss, (cos, _)), grads = jax.jit(jax.value_and_grad(
+    (loss, (cos, _)), grads = jit(dtype, jax.value_and_grad(
         lambda p: losses.expert_loss(p, variables['batch_stats'], expert, *args, train=True),
         has_aux=True))(variables['params'])
   tol = 1e-10 if dtype == np.float64 else 1e-4
