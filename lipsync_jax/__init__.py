@@ -17,7 +17,8 @@ __version__ = '0.1.0'
 # XLA:CPU (jaxlib 0.10.2) hands convolutions to YNNPACK by default; its own (Eigen)
 # convolutions run these networks' float32 layers faster on x86 (benchmarks/bench_vs_torch.py and
 # bench_evaluate.py: the README's figures), while YNNPACK stays on for matmuls, where it wins.
-# Float64 convolutions, which only the parity tests use, are slower this way.
+# Float64 convolutions, which only the parity tests use, are slower this way (tests/conftest.py's
+# `jit` compiles those with YNNPACK's).
 CPU_XLA_FLAG = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 
 

@@ -69,9 +69,9 @@ def test_generator(dtype, conv_impl):
     out5 = apply(variables, mels, faces)
     assert out5.shape == (2, 5, 96, 96, 3)
     assert rel_l2(np.moveaxis(out5, -1, 1), io['f64/eval_5d']) < _tol(dtype, 1e-5)
-    out_t, updates = jit(dtype, lambda v, m, f: module.apply(v, m, f, train=True,
-                                                          mutable=['batch_stats']))(
-                                                              variables, mels, faces)
+    train_apply = jit(dtype, lambda v, m, f: module.apply(v, m, f, train=True,
+                                                          mutable=['batch_stats']))
+    out_t, updates = train_apply(variables, mels, faces)
     assert rel_l2(np.moveaxis(out_t, -1, 1), io['f64/train_5d']) < _tol(dtype, 1e-4)
     _check_running_stats(updates, io, dtype, _tol(dtype, 1e-4))
 
@@ -108,9 +108,9 @@ def test_expert(dtype, conv_impl):
     assert rel_l2(v, io['f64/eval_face_emb']) < emb_tol
     assert rel_l2(cos, io['f64/eval_cos']) < emb_tol
     assert rel_l2(bce(cos, y), io['f64/eval_bce']) < emb_tol
-    (a, v), updates = jit(dtype, lambda *args: module.apply(*args, train=True,
-                                                         mutable=['batch_stats']))(
-                                                             variables, mel, face)
+    train_apply = jit(dtype, lambda *args: module.apply(*args, train=True,
+                                                        mutable=['batch_stats']))
+    (a, v), updates = train_apply(variables, mel, face)
     cos = cosine_similarity(a, v)
     train_tol = _tol(dtype, 1e-4)
     for key, value in [('audio_emb', a), ('face_emb', v), ('cos', cos), ('bce', bce(cos, y))]:
