@@ -57,7 +57,7 @@ def bench_preprocess(media, face_model, tmp, copies, workers_list, project_worke
       run('data_pipeline.preprocess', '--data_root', raw, '--out', out, '--workers',
           str(workers), '--face_model', face_model, '--runner', runner)
       seconds = time.perf_counter() - start
-      frames = count_frames(os.path.join(out, 'clip_dataset', records.VERSION))
+      frames = count_frames(records.dataset_folder(out))
       per_core[runner] = frames / seconds / workers
       print(f'preprocess {runner:12s} {workers} worker(s), {clips} real clips: {frames} frames '
             f'in {seconds:6.1f} s (incl. start-up) = {clips / seconds:5.2f} clips/s, '
@@ -90,7 +90,7 @@ def main():
         '--clips_per_speaker', '3', '--face_model', args.face_model)
     run('data_pipeline.preprocess', '--data_root', os.path.join(tmp, 'raw'), '--out',
         os.path.join(tmp, 'pre'), '--face_model', args.face_model)
-    data_dir = os.path.join(tmp, 'pre', 'clip_dataset', records.VERSION)
+    data_dir = records.dataset_folder(os.path.join(tmp, 'pre'))
     for kind, batch in (('expert', 64), ('generator', 16)):
       for workers in (1, 2):
         it = iter(loaders.make_dataset(data_dir, 'train', kind, batch, seed=0, workers=workers))

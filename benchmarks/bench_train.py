@@ -31,7 +31,7 @@ def corpus(tmp: str) -> str:
   assert synthetic.main(['--out', raw, '--speakers', '5', '--clips_per_speaker', '2']) == 0
   assert preprocess.main(['--data_root', raw, '--out', pre, '--filelists', raw,
                           '--runner', 'local']) == 0
-  return os.path.join(pre, 'clip_dataset', records.VERSION)
+  return records.dataset_folder(pre)
 
 
 def bench(job: str, data_dir: str, tmp: str, args) -> None:

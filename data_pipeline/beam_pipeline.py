@@ -9,7 +9,9 @@ clip or track that cannot be used is skipped, counted by reason in Beam metrics 
 below) and logged by the worker; the job fails only if no record is kept.
 Needs the `beam` extra: pip install 'lipsync_jax[beam]'.
 """
+import argparse
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -98,6 +100,20 @@ def keeping_result(runner: str):
   return KeepingResult()
 
 
+def unknown_options(beam_args: Sequence[str]) -> List[str]:
+  """The arguments no Beam pipeline option takes (Beam itself only logs and drops them)."""
+  parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+  seen, todo = set(), list(PipelineOptions.__subclasses__())
+  while todo:
+    cls = todo.pop()
+    if cls not in seen:
+      seen.add(cls)
+      todo += cls.__subclasses__()
+      with contextlib.suppress(argparse.ArgumentError):  # an option two classes define
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  return parser.parse_known_args(list(beam_args))[1]
+
+
 def pipeline_options(runner: str, beam_args: Sequence[str], workers: int) -> PipelineOptions:
   """The runner's own options as given; DirectRunner defaults to `workers` processes."""
   args = list(beam_args)
@@ -112,24 +128,44 @@ def pipeline_options(runner: str, beam_args: Sequence[str], workers: int) -> Pip
   return PipelineOptions(args)
 
 
-def run(data_root: str, out: str, splits: Dict[str, str], face_model: str, runner: str,
+# TFDS refuses to write a split without a record (one whose every clip was skipped), and Beam
+# tells which splits stay empty only at the end; such a split gets this one record instead, and
+# is removed from the written dataset, as the local runner leaves it out.
+PLACEHOLDER_KEY = ''
+
+
+class SplitRecords(beam.PTransform):
+  """The records of a split's clips (ProcessClip), or the placeholder alone if there are none."""
+
+  def __init__(self, split: str, clips: List[str], process: ProcessClip):
+    super().__init__(label=split)
+    self._split, self._clips, self._process = split, clips, process
+
+  def expand(self, pbegin):
+    found = pbegin | 'clips' >> beam.Create(self._clips) | 'process' >> beam.ParDo(self._process)
+    placeholder = (found | 'count' >> beam.combiners.Count.Globally() |
+                   'placeholder' >> beam.FlatMap(
+                       lambda n: [] if n else [(PLACEHOLDER_KEY, records.placeholder())]))
+    return (found, placeholder) | 'records' >> beam.Flatten()
+
+
+def run(data_root: str, data_dir: str, splits: Dict[str, str], face_model: str, runner: str,
         beam_args: Sequence[str], workers: int, rules: curation.Curation,
-        sync_settings: Optional[SyncSettings] = None) -> str:
-  """Writes the dataset of `splits` ({clip id: split}) with Beam; returns its folder."""
+        sync_settings: Optional[SyncSettings] = None) -> Dict[str, int]:
+  """Writes the dataset of `splits` ({clip id: split}) with Beam into the TFDS `data_dir`;
+  returns the records written per split (a split none of whose clips gave a record is left
+  out)."""
   by_split: Dict[str, List[str]] = {}
   for clip, split in sorted(splits.items()):
     by_split.setdefault(split, []).append(clip)
-  examples = {split: (f'{split}_clips' >> beam.Create(clips) |
-                      f'{split}_process' >> beam.ParDo(ProcessClip(data_root, face_model, rules,
-                                                              sync_settings)))
-              for split, clips in by_split.items()}
+  process = ProcessClip(data_root, face_model, rules, sync_settings)
+  examples = {split: SplitRecords(split, clips, process) for split, clips in by_split.items()}
   kept = keeping_result(runner)
-  builder = records.ClipDataset(data_dir=out, file_format='array_record',
+  builder = records.ClipDataset(data_dir=data_dir, file_format='array_record',
                                 split_examples=examples)
   tfds.disable_progress_bar()
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      download_mode=tfds.download.GenerateMode.FORCE_REDOWNLOAD, beam_runner=kept,
-      beam_options=pipeline_options(runner, beam_args, workers)))
+      beam_runner=kept, beam_options=pipeline_options(runner, beam_args, workers)))
   counters = collections.Counter()  # summed over the splits' steps
   if getattr(kept, 'result', None):
     for c in kept.result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))['counters']:
@@ -137,6 +173,12 @@ def run(data_root: str, out: str, splits: Dict[str, str], face_model: str, runne
   print(preprocess.summary(counters))
   if not counters.get('records'):
     raise cli.UserError(f'none of the {len(splits)} clips under {data_root} could be used')
-  counts = {s: len(builder.as_data_source(s)) for s in builder.info.splits}
-  print(f'wrote {builder.data_dir}: ' + ', '.join(f'{s} {n} records' for s, n in counts.items()))
-  return builder.data_dir
+  written = {}
+  for split in builder.info.splits:
+    source = builder.as_data_source(split)
+    if len(source) == 1 and records.is_placeholder(source[0]):
+      records.drop_split(builder.data_dir, split)
+      print(f'split {split}: none of its {len(by_split[split])} clips gave a record; left out')
+    else:
+      written[split] = len(source)
+  return written

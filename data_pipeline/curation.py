@@ -22,12 +22,24 @@ from typing import List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from lipsync_jax import audio, faces, models, tracks
+from lipsync_jax import audio, cli, faces, models, tracks
 
 MIN_FRAMES = 16  # the reference skips clips with <= 15 frames
 # A record's audio runs this many frames past its last frame where the clip's audio goes on, so
 # that every frame's 0.2 s mel window lies inside its mel (as in a whole clip's mel).
 AUDIO_TAIL = math.ceil(audio.MEL_STEP / (audio.MEL_FPS / audio.TRAIN_FPS))
+
+
+# What each rule may be (preprocess's flags take the same ranges).
+CURATION_FIELDS = {
+    'split_shots': cli.Field(bool),
+    'min_seconds': cli.Field(float, 0, 3600),
+    'max_seconds': cli.Field(float, MIN_FRAMES / audio.TRAIN_FPS, 3600),
+    'min_face': cli.Field(float, 0, 10_000),
+    'min_sharpness': cli.Field(float, 0, 1e6),
+    'min_score': cli.Field(float, 0, 1),
+    'face_size': cli.Field(int, models.IMG_SIZE, 2048),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +53,12 @@ class Curation:
   min_sharpness: float = 50.0  # median Laplacian variance of the track's grey crops at 96x96
   min_score: float = 0.8  # the detector's median confidence: hands, posters, profiles score lower
   face_size: int = models.IMG_SIZE  # the side of the stored crops (the largest model's size)
+
+  def __post_init__(self):
+    cli.check_fields(dataclasses.asdict(self), CURATION_FIELDS)
+    if self.min_seconds > self.max_seconds:
+      raise cli.UserError(f'min_seconds {self.min_seconds:g} is above max_seconds '
+                          f'{self.max_seconds:g}')
 
   @property
   def min_frames(self) -> int:

@@ -30,13 +30,17 @@ and records below --min_sync_conf are dropped. The local runner caches the measu
 """
 import argparse
 import collections
+import contextlib
+import difflib
 import functools
 import hashlib
 import importlib.util
 import multiprocessing
 import os
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import zipfile
+import zlib
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -44,7 +48,7 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from data_pipeline import curation, records, sync
-from lipsync_jax import audio, cli, evaluate, faces, models, paths, video
+from lipsync_jax import audio, cli, evaluate, faces, paths, video
 
 RUNNERS = ('local', 'DirectRunner', 'DataflowRunner', 'FlinkRunner', 'SparkRunner',
            'PortableRunner')
@@ -121,23 +125,45 @@ def process_clip(clip: str, path: str, cache_path: str, rules: curation.Curation
                    f'{i}.jpeg': np.frombuffer(b''.join(r['frames']), np.uint8),
                    f'{i}.lengths': np.array([len(j) for j in r['frames']]),
                    f'{i}.has_face': r['has_face'], f'{i}.mel': r['mel']})
+  os.makedirs(os.path.dirname(cache_path), exist_ok=True)
   with cli.atomic_output(cache_path, suffix='.npz') as tmp:
     np.savez(tmp, **fields)
   return ''
 
 
+# What reading a damaged .npz raises (truncated, overwritten, a member's CRC wrong).
+_DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def cache_path_of(cache: str, clip: str) -> str:
+  """The cache file of clip 'speaker/clip': one folder per speaker, so that no two clip ids
+  share a file."""
+  return os.path.join(cache, *clip.split('/')) + '.npz'
+
+
 def cached_rules(cache_path: str) -> Optional[str]:
-  """The rules a cached clip was made under (None: no usable cache)."""
+  """The rules a cached clip was made under (None: no cache, or a damaged one: the clip is
+  processed again)."""
   try:
     with np.load(cache_path, allow_pickle=False) as z:
       return str(z['rules']) if 'rules' in z.files else None
-  except (OSError, ValueError):
+  except _DAMAGED:
     return None
+
+
+@contextlib.contextmanager
+def _reading_cache(cache_path: str) -> Iterator:
+  try:
+    with np.load(cache_path, allow_pickle=False) as z:
+      yield z
+  except _DAMAGED as e:
+    raise cli.UserError(f'{cache_path}: damaged clip cache ({type(e).__name__}: {e}); delete '
+                        'it and run again to process the clip again') from None
 
 
 def cached_contents(cache_path: str) -> Tuple[List[str], List[str]]:
   """(the record ids of a cached clip, what its rules dropped); the records stay on disk."""
-  with np.load(cache_path, allow_pickle=False) as z:
+  with _reading_cache(cache_path) as z:
     ids = [str(z[k]) for k in sorted((k for k in z.files if k.endswith('.clip')),
                                       key=lambda k: int(k.split('.')[0]))]
     return ids, [str(d) for d in z['dropped']]
@@ -145,7 +171,7 @@ def cached_contents(cache_path: str) -> Tuple[List[str], List[str]]:
 
 def load_cached(cache_path: str, index: int) -> dict:
   """Record `index` of a cached clip."""
-  with np.load(cache_path, allow_pickle=False) as z:
+  with _reading_cache(cache_path) as z:
     lengths = z[f'{index}.lengths']
     ends, data = np.cumsum(lengths), z[f'{index}.jpeg'].tobytes()
     return dict(records.UNMEASURED, clip=str(z[f'{index}.clip']), span=z[f'{index}.span'],
@@ -158,8 +184,8 @@ def judged_record(judge: sync.Judge, data_root: str, cache_of: dict, correct: bo
                   ) -> Tuple[Optional[dict], str]:
   """sync.judge_record of cached record `index` of `clip`; the measurement is cached beside the
   clip's records, per record, so judging it again costs one small read."""
-  measurement = os.path.join(os.path.dirname(cache_of[clip]),
-                             record_id.replace('/', '__') + '.sync.npz')
+  cache = os.path.dirname(os.path.dirname(cache_of[clip]))
+  measurement = cache_path_of(cache, record_id + '.sync')
   return sync.judge_record(judge, os.path.join(data_root, clip + '.mp4'),
                            load_cached(cache_of[clip], index), correct, min_conf, measurement)
 
@@ -187,7 +213,7 @@ def assign_splits(clip_ids, filelists):
     for split in ('train', 'val', 'test'):
       path = os.path.join(filelists, f'{split}.txt')
       if os.path.exists(path):
-        for line in open(path).read().split():
+        for line in cli.read_text_file(path, '--filelists').split():
           splits[line.strip()] = split
     return {c: splits[c] for c in clip_ids if c in splits}
   def by_hash(c):
@@ -203,6 +229,10 @@ def find_clips(data_root):
     if os.path.isdir(folder):
       clips += [f'{speaker}/{f[:-4]}' for f in sorted(os.listdir(folder)) if f.endswith('.mp4')]
   return clips
+
+
+def _rule_type(name: str):
+  return curation.CURATION_FIELDS[name].flag_type()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -228,22 +258,22 @@ def parse_args(argv=None) -> argparse.Namespace:
   group.add_argument('--split_shots', action=argparse.BooleanOptionalAction,
                      default=rules.split_shots, help='cut clips at shot boundaries (content '
                      'changes), so that no record spans a cut (default: on)')
-  group.add_argument('--min_seconds', type=float, default=rules.min_seconds,
+  group.add_argument('--min_seconds', type=_rule_type('min_seconds'), default=rules.min_seconds,
                      help='shortest face track, and record, kept; never under 16 frames, the '
                      "reference's minimum (default: %(default).2f)")
-  group.add_argument('--max_seconds', type=float, default=rules.max_seconds,
+  group.add_argument('--max_seconds', type=_rule_type('max_seconds'), default=rules.max_seconds,
                      help='longer tracks are cut into equal records no longer than this '
                      '(default: %(default)g)')
-  group.add_argument('--min_face', type=float, default=rules.min_face, metavar='PIXELS',
+  group.add_argument('--min_face', type=_rule_type('min_face'), default=rules.min_face, metavar='PIXELS',
                      help="tracks whose face (the detector's box, mean side) is smaller are "
                      'dropped: upscaled crops teach blur (default: %(default)g)')
-  group.add_argument('--min_sharpness', type=float, default=rules.min_sharpness,
+  group.add_argument('--min_sharpness', type=_rule_type('min_sharpness'), default=rules.min_sharpness,
                      help='tracks whose crops, at 96x96, are blurrier are dropped (median '
                      'variance of the Laplacian; 0 keeps all) (default: %(default)g)')
-  group.add_argument('--min_face_score', type=float, default=rules.min_score,
+  group.add_argument('--min_face_score', type=_rule_type('min_score'), default=rules.min_score,
                      help="tracks whose detections the detector is less sure of (median score) "
                      'are dropped: hands, posters, profiles (default: %(default)g)')
-  group.add_argument('--face_size', type=cli.int_in(models.IMG_SIZE, 2048),
+  group.add_argument('--face_size', type=_rule_type('face_size'),
                      default=rules.face_size, metavar='PIXELS',
                      help='side of the stored face crops: the face size of the largest model '
                      'the dataset is to train (96: the reference; 192, 288: the HQ configs). '
@@ -257,7 +287,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   group.add_argument('--sync_correct', action='store_true',
                      help='shift each record by its measured offset so audio and video are in '
                      'sync (whole frames; needs --sync_judge)')
-  group.add_argument('--min_sync_conf', type=float, default=None,
+  group.add_argument('--min_sync_conf', type=cli.float_in(0, 100), default=None,
                      help='drop records whose sync confidence (LSE-C) is below this (default: '
                      + ', '.join(f'{v:g} for {k}' for k, v in sync.DEFAULT_MIN_CONF.items())
                      + ' judges; 0 keeps every record; needs --sync_judge)')
@@ -277,6 +307,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   if beam_args and args.runner == 'local':
     parser.error(f'unrecognized arguments: {" ".join(beam_args)} (runner options need a Beam '
                  '--runner)')
+  unknown = _unknown_beam_options(beam_args)
+  if unknown:
+    ours = [o for action in parser._actions for o in action.option_strings]  # pylint: disable=protected-access
+    close = difflib.get_close_matches(unknown[0].split('=')[0], ours, n=1)
+    parser.error(f'unrecognized arguments: {" ".join(unknown)} (neither this command\'s nor '
+                 'an Apache Beam option' + (f'; did you mean {close[0]}?)' if close else ')'))
   if not args.sync_judge and (args.sync_correct or args.min_sync_conf is not None):
     parser.error('--sync_correct and --min_sync_conf need --sync_judge')
   if args.min_seconds > args.max_seconds:
@@ -287,6 +323,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  args.face_size)
   args.beam_args = beam_args
   return args
+
+
+def _unknown_beam_options(beam_args: Sequence[str]) -> List[str]:
+  """What Beam would drop with a warning (a mistyped flag of ours, most likely); nothing to
+  check where Beam is not installed (the run then says so)."""
+  if not beam_args:
+    return []
+  try:
+    from data_pipeline import beam_pipeline  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return []
+  return beam_pipeline.unknown_options(beam_args)
 
 
 def process_clips(todo, data_root: str, cache_of: dict, workers: int, model: str,
@@ -368,12 +416,15 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
     except ImportError as e:
       raise cli.UserError(f"--runner {runner} needs Apache Beam: pip install "
                           f"'lipsync_jax[beam]' ({e})") from None
-    return beam_pipeline.run(data_root, out, splits, model, runner, beam_args,
-                             workers or os.cpu_count(), rules,
-                             beam_pipeline.SyncSettings(sync_judge, vshift, sync_correct,
-                                                        min_sync_conf) if judge else None)
+    cli.ensure_folder(out, 'dataset')
+    with records.staged(out) as staging:
+      written = beam_pipeline.run(data_root, staging, splits, model, runner, beam_args,
+                                  workers or os.cpu_count(), rules,
+                                  beam_pipeline.SyncSettings(sync_judge, vshift, sync_correct,
+                                                             min_sync_conf) if judge else None)
+    return _wrote(records.dataset_folder(out), written)
   cache = cli.ensure_folder(os.path.join(local_out, '_clips'), 'preprocessed clips')
-  cache_of = {c: os.path.join(cache, c.replace('/', '__') + '.npz') for c in splits}
+  cache_of = {c: cache_path_of(cache, c) for c in splits}
   todo = [c for c in splits if cached_rules(cache_of[c]) != rules.key()]
   skipped = process_clips(todo, data_root, cache_of, workers or os.cpu_count(), model, rules)
   counts = collections.Counter({'clips in': len(splits)})
@@ -408,16 +459,19 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
   print(summary(counts))
   if not examples:
     raise cli.UserError(f'none of the {len(splits)} clips under {data_root} could be used')
-  builder = records.ClipDataset(data_dir=local_out, file_format='array_record',
-                                split_examples=dict(examples))
   tfds.disable_progress_bar()
-  # Regenerated from the clip cache on every run (cheap), so clips added since are included.
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      download_mode=tfds.download.GenerateMode.FORCE_REDOWNLOAD))
-  data_dir = builder.data_dir
+  # Regenerated from the clip cache on every run (cheap), so clips added since are included;
+  # built beside the previous dataset, which it replaces only once complete.
+  with records.staged(local_out) as staging:
+    records.ClipDataset(data_dir=staging, file_format='array_record',
+                        split_examples=dict(examples)).download_and_prepare()
+  data_dir = records.dataset_folder(local_out)
   if local_out != out:
     data_dir = paths.upload_tree(data_dir, paths.join(out, os.path.relpath(data_dir, local_out)))
-  written = {s: len(v) for s, v in examples.items()}
+  return _wrote(data_dir, {s: len(v) for s, v in examples.items()})
+
+
+def _wrote(data_dir: str, written: Dict[str, int]) -> str:
   print(f'wrote {data_dir}: ' + ', '.join(f'{s} {n} records' for s, n in written.items()))
   return data_dir
 

@@ -9,8 +9,17 @@ negatives/references stay as diverse as the clip allows; per-window records woul
 those choices at preprocessing time or need several reads per sample. LRS2-style clips
 (<= ~10 s, 250 frames) stay well under 1 MB per record.
 """
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
 import numpy as np
 import tensorflow_datasets as tfds
+
+from lipsync_jax import cli
 
 VERSION = '1.2.0'  # 1.1.0: the sync_* fields; 1.2.0: one face track per record, span
 
@@ -33,8 +42,63 @@ def features() -> tfds.features.FeaturesDict:
   })
 
 
+NAME = 'clip_dataset'  # TFDS's name of ClipDataset: datasets live in <data_dir>/NAME/VERSION
+
+
+def dataset_folder(data_dir: str) -> str:
+  """The folder of the dataset a TFDS data_dir holds (the trainer's config.data.dir)."""
+  return os.path.join(data_dir, NAME, VERSION)
+
+
+@contextlib.contextmanager
+def staged(data_dir: str) -> Iterator[str]:
+  """A TFDS data_dir to build the dataset in, hidden inside `data_dir`. When the block succeeds
+  the new dataset replaces the one `data_dir` held, in two renames that no signal can split;
+  until then, and after any failure or interrupt, the previous dataset stays as it was."""
+  os.makedirs(data_dir, exist_ok=True)
+  staging = tempfile.mkdtemp(dir=data_dir, prefix='.staging-')
+  try:
+    yield staging
+    final = dataset_folder(data_dir)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    with cli.deferred_interrupts():
+      if os.path.exists(final):
+        os.rename(final, os.path.join(staging, 'previous'))
+      os.rename(dataset_folder(staging), final)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 # The sync fields of a clip no judge measured.
 UNMEASURED = {'sync_offset': 0, 'sync_conf': np.nan, 'sync_corrected': False}
+
+PLACEHOLDER_CLIP = ''  # no clip id is empty
+
+
+def placeholder() -> dict:
+  """A record of no clip, no frames: what a writer that cannot leave a split empty writes in
+  it (data_pipeline/beam_pipeline.py), and then removes with `drop_split`."""
+  return dict(UNMEASURED, clip=PLACEHOLDER_CLIP, span=np.zeros(2, np.int32),
+              frames=np.zeros(0, object), has_face=np.zeros(0, bool),
+              mel=np.zeros((80, 0), np.float32))
+
+
+def is_placeholder(record: dict) -> bool:
+  clip = record['clip']
+  return (clip.decode() if isinstance(clip, bytes) else clip) == PLACEHOLDER_CLIP
+
+
+def drop_split(dataset_dir: str, split: str) -> None:
+  """Removes a split (its shards and its entry in dataset_info.json) from a written dataset."""
+  info_path = os.path.join(dataset_dir, 'dataset_info.json')
+  with open(info_path) as f:
+    info = json.load(f)
+  info['splits'] = [s for s in info['splits'] if s['name'] != split]
+  with open(info_path, 'w') as f:
+    json.dump(info, f, indent=2)
+  for name in os.listdir(dataset_dir):
+    if name.startswith(f'{NAME}-{split}.'):
+      os.remove(os.path.join(dataset_dir, name))
 
 
 class ClipDataset(tfds.core.GeneratorBasedBuilder):

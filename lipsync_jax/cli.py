@@ -14,13 +14,14 @@ The guarantees (README, "What happens when things go wrong"):
 import argparse
 import contextlib
 import math
+import numbers
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import threading
-from typing import Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Sequence
 
 EXIT_ERROR = 1
 
@@ -295,6 +296,31 @@ def atomic_output(path: str, suffix: str = '', directory: bool = False) -> Itera
       _remove(tmp)
 
 
+def read_text_file(path: str, what: str) -> str:
+  """A UTF-8 text file's contents; UserError naming it (and `what` it is, e.g. the flag) if it
+  cannot be read or is not UTF-8."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      return f.read()
+  except UnicodeDecodeError as e:
+    raise UserError(f'{path}: not UTF-8 text ({what}): byte {e.object[e.start]:#04x} at '
+                    f'offset {e.start}') from None
+  except OSError as e:
+    raise UserError(f'{path}: cannot be read ({what}): {e.strerror}') from None
+
+
+def as_path(name: str, value, optional: bool = False, error=None) -> Optional[str]:
+  """A path argument of the Python API as a str (os.PathLike accepted); `error` (UserError by
+  default) naming the argument for anything else (None where not `optional`, bytes, numbers)."""
+  if value is None and optional:
+    return None
+  if isinstance(value, os.PathLike):
+    value = os.fspath(value)
+  if not isinstance(value, str) or not value:
+    raise (error or UserError)(f'{name}: expected a path (str or os.PathLike), got {value!r}')
+  return value
+
+
 # -- flag values (argparse `type=` callables: argparse names the flag in its message) ------------
 def _ranged(convert: Callable, noun: str, low, high) -> Callable[[str], object]:
   """A `type=` callable: `convert(text)`, finite and within low..high."""
@@ -303,7 +329,9 @@ def _ranged(convert: Callable, noun: str, low, high) -> Callable[[str], object]:
       value = convert(text)
     except ValueError:
       raise argparse.ArgumentTypeError(f'{text!r} is not {noun}') from None
-    if not math.isfinite(value) or not low <= value <= high:
+    if not math.isfinite(value):
+      raise argparse.ArgumentTypeError(f'{text} is not finite')
+    if not low <= value <= high:
       raise argparse.ArgumentTypeError(f'{text} is outside {low:g}..{high:g}')
     return value
   parse.__name__ = noun.split()[-1]  # argparse's 'invalid <name> value' wording
@@ -329,3 +357,63 @@ def output_file(extensions: Sequence[str]) -> Callable[[str], str]:
     return text
   parse.__name__ = 'file name'
   return parse
+
+
+# -- settings of the Python API and configs (checked on creation, each named) --------------------
+class Field(NamedTuple):
+  """What one setting may hold: `kind` (int, float, bool or str) within low..high or among
+  `choices`; `length` n: a sequence of n such values; `optional`: None is allowed too."""
+  kind: type
+  low: Optional[float] = None
+  high: Optional[float] = None
+  choices: Optional[Sequence] = None
+  length: Optional[int] = None
+  optional: bool = False
+
+  def flag_type(self) -> Callable[[str], Any]:
+    """The argparse `type=` of a flag holding this field (int_in / float_in)."""
+    return (int_in if self.kind is int else float_in)(self.low, self.high)
+
+
+def _value_problem(value, field: Field) -> Optional[str]:
+  kinds = {int: 'an integer', float: 'a number', bool: 'True or False', str: 'a string'}
+  if field.kind is int:
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+  elif field.kind is float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+  else:
+    ok = isinstance(value, field.kind)
+  if not ok:
+    return f'{value!r} is not {kinds.get(field.kind, field.kind.__name__)}'
+  if field.choices is not None and value not in field.choices:
+    return f'{value!r} is not one of {", ".join(map(repr, field.choices))}'
+  if field.kind in (int, float):
+    if not math.isfinite(value):
+      return f'{value} is not finite'
+    if (field.low is not None and value < field.low) or (
+        field.high is not None and value > field.high):
+      return f'{value:g} is outside {field.low:g}..{field.high:g}'
+  return None
+
+
+def field_problem(name: str, value, field: Field) -> Optional[str]:
+  """'name: what is wrong' with a value of `field`, or None."""
+  if value is None and field.optional:
+    return None
+  if field.length is not None:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or (
+        len(value) != field.length):
+      return f'{name}: {value!r} is not a sequence of {field.length} values'
+    problems = [_value_problem(v, field) for v in value]
+    problem = next((p for p in problems if p), None)
+  else:
+    problem = _value_problem(value, field)
+  return f'{name}: {problem}' if problem else None
+
+
+def check_fields(values: Dict[str, Any], fields: Dict[str, Field], error=None) -> None:
+  """Raises `error` (UserError by default) naming the first field whose value does not fit."""
+  for name, field in fields.items():
+    problem = field_problem(name, values[name], field)
+    if problem:
+      raise (error or UserError)(problem)

@@ -114,7 +114,7 @@ def build_corpus(out: str, settings: Settings) -> str:
                        '--clips_per_speaker', str(settings.clips_per_speaker), '--seed',
                        str(settings.seed), '--frame_size', str(frame_size)] + face_flag):
       raise SystemExit(1)
-  data_dir = os.path.join(pre, 'clip_dataset', records.VERSION)
+  data_dir = records.dataset_folder(pre)
   if not os.path.isdir(data_dir):
     stage(f'2/5 preprocessing (faces, {size} px crops, mels -> ArrayRecord)')
     data_dir = preprocess.preprocess(raw, pre, raw, face_model=settings.face_model,

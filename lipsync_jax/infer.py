@@ -62,10 +62,31 @@ class Stages(collections.Counter):
     self[stage] += time.perf_counter() - start
 
 
+# What each Options field may hold: one table for the Python API and the CLI's flags.
+OPTION_FIELDS = {
+    'static': cli.Field(bool),
+    'fps': cli.Field(float, 1, 240),
+    'pads': cli.Field(int, -4096, 4096, length=4),
+    'face_det_batch_size': cli.Field(int, 1, 1024),
+    'wav2lip_batch_size': cli.Field(int, 1, 4096),
+    'resize_factor': cli.Field(int, 1, 64),
+    'crop': cli.Field(int, -1, 100_000, length=4),
+    'box': cli.Field(int, -1, 100_000, length=4),
+    'rotate': cli.Field(bool),
+    'nosmooth': cli.Field(bool),
+    'paste': cli.Field(str, choices=('feather', 'hard')),
+    'on_missing_face': cli.Field(str, choices=('pass', 'abort')),
+    'reference': cli.Field(bool),
+    'dtype': cli.Field(str, choices=('auto', 'float32', 'bfloat16')),
+    'face_model': cli.Field(str, optional=True),
+}
+
+
 @dataclasses.dataclass
 class Options:
   """Every setting of a lip-sync run but its four files; the CLI flags of the same names, with
-  the same defaults (`python -m lipsync_jax.infer --help` explains each)."""
+  the same defaults (`python -m lipsync_jax.infer --help` explains each). Every field is
+  checked on creation (OPTION_FIELDS): a wrong type or range raises InferenceError naming it."""
   static: bool = False
   fps: float = 25.0
   pads: Tuple[int, int, int, int] = faces.PADS  # top, bottom, left, right
@@ -83,6 +104,8 @@ class Options:
   face_model: Optional[str] = None
 
   def __post_init__(self):
+    self.face_model = cli.as_path('face_model', self.face_model, True, InferenceError)
+    cli.check_fields(dataclasses.asdict(self), OPTION_FIELDS, InferenceError)
     self.pads, self.crop, self.box = tuple(self.pads), tuple(self.crop), tuple(self.box)
     problem = options_problem(self)
     if problem:
@@ -94,8 +117,8 @@ class Options:
 
 
 def options_problem(options: Options) -> Optional[str]:
-  """What is wrong with a combination of settings (each flag's own range is argparse's), or
-  None."""
+  """What is wrong with a combination of settings (each field's own range is OPTION_FIELDS'),
+  or None."""
   y1, y2, x1, x2 = options.box
   if options.box != (-1,) * 4 and (min(options.box) < 0 or y2 <= y1 or x2 <= x1):
     return (f'box: {y1} {y2} {x1} {x2} is not a box (need 0 <= Y1 < Y2 and 0 <= X1 < X2, or '
@@ -104,15 +127,6 @@ def options_problem(options: Options) -> Optional[str]:
   if min(y1, x1) < 0 or (y2 != -1 and y2 <= y1) or (x2 != -1 and x2 <= x1):
     return (f'crop: {y1} {y2} {x1} {x2} is empty (need 0 <= TOP < BOTTOM and 0 <= LEFT < RIGHT; '
             '-1 for BOTTOM or RIGHT is the full extent)')
-  for name, allowed in (('paste', ('feather', 'hard')), ('on_missing_face', ('pass', 'abort')),
-                        ('dtype', ('auto', 'float32', 'bfloat16'))):
-    if getattr(options, name) not in allowed:
-      return f'{name}: {getattr(options, name)!r} is not one of {allowed}'
-  for name in ('face_det_batch_size', 'wav2lip_batch_size', 'resize_factor'):
-    if getattr(options, name) < 1:
-      return f'{name}: must be at least 1, not {getattr(options, name)}'
-  if not options.fps > 0:
-    return f'fps: must be positive, not {options.fps}'
   return None
 
 
@@ -438,6 +452,22 @@ def lipsync_frames(face: str, options: Options, generate: Generator, detector, s
     yield from finish(*pending)
 
 
+def as_options(options) -> Options:
+  """Options as given, built from a dict of fields, or the defaults for None."""
+  if options is None:
+    return Options()
+  if isinstance(options, dict):
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(Options)})
+    if unknown:
+      raise InferenceError(f'options: unknown fields {unknown} (Options has '
+                           f'{", ".join(OPTION_FIELDS)})')
+    return Options(**options)
+  if not isinstance(options, Options):
+    raise InferenceError(f'options: expected an infer.Options or a dict, got '
+                         f'{type(options).__name__}')
+  return options
+
+
 def check_box(face: str, box: Tuple[int, int, int, int], source: FaceSource) -> None:
   """--box must lie inside the (transformed) frames."""
   y1, y2, x1, x2 = box
@@ -455,7 +485,9 @@ def lipsync(face: str, audio_path: str, checkpoint: str, outfile: str,
   complete or not at all, and is never one of the inputs. Raises InferenceError (or another
   cli.UserError) naming the file and the problem.
   """
-  options = options or Options()
+  face, audio_path = cli.as_path('face', face), cli.as_path('audio_path', audio_path)
+  checkpoint, outfile = cli.as_path('checkpoint', checkpoint), cli.as_path('outfile', outfile)
+  options = as_options(options)
   began = time.perf_counter()
   stages = Stages()
   cli.refuse_overwriting_inputs(
@@ -487,6 +519,10 @@ def lipsync(face: str, audio_path: str, checkpoint: str, outfile: str,
                 dict(stages))
 
 
+def _flag_type(name: str):
+  return OPTION_FIELDS[name].flag_type()
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   def flag(value: str) -> bool:  # the reference's `--static True`, or a bare `--static`
     if value.lower() in ('1', 'true', 'yes', 'on'):
@@ -512,24 +548,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                  + '; never one of the inputs (default: %(default)s)')
   p.add_argument('--static', type=flag, nargs='?', const=True, default=False,
                  help='use only the first video frame (images are always static)')
-  p.add_argument('--fps', type=cli.float_in(1, 240), default=25.0,
+  p.add_argument('--fps', type=_flag_type('fps'), default=25.0,
                  help='frame rate of the output for an image input (default: %(default)s); '
                  'videos keep their own rate')
-  p.add_argument('--pads', type=cli.int_in(-4096, 4096), nargs=4, default=list(faces.PADS),
+  p.add_argument('--pads', type=_flag_type('pads'), nargs=4, default=list(faces.PADS),
                  metavar=('TOP', 'BOTTOM', 'LEFT', 'RIGHT'),
                  help='pixels added around the detected face; include the chin (default: 0 10 0 0)')
-  p.add_argument('--face_det_batch_size', type=cli.int_in(1, 1024), default=16,
+  p.add_argument('--face_det_batch_size', type=_flag_type('face_det_batch_size'), default=16,
                  help='frames decoded and searched for faces per step (default: %(default)s)')
-  p.add_argument('--wav2lip_batch_size', type=cli.int_in(1, 4096), default=16,
+  p.add_argument('--wav2lip_batch_size', type=_flag_type('wav2lip_batch_size'), default=16,
                  help='frames per generator call (default: %(default)s, the fastest on CPU; '
                  'the reference uses 128, better on GPU/TPU)')
-  p.add_argument('--resize_factor', type=cli.int_in(1, 64), default=1,
+  p.add_argument('--resize_factor', type=_flag_type('resize_factor'), default=1,
                  help='divide the frame size by this integer (1..64) first (e.g. 2 for 1080p '
                  'input); the output is smaller too')
-  p.add_argument('--crop', type=cli.int_in(-1, 100_000), nargs=4, default=[0, -1, 0, -1],
+  p.add_argument('--crop', type=_flag_type('crop'), nargs=4, default=[0, -1, 0, -1],
                  metavar=('TOP', 'BOTTOM', 'LEFT', 'RIGHT'),
                  help='keep only this region (after resize and rotate); -1 = the full extent')
-  p.add_argument('--box', type=cli.int_in(-1, 100_000), nargs=4, default=[-1, -1, -1, -1],
+  p.add_argument('--box', type=_flag_type('box'), nargs=4, default=[-1, -1, -1, -1],
                  metavar=('Y1', 'Y2', 'X1', 'X2'),
                  help='a fixed face box for every frame, skipping detection (no pads, no '
                  'smoothing)')
@@ -537,10 +573,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                  help='rotate frames 90 degrees clockwise first (phone videos)')
   p.add_argument('--nosmooth', action='store_true',
                  help='do not average face boxes over 5 frames (fast-moving faces)')
-  p.add_argument('--paste', choices=('feather', 'hard'), default='feather',
+  p.add_argument('--paste', choices=OPTION_FIELDS['paste'].choices, default='feather',
                  help='blend the mouth in with a soft mask (default) or overwrite the whole '
                  'box as the reference does')
-  p.add_argument('--on_missing_face', choices=('pass', 'abort'), default='pass',
+  p.add_argument('--on_missing_face', choices=OPTION_FIELDS['on_missing_face'].choices,
+                 default='pass',
                  help='frames without a face: pass through unchanged (default) or stop with an '
                  'error as the reference does')
   p.add_argument('--reference', action='store_true',
@@ -548,7 +585,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                  "frame, one frame later than in training; the video may end up to 0.2 s "
                  "before the audio), bilinear crops, uint8 truncation, hard paste, "
                  "abort on a frame without a face, no frame-rate resampling")
-  p.add_argument('--dtype', choices=('auto', 'float32', 'bfloat16'), default='auto',
+  p.add_argument('--dtype', choices=OPTION_FIELDS['dtype'].choices, default='auto',
                  help='generator compute type (default auto: bfloat16 on GPU/TPU, float32 on '
                  'CPU)')
   p.add_argument('--face_model', default=None,

@@ -227,7 +227,7 @@ class Run:
     if not paths.isfile(info):
       raise TrainingError(f'config.data.dir {config.data.dir}: not a dataset written by '
                           'data_pipeline.preprocess (no dataset_info.json; pass its '
-                          f'clip_dataset/{records.VERSION} folder)')
+                          f'{records.NAME}/{records.VERSION} folder)')
     splits = {split['name'] for split in json.loads(paths.read_text(info)).get('splits', [])}
     missing = {'train', 'val'} - splits
     if missing:
