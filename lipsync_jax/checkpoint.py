@@ -45,8 +45,10 @@ _drop_stray_restore_errors()
 
 def restore_failed(message: str, error: Exception) -> CheckpointError:
   """The CheckpointError for a failed orbax restore (orbax raises many types for damaged
-  files)."""
-  return CheckpointError(f'{message} ({error})')
+  files), with the first line of orbax's error (tensorstore's run to pages of specs)."""
+  detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  detail = detail if len(detail) <= 200 else detail[:200] + '...'
+  return CheckpointError(f'{message} ({type(error).__name__}: {detail})')
 
 
 def manager(directory: str, create: bool = True) -> ocp.CheckpointManager:

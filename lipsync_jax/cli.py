@@ -81,8 +81,15 @@ def signals_raise(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> I
     else:
       previous_hook(info)
 
+  def thread_died(args):
+    """Once interrupted, helper threads (a Beam runner's worker threads) die as their worker
+    processes go: expected, and not worth a traceback each."""
+    if not (received and active):
+      previous_thread_hook(args)
+
   previous = {s: signal.signal(s, handler) for s in signums}
   previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+  previous_thread_hook, threading.excepthook = threading.excepthook, thread_died
   active = [True]
   try:
     yield
@@ -92,6 +99,8 @@ def signals_raise(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> I
     active.clear()
     if sys.unraisablehook is unraisable:  # else a hook chained over ours; ours now passes through
       sys.unraisablehook = previous_hook
+    if threading.excepthook is thread_died:
+      threading.excepthook = previous_thread_hook
 
 
 def _redeliver(signum: int) -> None:
@@ -182,6 +191,33 @@ def run(body: Callable[[], int], prog: str,
     return e.exit_code
   finally:
     _depth -= 1
+
+
+def absl_flags_parser(argv: Sequence[str]) -> list:
+  """absl's flag parsing for app.run(main, flags_parser=...) as this project's CLIs behave:
+  --help prints the flags and exits 0; a bad flag, a config file that is missing or fails to
+  load and an override of a field no config has end in one `error:` line and exit status 1."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  if any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
+    print(flags.FLAGS.main_module_help() if '--helpfull' not in argv else str(flags.FLAGS))
+    sys.exit(0)
+  try:
+    rest = flags.FLAGS(list(argv))
+    for value in flags.FLAGS.flag_values_dict().values():
+      getattr(value, 'keys', None)  # a config file that failed to load raises only when used
+    return rest
+  except AttributeError as e:  # an override of a field the config does not have
+    field = str(e).strip('"\'')
+    named = [a.split('=')[0] for a in argv if a.split('=')[0].endswith(f'.{field}')]
+    print(f'error: {named[0] if named else field}: no such field in the config',
+          file=sys.stderr)
+  except (flags.Error, OSError, ValueError) as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    detail = lines[-1] if lines else type(e).__name__  # a config file's error: its last line
+    where = lines[0].split(': ')[0] if lines and lines[0].startswith('flag --') else ''
+    print(f'error: {where + ": " if where and not detail.startswith(where) else ""}{detail}',
+          file=sys.stderr)
+  sys.exit(EXIT_ERROR)
 
 
 # -- compilation cache -----------------------------------------------------------------------------
@@ -321,6 +357,33 @@ def as_path(name: str, value, optional: bool = False, error=None) -> Optional[st
   return value
 
 
+@contextlib.contextmanager
+def staged_outputs() -> Iterator[Callable[[str], str]]:
+  """Several outputs that appear together or not at all. The block gets `stage(path)`, which
+  returns a hidden temporary path beside `path` to write; when the block succeeds every staged
+  file is renamed onto its path, with signals held off until the last rename; on any other exit,
+  Interrupted included, the temporary files are removed and no output is touched."""
+  staged = []
+
+  def stage(path: str) -> str:
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{name}.', suffix=os.path.splitext(name)[1])
+    os.close(fd)
+    staged.append((tmp, path))
+    return tmp
+
+  try:
+    yield stage
+    with deferred_interrupts():
+      for tmp, path in staged:
+        os.chmod(tmp, 0o666 & ~_umask())
+      for tmp, path in staged:
+        os.replace(tmp, path)
+  finally:
+    for tmp, _ in staged:
+      _remove(tmp)
+
+
 # -- flag values (argparse `type=` callables: argparse names the flag in its message) ------------
 def _ranged(convert: Callable, noun: str, low, high) -> Callable[[str], object]:
   """A `type=` callable: `convert(text)`, finite and within low..high."""
@@ -375,6 +438,11 @@ class Field(NamedTuple):
     return (int_in if self.kind is int else float_in)(self.low, self.high)
 
 
+def _number(x) -> str:
+  return str(x) if isinstance(x, numbers.Integral) or float(x).is_integer() and abs(x) < 1e15 \
+      else f'{x:g}'
+
+
 def _value_problem(value, field: Field) -> Optional[str]:
   kinds = {int: 'an integer', float: 'a number', bool: 'True or False', str: 'a string'}
   if field.kind is int:
@@ -392,7 +460,7 @@ def _value_problem(value, field: Field) -> Optional[str]:
       return f'{value} is not finite'
     if (field.low is not None and value < field.low) or (
         field.high is not None and value > field.high):
-      return f'{value:g} is outside {field.low:g}..{field.high:g}'
+      return f'{_number(value)} is outside {_number(field.low)}..{_number(field.high)}'
   return None
 
 

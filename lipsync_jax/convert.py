@@ -160,6 +160,9 @@ def load_checkpoint(path: str, expect: str) -> Tuple[nn.Module, dict]:
     name, module, variables = checkpoint.load_model(path)
   if name != expect:
     raise ConversionError(f'{path}: holds a {name!r} model, but a {expect!r} is needed')
+  for where, value in jax.tree_util.tree_leaves_with_path(variables):
+    if not np.isfinite(np.asarray(value)).all():
+      raise ConversionError(f'{path}: {jax.tree_util.keystr(where)} holds NaN or Inf values')
   return module, variables
 
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.fft
 import scipy.signal
+import flax
 from flax import linen as nn
 from tqdm import tqdm
 
@@ -242,6 +243,19 @@ def variables_from_state_dict(state_dict: Dict[str, np.ndarray]) -> dict:
   return {'params': params, 'batch_stats': stats}
 
 
+def weights_problem(variables: dict, expected: dict) -> Optional[str]:
+  """What is wrong with loaded weights against the shapes a network expects (a tensor of another
+  shape, or one holding NaN or Inf), or None."""
+  flat = flax.traverse_util.flatten_dict(variables)
+  for path, spec in flax.traverse_util.flatten_dict(expected).items():
+    value = np.asarray(flat[path])
+    if value.shape != spec.shape:
+      return f'{"/".join(path)} has shape {value.shape}, expected {spec.shape}'
+    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+      return f'{"/".join(path)} holds NaN or Inf values'
+  return None
+
+
 def load_syncnet(path: str, dtype=jnp.float32) -> Tuple[SyncNetS, dict]:
   """(module, variables) of joonson's syncnet_v2.model (or any .pth of the same network), read
   without torch; anything else is refused naming the file."""
@@ -250,6 +264,12 @@ def load_syncnet(path: str, dtype=jnp.float32) -> Tuple[SyncNetS, dict]:
     variables = variables_from_state_dict(state_dict)
   except ValueError as e:
     raise EvaluatorError(f'{path}: {e}') from None
+  problem = weights_problem(variables, jax.eval_shape(
+      SyncNetS().init, jax.random.key(0),
+      jax.ShapeDtypeStruct((1, FRAMES_PER_WINDOW, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32),
+      jax.ShapeDtypeStruct((1, 13, MFCC_WINDOW, 1), jnp.float32)))
+  if problem:
+    raise EvaluatorError(f'{path}: {problem}; not syncnet_python\'s SyncNet')
   cast = lambda x: jnp.asarray(x, dtype if np.issubdtype(x.dtype, np.floating) else x.dtype)
   return SyncNetS(dtype), jax.tree.map(cast, variables)
 
@@ -467,8 +487,8 @@ def find_videos(inputs: List[str], filelist: Optional[str]) -> List[str]:
   if filelist:
     if len(inputs) != 1 or not os.path.isdir(inputs[0]):
       raise EvaluatorError('--filelist needs exactly one folder: the root its lines are under')
-    with open(filelist) as f:
-      lines = [line.split()[0] for line in f if line.strip()]
+    lines = [line.split()[0] for line in cli.read_text_file(filelist, '--filelist').splitlines()
+             if line.strip()]
     return [os.path.join(inputs[0], line if line.endswith(infer.VIDEO_EXTENSIONS)
                          else line + '.mp4') for line in lines]
   videos = []
@@ -481,33 +501,63 @@ def find_videos(inputs: List[str], filelist: Optional[str]) -> List[str]:
   return videos
 
 
+def plot_names(videos: List[str]) -> Dict[str, str]:
+  """A distinct file-name stem per video: its name, or, where names repeat (every LRS2 speaker
+  has a 00001.mp4), its path below the videos' common folder with '/' as '_'; a counter if even
+  those collide."""
+  stems = {v: os.path.splitext(os.path.basename(v))[0] for v in videos}
+  repeated = collections.Counter(stems.values())
+  root = os.path.commonpath([os.path.abspath(v) for v in videos]) if len(videos) > 1 else ''
+  names, used = {}, collections.Counter()
+  for v in videos:
+    stem = stems[v]
+    if repeated[stem] > 1:
+      stem = os.path.splitext(os.path.relpath(os.path.abspath(v), root))[0].replace(os.sep, '_')
+    used[stem] += 1
+    names[v] = stem if used[stem] == 1 else f'{stem}_{used[stem]}'
+  return names
+
+
+def _finite_or_none(value):
+  """JSON has no NaN or Infinity: such a score is written as null."""
+  if isinstance(value, list):
+    return [_finite_or_none(v) for v in value]
+  return value if not isinstance(value, float) or np.isfinite(value) else None
+
+
 def write_reports(rows: List[dict], json_path: Optional[str], csv_path: Optional[str],
                   plot_dir: Optional[str]) -> None:
+  """The reports, all or none: each is written under a temporary name and they are renamed in
+  place together at the end, where no signal can cut in."""
   fields = ('video', 'track', 'lse_d', 'lse_c', 'offset', 'error')
-  if json_path:
-    with cli.atomic_output(json_path, suffix='.json') as tmp, open(tmp, 'w') as f:
-      json.dump([{k: r.get(k) for k in fields + ('mean_dists',)} for r in rows], f, indent=1)
-  if csv_path:
-    with cli.atomic_output(csv_path, suffix='.csv') as tmp, open(tmp, 'w', newline='') as f:
-      writer = csv.DictWriter(f, fields, extrasaction='ignore')
-      writer.writeheader()
-      writer.writerows(rows)
-  if plot_dir:
-    folder = cli.ensure_folder(plot_dir, 'plots')
-    scored = [r for r in rows if 'lse_d' in r]
-    for r in scored:
-      name = os.path.splitext(os.path.basename(r['video']))[0]
-      name += f'_frames{r["track"]}' if r.get('track') else ''
-      vshift = (len(r['mean_dists']) - 1) // 2
-      curve = {'mean distance': [(k - vshift, d) for k, d in enumerate(r['mean_dists'])]}
-      logs.plot_scalars(curve, ['mean distance'], os.path.join(folder, f'{name}_offsets.png'),
-                        f'{name}: min at {r["offset"]:+d}', x_label='offset, frames')
-    if scored:
-      vshift = max((len(r['mean_dists']) - 1) // 2 for r in scored)
-      counts = collections.Counter(r['offset'] for r in scored)
-      histogram = {'videos': [(o, counts.get(o, 0)) for o in range(-vshift, vshift + 1)]}
-      logs.plot_scalars(histogram, ['videos'], os.path.join(folder, 'offset_histogram.png'),
-                        'AV offsets', x_label='offset, frames', bars=True)
+  with cli.staged_outputs() as stage:
+    if json_path:
+      with open(stage(json_path), 'w') as f:
+        json.dump([{k: _finite_or_none(r.get(k)) for k in fields + ('mean_dists',)}
+                   for r in rows], f, indent=1, allow_nan=False)
+    if csv_path:
+      with open(stage(csv_path), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fields, extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(rows)
+    if plot_dir:
+      folder = cli.ensure_folder(plot_dir, 'plots')
+      scored = [r for r in rows if 'lse_d' in r]
+      names = plot_names(sorted({r['video'] for r in scored}))
+      for r in scored:
+        name = names[r['video']] + (f'_frames{r["track"]}' if r.get('track') else '')
+        vshift = (len(r['mean_dists']) - 1) // 2
+        curve = {'mean distance': [(k - vshift, d) for k, d in enumerate(r['mean_dists'])]}
+        logs.plot_scalars(curve, ['mean distance'],
+                          stage(os.path.join(folder, f'{name}_offsets.png')),
+                          f'{name}: min at {r["offset"]:+d}', x_label='offset, frames')
+      if scored:
+        vshift = max((len(r['mean_dists']) - 1) // 2 for r in scored)
+        counts = collections.Counter(r['offset'] for r in scored)
+        histogram = {'videos': [(o, counts.get(o, 0)) for o in range(-vshift, vshift + 1)]}
+        logs.plot_scalars(histogram, ['videos'],
+                          stage(os.path.join(folder, 'offset_histogram.png')), 'AV offsets',
+                          x_label='offset, frames', bars=True)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -570,10 +620,17 @@ def run(args: argparse.Namespace) -> int:
   videos = find_videos(args.videos, args.filelist)
   if not videos:
     raise EvaluatorError(f'no videos found in {" ".join(args.videos)}')
-  for report in filter(None, (args.json, args.csv)):  # fail before the scoring, not after
-    cli.refuse_overwriting_inputs({'--json/--csv': report},
-                                  {f'VIDEO_OR_DIR[{i}]': v for i, v in enumerate(videos)})
+  inputs = {f'VIDEO_OR_DIR[{i}]': v for i, v in enumerate(videos)}
+  inputs.update({'--filelist': args.filelist, '--syncnet_model': args.syncnet_model,
+                 '--checkpoint': args.checkpoint, '--face_model': args.face_model})
+  # Fail before the scoring, not after.
+  cli.refuse_overwriting_inputs({'--json': args.json, '--csv': args.csv}, inputs)
+  if args.json and args.csv and cli.same_file(args.json, args.csv):
+    raise EvaluatorError(f'--json and --csv name the same file {args.json}')
+  for report in filter(None, (args.json, args.csv)):
     cli.ensure_folder(os.path.dirname(os.path.abspath(report)), 'report')
+  if args.plot and os.path.exists(args.plot) and not os.path.isdir(args.plot):
+    raise EvaluatorError(f'--plot {args.plot}: is a file; give a folder for the plots')
   if args.judge == 'syncnet':
     syncnet = load_syncnet(args.syncnet_model)
     detector = faces.FaceDetector(args.face_model) if args.protocol == 'tracks' else None
@@ -588,6 +645,9 @@ def run(args: argparse.Namespace) -> int:
   for path in tqdm(videos, unit='video', desc='LSE', disable=args.quiet):
     try:
       scores = score(path)
+      if not all(np.isfinite(part[k]) for part in scores.get('tracks', [scores])
+                 for k in ('lse_d', 'lse_c')):
+        raise EvaluatorError(f'{path}: the scores are not finite (NaN or Inf)')
     except cli.UserError as e:
       rows.append({'video': path, 'error': str(e)})
       tqdm.write(f'{path[-50:]:50} failed: {e}')

@@ -12,6 +12,8 @@ from typing import Union
 
 from etils import epath
 
+from lipsync_jax import cli
+
 URL_SCHEMES = ('gs://',)
 
 
@@ -24,7 +26,14 @@ def resolve(path: Union[str, os.PathLike]) -> str:
   """A URL as it is; a local path made absolute (os.path.abspath would turn 'gs://b/run' into
   '<cwd>/gs:/b/run')."""
   path = os.fspath(path)
-  return path if is_url(path) else os.path.abspath(path)
+  if not is_url(path):
+    return os.path.abspath(path)
+  try:
+    import gcsfs  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    raise cli.UserError(f"{path}: gs:// paths need the gcs extra: pip install "
+                        "'lipsync_jax[gcs]'") from None
+  return path
 
 
 def join(path: Union[str, os.PathLike], *parts: str) -> str:

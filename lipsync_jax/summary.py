@@ -1,6 +1,7 @@
 """Model summaries: parameters per block and convolution GFLOPs per frame (or per sample)."""
 import collections
 import re
+import sys
 from typing import Dict, Sequence, Tuple
 
 import jax
@@ -8,8 +9,8 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from configs.common import HQ_SIZES
-from lipsync_jax import models
+from configs import common
+from lipsync_jax import cli, models
 from lipsync_jax.layers import Conv, ConvTranspose, pair
 
 
@@ -103,7 +104,7 @@ def print_summaries(config=None) -> None:
     print(f'[img_size {size}] ' + summarize(module, name, abstract_variables(module, name))[0])
   if not config:
     print('every size (configs :hq192, :hq288):')
-    print(sizes_table((models.IMG_SIZE,) + HQ_SIZES))
+    print(sizes_table((models.IMG_SIZE,) + common.HQ_SIZES))
 
 
 def _cli():
@@ -118,9 +119,17 @@ def _cli():
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    print_summaries(config_flag.value)
+    config = config_flag.value
 
-  app.run(main)
+    def body() -> int:
+      if config is not None:
+        common.check(config)
+      print_summaries(config)
+      return 0
+
+    sys.exit(cli.run(body, 'lipsync_jax.summary'))
+
+  app.run(main, flags_parser=cli.absl_flags_parser)
 
 
 if __name__ == '__main__':

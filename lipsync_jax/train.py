@@ -43,6 +43,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
+from configs import common
 from data_pipeline import loaders, records
 from lipsync_jax import (checkpoint, cli, convert, evaluate, layers, logs, losses, models, paths,
                          steps)
@@ -428,6 +429,8 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
   In steady state the loop never waits on the device: steps are dispatched asynchronously,
   the next batch is put on the devices while the current step runs, and metrics (with the
   non-finite-loss check) are read every log_every steps and before every checkpoint."""
+  common.check(config)
+  workdir = cli.as_path('workdir', workdir)
   maybe_initialize_distributed()
   check_workdir(config, workdir)
   workdir = prepare_workdir(config, workdir)
@@ -490,7 +493,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   config = _CONFIG.value
   if not config.data.dir:
-    raise app.UsageError('set --config.data.dir to a dataset written by data_pipeline.preprocess')
+    print('error: set --config.data.dir to a dataset written by data_pipeline.preprocess',
+          file=sys.stderr)
+    sys.exit(cli.EXIT_ERROR)
 
   def body() -> int:
     cli.enable_compilation_cache(_COMPILATION_CACHE.value)
@@ -511,4 +516,4 @@ if __name__ == '__main__':
       "keep compiled XLA programs here so a rerun (a resume, the same config) skips "
       f"compilation; 'off' disables it (default: ${cli.CACHE_ENV} or ~/.cache/lipsync_jax/xla)")
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=cli.absl_flags_parser)

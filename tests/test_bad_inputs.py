@@ -6,9 +6,12 @@ folder unless the input was legitimately usable; every input byte-identical afte
 """
 import dataclasses
 import hashlib
+import json
 import os
 import pickle
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -20,8 +23,8 @@ import scipy.io.wavfile
 
 from conftest import (FACE_MODEL, MEDIA, PARITY, ROOT, ffmpeg, load_parity_weights,
                       random_checkpoint, require, save_pth)
-from data_pipeline import preprocess
-from lipsync_jax import audio, convert, infer, video
+from data_pipeline import curation, preprocess
+from lipsync_jax import audio, cli, convert, evaluate, infer, video
 
 TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
 
@@ -79,6 +82,24 @@ def inputs(tmp_path_factory):
     weights = load_parity_weights('syncnet')
     save_pth(d / 'expert.PTH', weights, legacy=True)
     save_pth(d / 'expert.pth.tar', weights, legacy=False)
+  lse_weights = PARITY / 'lse' / 'syncnet_v2_weights.npz'
+  if lse_weights.exists():  # joonson's SyncNet, sound and damaged in two ways
+    pytest.importorskip('torch')
+    with np.load(lse_weights) as z:
+      syncnet = {k: z[k] for k in z.files}
+    save_pth(d / 'syncnet.model', syncnet, legacy=True)
+    shutil.copy(d / 'syncnet.model', d / 'syncnet.json')  # an input named like a report
+    first = next(k for k in sorted(syncnet) if syncnet[k].ndim == 4)
+    save_pth(d / 'syncnet_shapes.model', dict(syncnet, **{first: syncnet[first][:, :, :2]}),
+             legacy=True)
+    save_pth(d / 'syncnet_nan.model', dict(syncnet, **{first: np.full_like(syncnet[first],
+                                                                           np.nan)}),
+             legacy=True)
+  (d / 'latin1_filelists').mkdir()
+  (d / 'latin1_filelists' / 'train.txt').write_bytes('spk/good1 caf\xe9\n'.encode('latin-1'))
+  (d / 'list.csv').write_text('face\n')  # a filelist whose name a --csv report could take
+  (d / 'videos').mkdir()
+  shutil.copy(d / 'face.mp4', d / 'videos' / 'face.mp4')
   _corpus(d / 'corpus', d)
   return d
 
@@ -104,13 +125,13 @@ def _corpus(root, d):
 @dataclasses.dataclass
 class Case:
   id: str
-  cli: str  # infer | preprocess | convert | train
+  cli: str  # infer | preprocess | convert | evaluate
   argv: List[str]  # {in}: the inputs folder, {out}: an empty output folder
   rc: int
   message: str  # expected in stderr (stdout too where the run succeeds)
   setup: Optional[Callable] = None  # (inputs, out) -> None: files the case puts in {out}
   cwd_inputs: bool = False
-  needs: Optional[str] = None  # an input file that may be absent (parity weights)
+  needs: Optional[str] = None  # an input file that may be absent (parity weights), or 'beam'
 
 
 def I(*flags, face='{in}/face.mp4', audio_='{in}/speech.wav', ckpt='{in}/ckpt',
@@ -122,6 +143,11 @@ def I(*flags, face='{in}/face.mp4', audio_='{in}/speech.wav', ckpt='{in}/ckpt',
 
 def P(*flags, root='{in}/corpus', out='{out}/pre'):
   return ['--data_root', root, '--out', out, '--workers', '2', '--runner', 'local', *flags]
+
+
+def E(*args, model='{in}/syncnet.model'):
+  """evaluate's argv: VIDEO_OR_DIR and flags, judged by the SyncNet `model`."""
+  return [*args, '--syncnet_model', model, '--quiet', '--compilation_cache', 'off']
 
 
 def _link(kind):
@@ -233,9 +259,51 @@ CASES = [
     Case('preprocess_missing_filelists', 'preprocess', P('--filelists', '{in}/nope'), 1,
          'nope: no such folder (--filelists)'),
     Case('preprocess_zero_workers', 'preprocess', P('--workers', '0'), 2, '--workers'),
+    Case('preprocess_min_seconds_nan', 'preprocess', P('--min_seconds', 'nan'), 2,
+         'argument --min_seconds: nan is not finite'),
+    Case('preprocess_min_face_inf', 'preprocess', P('--min_face', 'inf'), 2,
+         'argument --min_face: inf is not finite'),
+    Case('preprocess_min_face_score_above_1', 'preprocess', P('--min_face_score', '2'), 2,
+         'argument --min_face_score: 2 is outside 0..1'),
+    Case('preprocess_min_sync_conf_nan', 'preprocess',
+         P('--sync_judge', '{in}/expert_ckpt', '--min_sync_conf', 'nan'), 2,
+         'argument --min_sync_conf: nan is not finite'),
+    Case('preprocess_beam_flag_typo', 'preprocess',
+         ['--data_root', '{in}/corpus', '--out', '{out}/pre', '--runner', 'DirectRunner',
+          '--min_secnds', '3'], 2, 'did you mean --min_seconds?', needs='beam'),
+    Case('preprocess_filelist_not_utf8', 'preprocess', P('--filelists', '{in}/latin1_filelists'),
+         1, 'train.txt: not UTF-8 text (--filelists): byte 0xe9'),
+    Case('preprocess_sync_judge_wrong_shapes', 'preprocess',
+         P('--sync_judge', '{in}/syncnet_shapes.model'), 1,
+         'syncnet_shapes.model: params/aud/cnn_0/kernel has shape (2, 3, 1, 64)', needs='syncnet.model'),
+    # evaluate
+    Case('evaluate_csv_is_the_filelist', 'evaluate',
+         E('{in}', '--filelist', '{in}/list.csv', '--csv', '{in}/list.csv'), 1,
+         'is the same file as --filelist'),
+    Case('evaluate_json_is_the_syncnet_model', 'evaluate',
+         E('{in}/videos', '--json', '{in}/syncnet.json', model='{in}/syncnet.json'), 1,
+         'is the same file as --syncnet_model', needs='syncnet.model'),
+    Case('evaluate_json_is_the_csv', 'evaluate',
+         E('{in}/videos', '--json', '{out}/r.json', '--csv', '{out}/r.json'), 2,
+         "argument --csv: '"),
+    Case('evaluate_plot_dir_is_a_file', 'evaluate', E('{in}/videos', '--plot', '{in}/a_file'),
+         1, 'a_file: is a file', needs='syncnet.model'),
+    Case('evaluate_filelist_not_utf8', 'evaluate',
+         E('{in}', '--filelist', '{in}/latin1_filelists/train.txt'), 1,
+         'train.txt: not UTF-8 text (--filelist): byte 0xe9'),
+    Case('evaluate_syncnet_wrong_shapes', 'evaluate',
+         E('{in}/videos', model='{in}/syncnet_shapes.model'), 1,
+         'syncnet_shapes.model: params/aud/cnn_0/kernel has shape (2, 3, 1, 64)',
+         needs='syncnet.model'),
+    Case('evaluate_syncnet_nan', 'evaluate', E('{in}/videos', model='{in}/syncnet_nan.model'),
+         1, 'holds NaN or Inf values', needs='syncnet.model'),
+    Case('evaluate_expert_missing', 'evaluate',
+         ['{in}/videos', '--judge', 'expert', '--checkpoint', '{in}/nope', '--quiet'], 1,
+         'nope: no such checkpoint'),
 ]
 
-MAINS = {'infer': infer.main, 'preprocess': preprocess.main, 'convert': convert.main}
+MAINS = {'infer': infer.main, 'preprocess': preprocess.main, 'convert': convert.main,
+         'evaluate': evaluate.main}
 
 
 def _snapshot(folder) -> dict:
@@ -254,7 +322,9 @@ def face_model(monkeypatch):
 
 @pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, inputs, tmp_path, capsys, monkeypatch):
-  if case.needs and not (inputs / case.needs).exists():
+  if case.needs == 'beam':
+    pytest.importorskip('apache_beam')
+  elif case.needs and not (inputs / case.needs).exists():
     pytest.skip(f'{case.needs} needs the parity weights and torch')
   out = tmp_path / 'out'
   out.mkdir()
@@ -329,3 +399,104 @@ def test_train_refuses_bad_setups(inputs, tmp_path):
   assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
   assert 'would overwrite the expert' in proc.stderr
   assert _snapshot(expert) == before
+
+
+OPTION_CASES = [
+    (dict(fps=float('inf')), 'fps: inf is not finite'),
+    (dict(fps=float('nan')), 'fps: nan is not finite'),
+    (dict(fps=0.5), 'fps: 0.5 is outside 1..240'),
+    (dict(pads=(1, 2)), 'pads: (1, 2) is not a sequence of 4 values'),
+    (dict(pads=(0, 10, 0, 0.5)), 'pads: 0.5 is not an integer'),
+    (dict(wav2lip_batch_size=2.5), 'wav2lip_batch_size: 2.5 is not an integer'),
+    (dict(wav2lip_batch_size=0), 'wav2lip_batch_size: 0 is outside 1..4096'),
+    (dict(resize_factor=1.5), 'resize_factor: 1.5 is not an integer'),
+    (dict(face_det_batch_size=True), 'face_det_batch_size: True is not an integer'),
+    (dict(static='yes'), "static: 'yes' is not True or False"),
+    (dict(paste='soft'), "paste: 'soft' is not one of 'feather', 'hard'"),
+    (dict(crop='0 -1 0 -1'), 'crop: '),
+    (dict(face_model=3), 'face_model: expected a path (str or os.PathLike), got 3'),
+]
+
+
+@pytest.mark.parametrize('fields,message', OPTION_CASES, ids=[m.split(':')[0] + str(i) for i, (
+    _, m) in enumerate(OPTION_CASES)])
+def test_options_check_every_field_on_creation(fields, message):
+  with pytest.raises(infer.InferenceError) as e:
+    infer.Options(**fields)
+  assert str(e.value).startswith(message)
+
+
+def test_options_accept_what_the_flags_give():
+  options = infer.Options(fps=np.float64(30), pads=[0, np.int64(20), 0, 0], resize_factor=2,
+                          face_model=ROOT / 'x.onnx')
+  assert options.pads == (0, 20, 0, 0) and options.face_model == str(ROOT / 'x.onnx')
+
+
+@pytest.mark.parametrize('argument,value', [('face', None), ('face', 3), ('face', b'a.mp4'),
+                                            ('audio_path', None), ('checkpoint', 1.5),
+                                            ('outfile', ''), ('options', [1]),
+                                            ('options', {'fps': 30, 'speed': 2})])
+def test_lipsync_api_names_bad_arguments(argument, value, tmp_path):
+  kwargs = dict(face='f.mp4', audio_path='a.wav', checkpoint='c.pth',
+                outfile=str(tmp_path / 'o.mp4'))
+  kwargs[argument] = value
+  with pytest.raises(cli.UserError, match=f'^{argument}: '):
+    infer.lipsync(**kwargs)
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize('rule,value,message', [
+    ('min_seconds', float('nan'), 'min_seconds: nan is not finite'),
+    ('max_seconds', float('inf'), 'max_seconds: inf is not finite'),
+    ('min_face', -1.0, 'min_face: -1.0 is outside 0..10000'),
+    ('min_score', 1.5, 'min_score: 1.5 is outside 0..1'),
+    ('face_size', 96.0, 'face_size: 96.0 is not an integer'),
+    ('split_shots', 1, 'split_shots: 1 is not True or False')])
+def test_curation_rules_are_checked_on_creation(rule, value, message):
+  with pytest.raises(cli.UserError, match=re.escape(message)):
+    curation.Curation(**{rule: value})
+
+
+def test_evaluate_plots_of_videos_with_one_name(inputs, tmp_path, capsys):
+  """Every LRS2 speaker has a 00001.mp4: each video gets its own plot."""
+  if not (inputs / 'syncnet.model').exists():
+    pytest.skip('needs the LSE parity weights and torch')
+  for speaker in ('s1', 's2'):
+    (tmp_path / 'D' / speaker).mkdir(parents=True)
+    shutil.copy(inputs / 'face.mp4', tmp_path / 'D' / speaker / '00001.mp4')
+  plots = tmp_path / 'plots'
+  assert evaluate.main(E(str(tmp_path / 'D'), '--plot', str(plots), model=str(
+      inputs / 'syncnet.model'))) == 0
+  assert 'Traceback' not in capsys.readouterr().err
+  assert sorted(os.listdir(plots)) == ['offset_histogram.png', 's1_00001_offsets.png',
+                                       's2_00001_offsets.png']
+  assert evaluate.plot_names(['a/x.mp4', 'b/x.mp4', 'c.mp4']) == {
+      'a/x.mp4': 'a_x', 'b/x.mp4': 'b_x', 'c.mp4': 'c'}
+
+
+def test_evaluate_reports_appear_together_or_not_at_all(tmp_path, monkeypatch):
+  """A signal while the plots are drawn: no report, no plot, no temporary file is left; the
+  reports that were there before are untouched."""
+  rows = [{'video': f'{name}.mp4', 'track': '', 'lse_d': 7.0, 'lse_c': float('nan'),
+           'offset': 1, 'mean_dists': [7.0, 7.5, 8.0]} for name in ('a', 'b', 'c')]
+  (tmp_path / 'old.csv').write_text('kept\n')
+  drawn = []
+
+  def plot(*args, **kwargs):
+    drawn.append(args[2])
+    if len(drawn) == 2:
+      raise cli.Interrupted(signal.SIGINT)
+    return args[2]
+
+  monkeypatch.setattr(evaluate.logs, 'plot_scalars', plot)
+  with pytest.raises(cli.Interrupted):
+    evaluate.write_reports(rows, str(tmp_path / 'r.json'), str(tmp_path / 'old.csv'),
+                           str(tmp_path / 'plots'))
+  assert sorted(os.listdir(tmp_path)) == ['old.csv', 'plots']
+  assert not os.listdir(tmp_path / 'plots') and (tmp_path / 'old.csv').read_text() == 'kept\n'
+  monkeypatch.undo()
+  evaluate.write_reports(rows, str(tmp_path / 'r.json'), str(tmp_path / 'old.csv'),
+                         str(tmp_path / 'plots'))
+  report = json.loads((tmp_path / 'r.json').read_text())  # strict JSON: a NaN score is null
+  assert report[0]['lse_c'] is None and report[0]['lse_d'] == 7.0
+  assert len(os.listdir(tmp_path / 'plots')) == 4
