@@ -52,8 +52,7 @@ from configs import expert as expert_config  # noqa: E402
 from configs import wav2lip as wav2lip_config  # noqa: E402
 from configs import wav2lip_gan as gan_config  # noqa: E402
 from configs.common import HQ_SIZES  # noqa: E402
-from data_pipeline import loaders  # noqa: E402
-from lipsync_jax import infer, layers, models, summary, train  # noqa: E402
+from lipsync_jax import infer, layers, models, summary, training  # noqa: E402
 
 GIB = 2 ** 30
 # chip: (HBM bytes, peak bf16 FLOP/s, HBM bytes/s, inter-chip interconnect bytes/s over all
@@ -96,18 +95,18 @@ def lower_training(job: str, per_chip: int, dtype: str, width_divisor: int, mesh
   config.model.dtype, config.model.width_divisor = dtype, width_divisor
   config.model.img_size = img_size
   config.model.conv_impl = 'auto'
-  training = train.make_training(config, platform, expert_divisor=width_divisor)
+  job_fns = training.make_training(config, platform, expert_divisor=width_divisor)
   data, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
-  state = _abstract(jax.eval_shape(training.init, jax.random.key(0)), replicated)
+  state = _abstract(jax.eval_shape(job_fns.init, jax.random.key(0)), replicated)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data) for k, v in
-           loaders.batch_spec(training.kind, per_chip * mesh.size, img_size).items()}
+           training.batch_spec(job_fns.kind, per_chip * mesh.size, img_size).items()}
   expert_vars = None
-  if training.kind == 'generator':
+  if job_fns.kind == 'generator':
     expert_vars = _abstract(jax.eval_shape(lambda: models.init(
-        training.expert, 'expert', jax.random.key(0))), replicated)
-  health = _abstract(jax.eval_shape(train.no_health), replicated)
+        job_fns.expert, 'expert', jax.random.key(0))), replicated)
+  health = _abstract(jax.eval_shape(training.no_health), replicated)
   syncnet_wt = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
-  step = jax.jit(training.step, donate_argnums=(0, 4))
+  step = jax.jit(job_fns.step, donate_argnums=(0, 4))
   return step.lower(state, batch, expert_vars, syncnet_wt, health)
 
 
@@ -139,7 +138,7 @@ def analytic_flops(job: str, per_chip: int, width_divisor: int,
     return per_chip * forward('wav2lip')
   if job == 'expert':
     return 3 * per_chip * forward('expert')
-  frames = per_chip * loaders.T
+  frames = per_chip * training.T
   evaluations = frames * forward('wav2lip') + per_chip * forward('expert')
   if job == 'wav2lip_gan':  # generator's adversarial term, then the discriminator on real + fake
     evaluations += 3 * frames * forward('quality_disc')  # (it sees lower halves: counted so)
@@ -332,7 +331,7 @@ def measure(topology: str, job: str, per_chip: int, dtype: str, width_divisor: i
   if top:
     row['breakdown'] = breakdown(costs, top)
   model_flops = analytic_flops(job, per_chip, width_divisor, img_size)
-  frames = per_chip * len(devices) * (1 if job in ('infer', 'expert') else loaders.T)
+  frames = per_chip * len(devices) * (1 if job in ('infer', 'expert') else training.T)
   row.update(
       fits=used <= hbm, hbm_gib=hbm / GIB,
       arguments_gib=mem.argument_size_in_bytes / GIB, temporaries_gib=mem.temp_size_in_bytes / GIB,

@@ -1,17 +1,20 @@
-"""CPU inference speed of our generator against the original's, same weights, side by side.
+"""Inference speed of our generator against the original's, same weights, side by side, on the
+CPU or a CUDA GPU.
 
-    python benchmarks/bench_vs_torch.py [--batches 1 16 128] [--rounds 5] [--threads N]
+    python benchmarks/bench_vs_torch.py [--device cpu|cuda] [--batches 1 16 128] [--rounds 5]
+        [--dtypes float32 bfloat16] [--threads N]
 
 The reference generator's layers are built here in PyTorch (Conv2d / ConvTranspose2d +
 BatchNorm2d + ReLU blocks, residual adds, the encoder-decoder skips, as the original's model
 file lays them out, so its state_dict keys are the official checkpoint's) and loaded with the
 weights of our randomly initialised generator (speed does not depend on the values; the outputs
 are checked to agree). Ours runs as `infer` runs it: BatchNorm folded, uint8 crops in, masking
-on the device, jitted. Torch runs as the reference's inference does: eval mode, no_grad, float32
-NCHW tensors (prepared outside the timed region, which favours torch). Timed runs alternate
-between the two so that both see the same machine load; the ratio printed is the median over
-rounds of torch's time / ours (above 1: ours is faster). Needs torch (the test extra). Both use
-every core unless --threads is given.
+on the device, jitted, in the dtype named. Torch runs as the reference's inference does: eval
+mode, no_grad, NCHW tensors prepared outside the timed region (which favours torch); on CUDA in
+channels_last, float32 (TF32 matmuls and convolutions allowed, as JAX's default precision) or
+under bfloat16 autocast. Timed runs alternate between the two so that both see the same machine
+load; the ratio printed is the median over rounds of torch's time / ours (above 1: ours is
+faster). Needs torch (the test extra). On the CPU both use every core unless --threads is given.
 """
 import argparse
 import functools
@@ -20,7 +23,8 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # a CPU comparison, even where libtpu is installed
+if '--device' not in sys.argv or 'cpu' in sys.argv:  # even where libtpu is installed
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -93,16 +97,101 @@ def paired_ratio(times: dict) -> float:
   return statistics.median(t / o for o, t in zip(times['ours'], times['torch']))
 
 
-def timed(fn) -> float:
+def timed(fn, sync=lambda: None) -> float:
   start = time.perf_counter()
   fn()
+  sync()
   return time.perf_counter() - start
+
+
+# Outputs of the two generators agree within this in float32 (TF32 on GPUs), and within the
+# looser bound under bfloat16 (8 bits of mantissa through ~20 layers).
+AGREEMENT = {'float32': 1e-2, 'bfloat16': 1e-1}
+
+
+def compare(device: str = 'cpu', batches=(1, 16, 128), rounds: int = 5,
+            dtypes=('float32',), width_divisor: int = 1, log=print) -> list:
+  """Rows {'device', 'dtype', 'batch', 'ours_fps', 'torch_fps', 'ratio', 'max_diff'} of the
+  side-by-side comparison (jax must already run on the matching backend)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  module = models.build('wav2lip', width_divisor)
+  variables = models.init(module, 'wav2lip', jax.random.key(0))
+  # non-trivial BatchNorm statistics, so that folding is exercised
+  rng = np.random.default_rng(0)
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, v: (np.asarray(v) + rng.uniform(0.1, 0.5, v.shape).astype(v.dtype))
+      if path[-1].key == 'var' else v, variables)
+  reference = torch_generator(torch, width_divisor)
+  loaded = reference.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
+                                      convert.state_dict_from_variables(variables).items()},
+                                     strict=False)
+  missing = [k for k in loaded.missing_keys if not k.endswith('num_batches_tracked')]
+  if missing or loaded.unexpected_keys:  # the two trees must be the same network
+    raise SystemExit(f'torch model and ours differ: {missing[:3]} {loaded.unexpected_keys[:3]}')
+  cuda = device == 'cuda'
+  if cuda:
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    reference = reference.to('cuda', memory_format=torch.channels_last)
+  sync = torch.cuda.synchronize if cuda else (lambda: None)
+  params = jax.device_put(layers.fold_batchnorm(variables))
+  generate = jax.jit(infer.generate_faces, static_argnums=0)  # as infer.load_generator's
+  log(f'jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} '
+      f'({device}, {torch.get_num_threads()} threads), tcmalloc {allocator.active()}')
+  rows = []
+  for dtype in dtypes:
+    folded = models.build('wav2lip', width_divisor, folded_bn=True,
+                          dtype=None if dtype == 'float32' else jax.numpy.bfloat16)
+    autocast = (torch.autocast('cuda' if cuda else 'cpu', dtype=torch.bfloat16)
+                if dtype == 'bfloat16' else None)
+    for batch in batches:
+      crops = rng.integers(0, 256, (batch, models.IMG_SIZE, models.IMG_SIZE, 3), np.uint8)
+      mels = rng.uniform(-4, 4, (batch,) + models.MEL_SHAPE).astype(np.float32)
+      crops_d, mels_d = jax.device_put(crops), jax.device_put(mels)
+      ours = functools.partial(lambda *a: jax.block_until_ready(generate(*a)), folded, params,
+                               mels_d, crops_d)
+      faces = crops.astype(np.float32) / 255.0
+      masked = faces.copy()
+      masked[:, models.IMG_SIZE // 2:] = 0
+      face_t = torch.from_numpy(np.concatenate([masked, faces], -1).transpose(0, 3, 1, 2).copy())
+      mel_t = torch.from_numpy(mels.transpose(0, 3, 1, 2).copy())
+      if cuda:
+        face_t = face_t.to('cuda', memory_format=torch.channels_last)
+        mel_t = mel_t.to('cuda', memory_format=torch.channels_last)
+
+      def theirs():
+        with torch.no_grad():
+          if autocast is None:
+            return reference(mel_t, face_t)
+          with autocast:
+            return reference(mel_t, face_t)
+
+      out_ours = np.asarray(ours(), np.float32)
+      out_theirs = theirs().float().cpu().numpy().transpose(0, 2, 3, 1)
+      error = float(np.abs(out_ours - out_theirs).max())
+      if error > AGREEMENT[dtype]:
+        raise SystemExit(f'the two generators disagree ({dtype}, max |diff| {error:.2e}): not '
+                         'the same net')
+      times = {'ours': [], 'torch': []}
+      for _ in range(rounds):
+        times['ours'].append(timed(ours))
+        times['torch'].append(timed(theirs, sync))
+      ours_s, torch_s = (statistics.median(times[k]) for k in ('ours', 'torch'))
+      rows.append(dict(device=device, dtype=dtype, batch=batch, ours_fps=batch / ours_s,
+                       torch_fps=batch / torch_s, ratio=paired_ratio(times), max_diff=error))
+      log(f'{dtype:8} batch {batch:4}: ours {batch / ours_s:9.1f} frames/s, torch '
+          f'{batch / torch_s:9.1f} frames/s, ratio {paired_ratio(times):.2f}x  (max |diff| '
+          f'{error:.1e}, {rounds} alternated runs, medians)')
+  return rows
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
   parser.add_argument('--batches', type=int, nargs='+', default=[1, 16, 128])
   parser.add_argument('--rounds', type=int, default=5, help='timed runs of each, alternated')
+  parser.add_argument('--dtypes', nargs='+', choices=tuple(AGREEMENT), default=['float32'],
+                      help='float32 (TF32 on GPUs), bfloat16 (torch: autocast)')
   parser.add_argument('--threads', type=int, default=None,
                       help='torch intra-op threads (default: torch\'s own, every core)')
   parser.add_argument('--width_divisor', type=int, default=1)
@@ -110,54 +199,8 @@ def main():
   import torch  # pylint: disable=import-outside-toplevel
   if args.threads:
     torch.set_num_threads(args.threads)
-
-  module = models.build('wav2lip', args.width_divisor)
-  variables = models.init(module, 'wav2lip', jax.random.key(0))
-  # non-trivial BatchNorm statistics, so that folding is exercised
-  rng = np.random.default_rng(0)
-  variables = jax.tree_util.tree_map_with_path(
-      lambda path, v: (np.asarray(v) + rng.uniform(0.1, 0.5, v.shape).astype(v.dtype))
-      if path[-1].key == 'var' else v, variables)
-  reference = torch_generator(torch, args.width_divisor)
-  loaded = reference.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
-                                      convert.state_dict_from_variables(variables).items()},
-                                     strict=False)
-  missing = [k for k in loaded.missing_keys if not k.endswith('num_batches_tracked')]
-  if missing or loaded.unexpected_keys:  # the two trees must be the same network
-    raise SystemExit(f'torch model and ours differ: {missing[:3]} {loaded.unexpected_keys[:3]}')
-  folded = models.build('wav2lip', args.width_divisor, folded_bn=True)
-  params = jax.device_put(layers.fold_batchnorm(variables))
-  generate = jax.jit(infer.generate_faces, static_argnums=0)  # as infer.load_generator's
-
-  print(f'jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} '
-        f'({torch.get_num_threads()} threads), tcmalloc {allocator.active()}')
-  for batch in args.batches:
-    crops = rng.integers(0, 256, (batch, models.IMG_SIZE, models.IMG_SIZE, 3), np.uint8)
-    mels = rng.uniform(-4, 4, (batch,) + models.MEL_SHAPE).astype(np.float32)
-    ours = functools.partial(lambda *a: jax.block_until_ready(generate(*a)), folded, params,
-                             mels, crops)
-    faces = crops.astype(np.float32) / 255.0
-    masked = faces.copy()
-    masked[:, models.IMG_SIZE // 2:] = 0
-    face_t = torch.from_numpy(np.concatenate([masked, faces], -1).transpose(0, 3, 1, 2).copy())
-    mel_t = torch.from_numpy(mels.transpose(0, 3, 1, 2).copy())
-
-    def theirs():
-      with torch.no_grad():
-        return reference(mel_t, face_t)
-
-    out_ours, out_theirs = np.asarray(ours()), theirs().numpy().transpose(0, 2, 3, 1)
-    error = float(np.abs(out_ours - out_theirs).max())
-    if error > 1e-3:
-      raise SystemExit(f'the two generators disagree (max |diff| {error:.2e}): not the same net')
-    times = {'ours': [], 'torch': []}
-    for _ in range(args.rounds):
-      times['ours'].append(timed(ours))
-      times['torch'].append(timed(theirs))
-    ours_s, torch_s = (statistics.median(times[k]) for k in ('ours', 'torch'))
-    print(f'batch {batch:4}: ours {batch / ours_s:7.1f} frames/s, torch {batch / torch_s:7.1f} '
-          f'frames/s, ratio {paired_ratio(times):.2f}x  (max |diff| {error:.1e}, '
-          f'{args.rounds} alternated runs, medians)', flush=True)
+  compare(args.device, args.batches, args.rounds, args.dtypes, args.width_divisor,
+          log=lambda line: print(line, flush=True))
   print('command: python benchmarks/bench_vs_torch.py ' + ' '.join(sys.argv[1:]))
 
 

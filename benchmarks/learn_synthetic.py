@@ -33,7 +33,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_pipeline import loaders, synthetic  # noqa: E402
 from benchmarks import mouth_quality as quality  # noqa: E402
-from lipsync_jax import allocator, audio, convert, demo, faces, infer, losses  # noqa: E402
+from lipsync_jax import (allocator, audio, convert, demo, faces, infer, losses,  # noqa: E402
+                         training)
 
 
 SPEECH_MEL = -2.5  # a mel window whose mean is above this (silence is -4) holds speech
@@ -47,7 +48,7 @@ def expert_pairs(data_dir: str, split: str, expert: tuple, batches: int = 16) ->
                                    img_size=module.img_size))
   cosines, speech, label = [], [], []
   for _ in range(batches):
-    batch = loaders.to_float(next(data))
+    batch = training.to_float(next(data))
     a, v = module.apply(variables, batch['mel_window'], batch['face'])
     cosines.append(np.asarray(losses.cosine_similarity(a, v)))
     label.append(np.asarray(batch['label']) > 0.5)

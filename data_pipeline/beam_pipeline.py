@@ -164,8 +164,11 @@ def run(data_root: str, data_dir: str, splits: Dict[str, str], face_model: str, 
   builder = records.ClipDataset(data_dir=data_dir, file_format='array_record',
                                 split_examples=examples)
   tfds.disable_progress_bar()
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      beam_runner=kept, beam_options=pipeline_options(runner, beam_args, workers)))
+  # On SIGINT / SIGTERM the DirectRunner's cleanup waits for its worker processes, which do
+  # not end by themselves then: they are stopped.
+  with cli.on_interrupt(cli.terminate_descendants):
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        beam_runner=kept, beam_options=pipeline_options(runner, beam_args, workers)))
   counters = collections.Counter()  # summed over the splits' steps
   if getattr(kept, 'result', None):
     for c in kept.result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))['counters']:

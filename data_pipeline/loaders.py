@@ -5,7 +5,7 @@ the element's own RNG, so a (seed, step) pair always gives the same batch, the i
 is a small dict that orbax can checkpoint, and each JAX process reads only its own shard of
 clips (`shard=(jax.process_index(), jax.process_count())`).
 
-Batches (NHWC; images BGR uint8, 4x less to move between workers than float32: `to_float`
+Batches (NHWC; images BGR uint8, 4x less to move between workers than float32: `lipsync_jax.training.to_float`
 scales them to [0, 1]; mels float32 in [-4, 4]):
 * expert: `mel_window` (B,80,16,1), `face` (B,S/2,S,15) lower halves of 5 frames (channel
   3t+c), `label` (B,) 1 = in sync, 0 = off sync. Negatives come from the same clip at least
@@ -23,36 +23,18 @@ from typing import Tuple
 
 import cv2
 import grain
-import jax
 from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 
 from lipsync_jax import audio, cli, models
+from lipsync_jax.training import T
 
-T = 5  # frames per window
 PREFETCH_BATCHES = 2  # per process (each worker process too)
 
 
 class DatasetError(cli.UserError, ValueError):
   """A dataset that cannot serve the batches asked for."""
-
-
-def batch_spec(kind: str, batch_size: int, img_size: int = models.IMG_SIZE) -> dict:
-  """Shapes and dtypes of one batch of `kind` (as make_dataset yields them), for compiling a
-  step ahead of time without data."""
-  image, mel = (img_size,) * 2, models.MEL_SHAPE
-  spec = {'mel_window': ((batch_size,) + mel, np.float32)}
-  if kind == 'expert':
-    spec.update(face=((batch_size, image[0] // 2, image[1], 3 * T), np.uint8),
-                label=((batch_size,), np.float32))
-  elif kind == 'generator':
-    spec.update(faces=((batch_size, T) + image + (6,), np.uint8),
-                mels=((batch_size, T) + mel, np.float32),
-                gt=((batch_size, T) + image + (3,), np.uint8))
-  else:
-    raise ValueError(f'unknown batch kind {kind!r}')
-  return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
 
 
 def clip_source(data_dir: str, split: str):
@@ -72,12 +54,6 @@ def decode_frames(jpegs, size: int = None) -> np.ndarray:
 def stored_face_size(source) -> int:
   """The side of the face crops a clip source stores (its first record's first frame)."""
   return int(decode_frames(source[0]['frames'][:1]).shape[1])
-
-
-def to_float(batch: dict) -> dict:
-  """uint8 images -> float32 in [0, 1] (done on the device, inside the jitted step)."""
-  return {k: v.astype(np.float32) / np.float32(255) if v.dtype == np.uint8 else v
-          for k, v in batch.items()}
 
 
 def valid_starts(has_face: np.ndarray, n_mel: int, generator: bool) -> np.ndarray:

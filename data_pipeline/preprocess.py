@@ -18,8 +18,9 @@ deterministic hash of the clip id (90/5/5); a clip's records share its split. Ru
 Beam runner by default where Beam is installed (data_pipeline/beam_pipeline.py: DirectRunner on
 this machine, Dataflow / Flink / Spark at scale), else `local`: a process pool, resumable (each
 finished clip's records are cached atomically under D/_clips, a re-run with the same rules skips
-them). Either way the TFDS dataset is written into a temporary folder that TFDS renames when
-complete, so a crash never leaves a corrupt shard. Clips are skipped, with the reason in the
+them). Either way the dataset is built in a hidden folder inside D and swapped for the previous
+one only when complete (records.staged), so a rerun that fails or is interrupted leaves the
+previous dataset as it was. Clips are skipped, with the reason in the
 summary, when they have no audio, are too short, show no usable face track, or cannot be read;
 any other failure of one clip is reported for that clip and the run goes on. SIGINT / SIGTERM
 stop the workers at once and remove their partial files.

@@ -66,6 +66,8 @@ def signals_raise(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> I
     if len(received) >= 3:
       os._exit(128 + signum)  # pylint: disable=protected-access
     if len(received) == 1:
+      for callback in list(_on_interrupt):
+        threading.Thread(target=callback, daemon=True).start()
       if _deferring:
         _deferred.append(signum)
       else:
@@ -108,6 +110,41 @@ def _redeliver(signum: int) -> None:
   timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
   timer.daemon = True
   timer.start()
+
+
+_on_interrupt = []  # callbacks of open on_interrupt blocks
+
+
+@contextlib.contextmanager
+def on_interrupt(callback: Callable[[], None]) -> Iterator[None]:
+  """Within the block, the first SIGINT / SIGTERM also runs `callback` on a thread of its own
+  (e.g. to stop worker processes that a library's cleanup would otherwise wait on forever)."""
+  _on_interrupt.append(callback)
+  try:
+    yield
+  finally:
+    _on_interrupt.remove(callback)
+
+
+def terminate_descendants() -> None:
+  """SIGTERM to every process this one started, and theirs (Linux: read from /proc)."""
+  parents = {}
+  for entry in os.listdir('/proc') if os.path.isdir('/proc') else ():
+    if entry.isdigit():
+      try:
+        with open(f'/proc/{entry}/stat') as f:
+          parents[int(entry)] = int(f.read().rsplit(')', 1)[1].split()[1])
+      except (OSError, IndexError, ValueError):
+        continue
+  found, todo = [], [os.getpid()]
+  while todo:
+    pid = todo.pop()
+    kids = [p for p, parent in parents.items() if parent == pid]
+    found += kids
+    todo += kids
+  for pid in found:
+    with contextlib.suppress(ProcessLookupError):
+      os.kill(pid, signal.SIGTERM)
 
 
 _deferring = []  # one entry per open deferred_interrupts block
@@ -207,9 +244,11 @@ def absl_flags_parser(argv: Sequence[str]) -> list:
       getattr(value, 'keys', None)  # a config file that failed to load raises only when used
     return rest
   except AttributeError as e:  # an override of a field the config does not have
-    field = str(e).strip('"\'')
+    lines = str(e).strip('"').replace('\\n', '\n').splitlines() or ['']
+    field = lines[0].strip('\'\\')
     named = [a.split('=')[0] for a in argv if a.split('=')[0].endswith(f'.{field}')]
-    print(f'error: {named[0] if named else field}: no such field in the config',
+    hint = f' ({lines[1][0].lower()}{lines[1][1:]})' if len(lines) > 1 and lines[1] else ''
+    print(f'error: {named[0] if named else field}: no such field in the config{hint}',
           file=sys.stderr)
   except (flags.Error, OSError, ValueError) as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]

@@ -30,13 +30,10 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, NamedTuple, Optional
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
@@ -45,12 +42,8 @@ from ml_collections import config_flags
 
 from configs import common
 from data_pipeline import loaders, records
-from lipsync_jax import (checkpoint, cli, convert, evaluate, layers, logs, losses, models, paths,
-                         steps)
-
-
-class TrainingError(cli.UserError, RuntimeError):
-  """A run that cannot start or go on (config, expert, data, a non-finite loss)."""
+from lipsync_jax import checkpoint, cli, convert, evaluate, logs, paths
+from lipsync_jax.training import TrainingError, make_training, no_health
 
 
 def maybe_initialize_distributed() -> None:
@@ -119,98 +112,6 @@ def load_expert(config) -> tuple:
                         f'faces, the generator makes {size} px ones; train an expert at '
                         f'config.model.img_size={size}')
   return module.width_divisor, variables
-
-
-def learning_rate(config, base: float):
-  """The learning rate, or its schedule, for `config.lr_schedule`."""
-  if config.lr_schedule == 'constant':
-    return base
-  if config.lr_schedule == 'cosine':
-    return optax.cosine_decay_schedule(base, config.total_steps)
-  raise TrainingError(f'unknown lr_schedule {config.lr_schedule!r}; expected constant or cosine')
-
-
-class Training(NamedTuple):
-  """A job's networks and pure functions, independent of data and devices: what Run jits on its
-  mesh and benchmarks/aot_tpu.py compiles for TPU topologies it does not have."""
-  kind: str  # 'expert' or 'generator'
-  model: Any
-  expert: Any  # the frozen expert judging a generator, else None
-  init: Callable  # key -> train state
-  # (state, uint8 batch, expert variables, syncnet_wt, health) -> (state, metrics, health)
-  step: Callable
-  evaluate: Callable  # (state, uint8 batch, expert variables) -> (metrics, generated or None)
-
-
-def no_health() -> dict:
-  """The step's record of the first non-finite loss: step 0 means none yet."""
-  return {'step': jnp.zeros((), jnp.int32), 'loss': jnp.zeros((), jnp.float32)}
-
-
-def make_training(config, platform: str, expert_divisor: Optional[int] = None) -> Training:
-  """The networks (dtype and convolution kernels chosen for `platform`: 'cpu', 'gpu', 'tpu'),
-  optimizers, state initialiser, train step and eval step of `config`."""
-  kind = 'expert' if config.model.name == 'expert' else 'generator'
-  try:
-    dtype = models.compute_dtype_for(config.model.dtype, platform)
-    conv_impl = layers.conv_impl_for(config.model.conv_impl, platform)
-  except ValueError as e:
-    raise TrainingError(f'config.model: {e}') from e
-  build = lambda name, divisor=config.model.width_divisor: models.build(
-      name, divisor, dtype, conv_impl=conv_impl, img_size=config.model.img_size)
-  tx = optax.adam(learning_rate(config, config.learning_rate), config.adam_b1, config.adam_b2)
-  model = build(config.model.name)
-  expert = disc = disc_tx = None
-  if kind == 'expert':
-    step = steps.expert_step(model, tx)
-  else:
-    expert = build('expert', expert_divisor)
-    if config.disc_wt > 0:
-      disc = build('quality_disc')
-      disc_tx = optax.adam(learning_rate(config, config.disc_learning_rate), config.adam_b1,
-                           config.adam_b2)
-    step = steps.generator_step(model, expert, tx, disc, disc_tx, config.expert_train_mode)
-
-  def init(key):
-    keys = jax.random.split(key, 2)
-    variables = models.init(model, config.model.name, keys[0])
-    zero = jnp.zeros((), jnp.int32)
-    if kind == 'expert':
-      return steps.ExpertState(zero, variables['params'], variables['batch_stats'],
-                               tx.init(variables['params']))
-    disc_params = models.init(disc, 'quality_disc', keys[1])['params'] if disc else None
-    return steps.GeneratorState(
-        zero, variables['params'], variables['batch_stats'], tx.init(variables['params']),
-        disc_params, disc_tx.init(disc_params) if disc else None)
-
-  loss_name = 'loss' if kind == 'expert' else 'total'
-
-  def train_step(state, batch, expert_vars, syncnet_wt, health):
-    batch = loaders.to_float(batch)
-    if kind == 'expert':
-      state, metrics = step(state, batch)
-    else:
-      state, metrics = step(state, expert_vars, batch, syncnet_wt, config.disc_wt)
-    loss = metrics[loss_name].astype(jnp.float32)
-    first = (health['step'] == 0) & ~jnp.isfinite(loss)
-    health = {'step': jnp.where(first, state.step, health['step']),
-              'loss': jnp.where(first, loss, health['loss'])}
-    return state, metrics, health
-
-  def evaluate(state, batch, expert_vars):
-    batch = loaders.to_float(batch)
-    if kind == 'expert':
-      loss, (cos, _) = losses.expert_loss(state.params, state.batch_stats, model,
-                                          batch['mel_window'], batch['face'], batch['label'],
-                                          False)
-      return {'loss': loss, 'accuracy': steps.expert_accuracy(cos, batch['label'])}, None
-    generated = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                            batch['mels'], batch['faces'])
-    sync, _ = losses.sync_loss(expert, expert_vars, batch['mel_window'], generated,
-                               config.expert_train_mode)
-    return {'l1': jnp.mean(jnp.abs(generated - batch['gt'])), 'sync': sync}, generated
-
-  return Training(kind, model, expert, init, train_step, evaluate)
 
 
 def _local_copy(x) -> np.ndarray:
@@ -284,6 +185,12 @@ class Run:
             multiprocessing_options=ocp.options.MultiprocessingOptions(
                 barrier_sync_key_prefix='best')))
     self.best_loss = float('inf')
+
+  def close(self) -> None:
+    """Finishes checkpoint writes, stops grain's worker processes and frees their shared
+    memory."""
+    self.ckpt.wait_until_finished()
+    self.train_iter.close()
 
   def next_batch(self):
     """The next global batch, on its devices (an explicit transfer)."""
@@ -435,7 +342,11 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
   check_workdir(config, workdir)
   workdir = prepare_workdir(config, workdir)
   run = Run(config, workdir)
-  step = run.restore_latest()
+  try:
+    step = run.restore_latest()
+  except BaseException:
+    run.close()  # grain's workers and shared memory, which would print errors at exit
+    raise
   if step:
     print(f'resumed from step {step}', flush=True)
   preemption = Preemption()
@@ -480,8 +391,7 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
     run.check_health()
   finally:
     logger.close()
-    run.ckpt.wait_until_finished()
-    run.train_iter.close()  # stops grain's worker processes and frees their shared memory
+    run.close()
     preemption.close()
   return {'step': step, 'state': run.state, 'preempted': preemption.requested,
           **{k: float(v) for k, v in jax.device_get(metrics).items()}}

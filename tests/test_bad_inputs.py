@@ -368,7 +368,7 @@ def test_bad_clips_are_skipped_and_named(inputs, tmp_path, capsys):
   assert 'spk/infaudio: bad audio: ' in text and 'infinite samples' in text
   assert 'spk/noface: no face' in text and 'spk/garbage: unreadable' in text
   assert 'train' in text.split('wrote')[1]
-  assert sorted(os.listdir(out / '_clips')) == ['spk__good1.npz', 'spk__good2.npz']
+  assert sorted(os.listdir(out / '_clips' / 'spk')) == ['good1.npz', 'good2.npz']
 
 
 def _train(*flags, workdir):

@@ -7,6 +7,7 @@ import tensorflow_datasets as tfds
 
 from conftest import FACE_MODEL, MEDIA, read_records, require, run_module as _run
 from data_pipeline import loaders, records
+from lipsync_jax import training
 
 
 @pytest.fixture(scope='module')
@@ -52,13 +53,13 @@ def test_generator_batches(dataset):
   assert b['gt'].max() > 128
   assert {k: (v.shape, v.dtype) for k, v in b.items()} == {
       k: (v.shape, v.dtype) for k, v in loaders.batch_spec('generator', 16).items()}
-  scaled = loaders.to_float(b)
+  scaled = training.to_float(b)
   assert scaled['gt'].dtype == np.float32 and 0.5 < scaled['gt'].max() <= 1.0
   np.testing.assert_array_equal(scaled['gt'] * 255, b['gt'])
   assert -4 <= b['mels'].min() and b['mels'].max() <= 4
   assert (b['faces'][:, :, 48:, :, :3] == 0).all()  # target lower half masked
   np.testing.assert_array_equal(b['faces'][:, :, :48, :, :3], b['gt'][:, :, :48])
-  areas = np.concatenate([_mouth_area(loaders.to_float(x)['gt']) for x in batches])
+  areas = np.concatenate([_mouth_area(training.to_float(x)['gt']) for x in batches])
   windows = np.concatenate([x['mel_window'][..., 0] for x in batches])
   per_frame = np.concatenate([x['mels'][..., 0] for x in batches])
   # Frame j's own audio sits 3.2 j columns into the window and 3.2 columns (one frame: the
