@@ -25,13 +25,15 @@ CPU_XLA_FLAG = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 def _prefer_xla_cpu_convolutions() -> None:
   """Adds CPU_XLA_FLAG to XLA_FLAGS, which XLA reads when a backend starts (so on import, before
   any computation); an XLA_FLAGS that sets the option already wins, and a jaxlib older than
-  the flag's is left alone (XLA refuses flags it does not know)."""
+  the flag's, or newer than the versions it was checked with, is left alone (XLA refuses flags
+  it does not know)."""
   flags = os.environ.get('XLA_FLAGS', '')
   try:
     jaxlib = tuple(int(p) for p in importlib.metadata.version('jaxlib').split('.')[:3])
   except (importlib.metadata.PackageNotFoundError, ValueError):
     return
-  if jaxlib >= (0, 10, 2) and 'xla_cpu_experimental_ynn_fusion_type' not in flags:
+  # Only where the option is known to exist: XLA aborts on an option it does not know.
+  if (0, 10, 2) <= jaxlib < (0, 11) and 'xla_cpu_experimental_ynn_fusion_type' not in flags:
     os.environ['XLA_FLAGS'] = f'{flags} {CPU_XLA_FLAG}'.strip()
 
 
