@@ -479,7 +479,7 @@ def main():
   if not args.out:
     parser.error('--out is required (or --make_reference)')
   smoke = args.smoke
-  args.batches = (1, 2) if smoke else (1, 16, 128, 512)
+  args.batches = (2,) if smoke else (1, 16, 128, 512)
   args.expert_batch, args.step_batch = (2, 2) if smoke else (64, 16)
   args.large_batches = (4,) if smoke else (64, 128, 256, 512)
   args.torch_batches = (2,) if smoke else (16, 128)

@@ -36,7 +36,7 @@ def test_smoke_mode_runs_every_section(tmp_path):
   assert max(f32) < 1e-4 and max(bf16) > 10 * max(f32)  # each mode computed in its format
   assert {r['what'] for r in by_section['generator']} == {
       f'{impl} {dtype} batch {b}' for impl in ('xla', 'cpu') for dtype in ('float32', 'bfloat16')
-      for b in (1, 2)}
+      for b in (2,)}
   assert all(r['frames_per_s'] > 0 for r in by_section['generator'])
   steps = by_section['steps']
   assert len(steps) == 7 and all(r['steps_per_s'] > 0 for r in steps)
