@@ -46,6 +46,14 @@ def base(model: str, variant: str = None) -> ml_collections.ConfigDict:
   c.learning_rate = 1e-4
   c.lr_schedule = 'constant'  # as the reference; 'cosine': decays to 0 at total_steps
   c.adam_b1, c.adam_b2 = 0.9, 0.999
+  # A warm start: an official .pth, a converted checkpoint, a training workdir (its latest step)
+  # or its best/ folder; layers that fit by name and shape are taken (lipsync_jax/warm_start.py),
+  # and the run is refused if they are fewer than init_min_fraction of the parameters.
+  c.init_from = ''
+  c.init_min_fraction = 0.5
+  # Parameters left as they are: comma-separated path prefixes, e.g. 'audio_encoder' or
+  # 'audio_encoder,face_encoder_blocks' (a one-speaker fine-tune of the decoder alone).
+  c.freeze = ''
   c.log_every = 10 if tiny else 100
   c.checkpoint_every = 100 if tiny else 3000
   c.keep_checkpoints = 3
@@ -65,6 +73,10 @@ FIELDS = {
     'data.seed': cli.Field(int, 0, 2 ** 31 - 1),
     'data.min_offset': cli.Field(int, 1, 100),
     'seed': cli.Field(int, 0, 2 ** 31 - 1),
+    'init_from': cli.Field(str),
+    'init_min_fraction': cli.Field(float, 0, 1),
+    'freeze': cli.Field(str),
+    'disc_init_from': cli.Field(str),
     'learning_rate': cli.Field(float, 0, 1),
     'lr_schedule': cli.Field(str, choices=('constant', 'cosine')),
     'adam_b1': cli.Field(float, 0, 0.999999),

@@ -8,4 +8,5 @@ def get_config(variant=None):
   c.disc_wt = 0.07
   c.adam_b1 = 0.5  # both generator and discriminator
   c.disc_learning_rate = 1e-4
+  c.disc_init_from = ''  # the discriminator's warm start, as init_from is the generator's
   return c

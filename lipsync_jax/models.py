@@ -18,7 +18,8 @@ the new encoder stages) before its output block; the speech encoder is the same 
 So all sizes share one embedding (the expert's 512-d) and the 96 px layer names and weights stay
 the reference's; the new stages are thin (16 or 32 channels), as the reference's first stage.
 """
-from typing import Optional, Sequence, Tuple
+import re
+from typing import Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -125,6 +126,24 @@ def expert_face_encoder_for(img_size: int) -> Tuple[Layer, ...]:
 def disc_face_encoder_for(img_size: int) -> Tuple[Tuple[Layer, ...], ...]:
   added = tuple((_down(32, s), L(32, 3, 1, 1)) for s in size_strides(img_size))
   return DISC_FACE_ENCODER[:1] + added + DISC_FACE_ENCODER[1:]
+
+
+def renamed_for_size(name: str, from_size: int, to_size: int) -> Callable[[str], str]:
+  """How the layers of a `from_size` network `name` are named in a `to_size` one. The stages a
+  size adds go in after each face encoder's first, full-resolution layer (the expert's encoder
+  is one sequence of layers, two per stage; the others' are blocks, one per stage), so the later
+  encoder layers' indices move by the stages added; the decoder's stages are appended, so its
+  names stay."""
+  shift = len(size_strides(to_size)) - len(size_strides(from_size))
+  shift *= 2 if name == 'expert' else 1
+
+  def rename(module_name: str) -> str:
+    m = re.fullmatch(r'(face_encoder(?:_blocks)?)_(\d+)(_\d+)?', module_name)
+    if not m or int(m.group(2)) == 0:
+      return module_name
+    return f'{m.group(1)}_{int(m.group(2)) + shift}{m.group(3) or ""}'
+
+  return rename
 
 
 def fold_time(x: jax.Array) -> jax.Array:

@@ -42,7 +42,7 @@ from ml_collections import config_flags
 
 from configs import common
 from data_pipeline import loaders, records
-from lipsync_jax import checkpoint, cli, convert, evaluate, logs, paths
+from lipsync_jax import checkpoint, cli, convert, evaluate, logs, paths, warm_start
 from lipsync_jax.training import TrainingError, make_training, no_health
 
 
@@ -265,6 +265,28 @@ class Run:
     return {'eval_lse_d': float(np.mean([s['lse_d'] for s in scores])),
             'eval_lse_c': float(np.mean([s['lse_c'] for s in scores]))}
 
+  def warm_start(self) -> None:
+    """A new run's parameters and BatchNorm statistics from config.init_from (and the
+    discriminator's from config.disc_init_from) where they fit; prints what it took."""
+    config = self.config
+    sources = [(config.init_from, config.model.name, 'params', 'batch_stats')]
+    if self.kind == 'generator' and self.state.disc_params is not None:
+      sources.append((config.get('disc_init_from', ''), 'quality_disc', 'disc_params', None))
+    for source, name, params, stats in sources:
+      if not source:
+        continue
+      fresh = jax.tree.map(_local_copy, {'params': getattr(self.state, params),
+                                         **({'batch_stats': getattr(self.state, stats)}
+                                            if stats else {})})
+      merged = warm_start.load_into(fresh, source, name, config.model.img_size,
+                                    config.init_min_fraction)
+      print(f'{name} from {source}: {merged.fraction:.1%} of its parameters loaded\n'
+            f'{merged.table}', flush=True)
+      update = {params: jax.device_put(merged.variables['params'], self.replicated)}
+      if stats:
+        update[stats] = jax.device_put(merged.variables['batch_stats'], self.replicated)
+      self.state = self.state.replace(**update)
+
   # -- checkpoints ---------------------------------------------------------------------------
   def _meta(self) -> dict:
     return {**checkpoint.model_meta(self.config.model.name, self.model),
@@ -344,6 +366,8 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
   run = Run(config, workdir)
   try:
     step = run.restore_latest()
+    if not step:
+      run.warm_start()
   except BaseException:
     run.close()  # grain's workers and shared memory, which would print errors at exit
     raise

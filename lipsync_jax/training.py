@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lipsync_jax import cli, layers, losses, models, steps
+from lipsync_jax import cli, layers, losses, models, steps, warm_start
 
 T = 5  # frames per window
 
@@ -53,7 +53,8 @@ def make_training(config, platform: str, expert_divisor: Optional[int] = None) -
     raise TrainingError(f'config.model: {e}') from e
   build = lambda name, divisor=config.model.width_divisor: models.build(
       name, divisor, dtype, conv_impl=conv_impl, img_size=config.model.img_size)
-  tx = optax.adam(learning_rate(config, config.learning_rate), config.adam_b1, config.adam_b2)
+  tx = warm_start.frozen(optax.adam(learning_rate(config, config.learning_rate),
+                                    config.adam_b1, config.adam_b2), config.freeze)
   model = build(config.model.name)
   expert = disc = disc_tx = None
   if kind == 'expert':
