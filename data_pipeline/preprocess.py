@@ -383,6 +383,12 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
   records dropped (`min_sync_conf`, default by judge). `runner`: 'local' (a process pool,
   resumable), or a Beam runner ('DirectRunner', 'DataflowRunner', ...; `beam_args` its
   options: data_pipeline/beam_pipeline.py); default: DirectRunner where Beam is installed."""
+  data_root, out = cli.as_path('data_root', data_root), cli.as_path('out', out)
+  filelists = cli.as_path('filelists', filelists, optional=True)
+  face_model = cli.as_path('face_model', face_model, optional=True)
+  sync_judge = cli.as_path('sync_judge', sync_judge, optional=True)
+  if not isinstance(rules, curation.Curation):
+    raise cli.UserError(f'rules: expected a curation.Curation, got {type(rules).__name__}')
   runner = runner or default_runner(out)
   local_out = out
   if paths.is_url(out):

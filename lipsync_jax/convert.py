@@ -169,6 +169,8 @@ def load_checkpoint(path: str, expect: str) -> Tuple[nn.Module, dict]:
 def convert(checkpoint_path: str, out_dir: str) -> str:
   """Converts an official .pth into the orbax checkpoint directory `out_dir`, written whole or
   not at all; returns the summary to print."""
+  checkpoint_path = cli.as_path('checkpoint_path', checkpoint_path)
+  out_dir = cli.as_path('out_dir', out_dir)
   cli.refuse_overwriting_inputs({'out_dir': out_dir}, {'checkpoint': checkpoint_path})
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise ConversionError(f'{out_dir}: exists and is a file; the output is a directory')

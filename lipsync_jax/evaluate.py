@@ -376,6 +376,7 @@ def score_video(path: str, syncnet, protocol: str = 'lrs', vshift: int = VSHIFT,
   """score_frames of a video file's frames and its own audio track, by `protocol`: 'lrs' (whole
   frames) or 'tracks' (each face track; the video's lse_d / lse_c are the means over its tracks,
   its offset the longest track's, and 'tracks' lists each track's scores)."""
+  path = cli.as_path('path', path, error=EvaluatorError)
   if protocol not in PROTOCOLS:
     raise EvaluatorError(f'protocol {protocol!r}: one of {PROTOCOLS}')
   if not os.path.isfile(path):
@@ -471,6 +472,7 @@ def score_with_expert(path: str, expert, vshift: int = VSHIFT, detector=None,
                       batch: int = 64) -> dict:
   """expert_scores of a video file: its crops as preprocessing cuts them and its own audio.
   Needs no external weights (e.g. an expert trained here)."""
+  path = cli.as_path('path', path, error=EvaluatorError)
   detector = detector or faces.FaceDetector()
   crops, has_face = expert_crops(path, detector, expert[0].img_size)
   try:

@@ -500,3 +500,19 @@ def test_evaluate_reports_appear_together_or_not_at_all(tmp_path, monkeypatch):
   report = json.loads((tmp_path / 'r.json').read_text())  # strict JSON: a NaN score is null
   assert report[0]['lse_c'] is None and report[0]['lse_d'] == 7.0
   assert len(os.listdir(tmp_path / 'plots')) == 4
+
+
+@pytest.mark.parametrize('call', [
+    lambda d: preprocess.preprocess(None, str(d / 'out')),
+    lambda d: preprocess.preprocess(str(d), 3),
+    lambda d: preprocess.preprocess(str(d), str(d / 'out'), filelists=b'lists'),
+    lambda d: preprocess.preprocess(str(d), str(d / 'out'), rules={'min_face': 10}),
+    lambda d: evaluate.score_video(None, syncnet=None),
+    lambda d: evaluate.score_with_expert(7, expert=None),
+    lambda d: convert.convert(None, str(d / 'converted')),
+], ids=['preprocess_root_none', 'preprocess_out_int', 'preprocess_filelists_bytes',
+        'preprocess_rules_dict', 'score_video_none', 'score_with_expert_int', 'convert_none'])
+def test_apis_name_arguments_that_are_not_paths(call, tmp_path):
+  with pytest.raises(cli.UserError, match=r'^\w+: expected a'):
+    call(tmp_path)
+  assert not os.listdir(tmp_path)
