@@ -82,6 +82,9 @@ def inputs(tmp_path_factory):
     weights = load_parity_weights('syncnet')
     save_pth(d / 'expert.PTH', weights, legacy=True)
     save_pth(d / 'expert.pth.tar', weights, legacy=False)
+    first = next(k for k in sorted(weights) if np.ndim(weights[k]) == 4)
+    save_pth(d / 'expert_shapes.pth', dict(weights, **{first: weights[first][:, :, :2]}),
+             legacy=False)
   lse_weights = PARITY / 'lse' / 'syncnet_v2_weights.npz'
   if lse_weights.exists():  # joonson's SyncNet, sound and damaged in two ways
     pytest.importorskip('torch')
@@ -297,6 +300,13 @@ CASES = [
          needs='syncnet.model'),
     Case('evaluate_syncnet_nan', 'evaluate', E('{in}/videos', model='{in}/syncnet_nan.model'),
          1, 'holds NaN or Inf values', needs='syncnet.model'),
+    Case('evaluate_expert_wrong_shapes', 'evaluate',
+         ['{in}/videos', '--judge', 'expert', '--checkpoint', '{in}/expert_shapes.pth',
+          '--quiet'], 1, 'expert_shapes.pth: audio_encoder.0.conv_block.0.weight: shape',
+         needs='expert.PTH'),
+    Case('preprocess_expert_judge_wrong_shapes', 'preprocess',
+         P('--sync_judge', '{in}/expert_shapes.pth'), 1,
+         'expert_shapes.pth: audio_encoder.0.conv_block.0.weight: shape', needs='expert.PTH'),
     Case('evaluate_expert_missing', 'evaluate',
          ['{in}/videos', '--judge', 'expert', '--checkpoint', '{in}/nope', '--quiet'], 1,
          'nope: no such checkpoint'),
