@@ -196,7 +196,8 @@ def synthetic_dataset(tmp_path_factory):
 
 # The longest files first, so that with `-n 2 --dist loadfile` neither worker starts one of them
 # at the end while the other idles (each file runs whole on one worker).
-_LONGEST_FIRST = ('test_demo.py', 'test_train.py', 'test_parity_train_step.py', 'test_sync.py')
+_LONGEST_FIRST = ('test_demo.py', 'test_train.py', 'test_parity_train_step.py', 'test_sync.py',
+                  'test_device_check.py', 'test_dataset_safety.py', 'test_warm_start.py')
 
 
 def pytest_collection_modifyitems(items):
