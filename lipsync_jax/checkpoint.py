@@ -6,6 +6,7 @@ batch_stats). Training adds its own items (optimizer state, data iterator, ...) 
 `load_model` reads a converted .pth and a training run alike.
 """
 import inspect
+import logging
 import os
 import sys
 from typing import Optional, Tuple
@@ -38,6 +39,15 @@ def _drop_stray_restore_errors() -> None:
       previous(unraisable)
 
   sys.unraisablehook = hook
+  logging.getLogger('asyncio').addFilter(_not_an_orbax_task)
+
+
+def _not_an_orbax_task(record: logging.LogRecord) -> bool:
+  """asyncio's log of a collected task whose error nobody read: for orbax's reads, the error
+  the failed restore already raised."""
+  message = str(record.msg)
+  return not (message.startswith('Task exception was never retrieved')
+              and f'{os.sep}orbax{os.sep}' in message)
 
 
 _drop_stray_restore_errors()

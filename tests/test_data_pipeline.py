@@ -52,7 +52,7 @@ def test_generator_batches(dataset):
   assert b['mels'].dtype == b['mel_window'].dtype == np.float32
   assert b['gt'].max() > 128
   assert {k: (v.shape, v.dtype) for k, v in b.items()} == {
-      k: (v.shape, v.dtype) for k, v in loaders.batch_spec('generator', 16).items()}
+      k: (v.shape, v.dtype) for k, v in training.batch_spec('generator', 16).items()}
   scaled = training.to_float(b)
   assert scaled['gt'].dtype == np.float32 and 0.5 < scaled['gt'].max() <= 1.0
   np.testing.assert_array_equal(scaled['gt'] * 255, b['gt'])
@@ -76,7 +76,7 @@ def test_expert_batches_balanced_and_in_sync(dataset):
   batches = [next(it) for _ in range(8)]
   assert batches[0]['face'].shape == (32, 48, 96, 15)
   assert {k: (v.shape, v.dtype) for k, v in batches[0].items()} == {
-      k: (v.shape, v.dtype) for k, v in loaders.batch_spec('expert', 32).items()}
+      k: (v.shape, v.dtype) for k, v in training.batch_spec('expert', 32).items()}
   labels = np.concatenate([b['label'] for b in batches])
   assert 0.35 < labels.mean() < 0.65
   faces = np.concatenate([b['face'] for b in batches]) / 255.0
@@ -122,7 +122,9 @@ def test_resume_skips_finished_clips_and_reports_skips(dataset, tmp_path):
   (raw / 'spk000' / 'broken.mp4').write_bytes(b'not a video')
   out = tmp_path / 'pre'
   shutil.copytree(root / 'pre' / '_clips', out / '_clips')
-  stamps = {p.name: p.stat().st_mtime_ns for p in (out / '_clips').iterdir()}
+  stamps = {p.relative_to(out / '_clips'): p.stat().st_mtime_ns
+            for p in (out / '_clips').rglob('*.npz')}
+  assert len(stamps) == 15
   log = _run('data_pipeline.preprocess', '--data_root', str(raw), '--out', str(out),
              '--face_model', str(require(FACE_MODEL)), '--runner', 'local')
   assert 'spk000/broken: unreadable' in log, log

@@ -12,7 +12,8 @@ import pytest
 from configs import expert, wav2lip, wav2lip_gan
 from conftest import FACE_MODEL, MEDIA, ROOT, require, run_module
 from data_pipeline import loaders, records
-from lipsync_jax import audio, checkpoint, convert, faces, infer, models, summary, train, video
+from lipsync_jax import (audio, checkpoint, convert, faces, infer, models, summary, train,
+                         training, video)
 
 
 def _shapes(name, size, divisor=8):
@@ -84,7 +85,7 @@ def test_one_dataset_serves_every_smaller_size(hq_dataset):
   batches = {size: next(iter(loaders.make_dataset(hq_dataset, 'train', 'generator', 2, seed=3,
                                                   img_size=size))) for size in (96, 192)}
   for size, batch in batches.items():
-    spec = loaders.batch_spec('generator', 2, size)
+    spec = training.batch_spec('generator', 2, size)
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
         k: (s.shape, s.dtype) for k, s in spec.items()}
     assert not batch['faces'][..., size // 2:, :, :3].any()  # the lower half masked

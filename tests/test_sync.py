@@ -9,7 +9,7 @@ import pytest
 
 from conftest import FACE_MODEL, PARITY, read_records, require, run_module, save_pth
 from data_pipeline import loaders, preprocess, records, sync
-from lipsync_jax import audio, cli, convert, evaluate
+from lipsync_jax import audio, cli, convert, evaluate, training
 
 OFFSETS = (-3, -2, -1, 0, 1, 2, 3)
 
@@ -63,7 +63,7 @@ def test_offsets_are_recovered_removed_and_recorded(judge, offset_corpus, tmp_pa
   # the corrected dataset feeds both trainers: every window's frames and mel are in range
   for kind in ('expert', 'generator'):
     batch = next(iter(loaders.make_dataset(data_dir, 'train', kind, 8, seed=0)))
-    for name, spec in loaders.batch_spec(kind, 8).items():
+    for name, spec in training.batch_spec(kind, 8).items():
       assert batch[name].shape == spec.shape and batch[name].dtype == spec.dtype, (kind, name)
       assert np.isfinite(batch[name]).all()
 
