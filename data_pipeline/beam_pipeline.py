@@ -139,7 +139,7 @@ class SplitRecords(beam.PTransform):
 
   def __init__(self, split: str, clips: List[str], process: ProcessClip):
     super().__init__(label=split)
-    self._split, self._clips, self._process = split, clips, process
+    self._clips, self._process = clips, process
 
   def expand(self, pbegin):
     found = pbegin | 'clips' >> beam.Create(self._clips) | 'process' >> beam.ParDo(self._process)
