@@ -5,8 +5,8 @@ the element's own RNG, so a (seed, step) pair always gives the same batch, the i
 is a small dict that orbax can checkpoint, and each JAX process reads only its own shard of
 clips (`shard=(jax.process_index(), jax.process_count())`).
 
-Batches (NHWC; images BGR uint8, 4x less to move between workers than float32: `lipsync_jax.training.to_float`
-scales them to [0, 1]; mels float32 in [-4, 4]):
+Batches (NHWC; images BGR uint8, 4x less to move between workers than float32:
+`lipsync_jax.training.to_float` scales them to [0, 1]; mels float32 in [-4, 4]):
 * expert: `mel_window` (B,80,16,1), `face` (B,S/2,S,15) lower halves of 5 frames (channel
   3t+c), `label` (B,) 1 = in sync, 0 = off sync. Negatives come from the same clip at least
   `min_offset` frames away; the mel is always cut at the positive window, as the reference.

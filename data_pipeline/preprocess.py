@@ -265,10 +265,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   group.add_argument('--max_seconds', type=_rule_type('max_seconds'), default=rules.max_seconds,
                      help='longer tracks are cut into equal records no longer than this '
                      '(default: %(default)g)')
-  group.add_argument('--min_face', type=_rule_type('min_face'), default=rules.min_face, metavar='PIXELS',
+  group.add_argument('--min_face', type=_rule_type('min_face'), default=rules.min_face,
+                     metavar='PIXELS',
                      help="tracks whose face (the detector's box, mean side) is smaller are "
                      'dropped: upscaled crops teach blur (default: %(default)g)')
-  group.add_argument('--min_sharpness', type=_rule_type('min_sharpness'), default=rules.min_sharpness,
+  group.add_argument('--min_sharpness', type=_rule_type('min_sharpness'),
+                     default=rules.min_sharpness,
                      help='tracks whose crops, at 96x96, are blurrier are dropped (median '
                      'variance of the Laplacian; 0 keeps all) (default: %(default)g)')
   group.add_argument('--min_face_score', type=_rule_type('min_score'), default=rules.min_score,
@@ -310,7 +312,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  '--runner)')
   unknown = _unknown_beam_options(beam_args)
   if unknown:
-    ours = [o for action in parser._actions for o in action.option_strings]  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    ours = [o for action in parser._actions for o in action.option_strings]
     close = difflib.get_close_matches(unknown[0].split('=')[0], ours, n=1)
     parser.error(f'unrecognized arguments: {" ".join(unknown)} (neither this command\'s nor '
                  'an Apache Beam option' + (f'; did you mean {close[0]}?)' if close else ')'))

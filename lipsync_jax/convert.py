@@ -10,7 +10,7 @@ batch_stats/<prefix>/bn/{mean,var}; a bare conv `<prefix>.{weight,bias}` -> para
 import argparse
 import os
 import sys
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -160,10 +160,20 @@ def load_checkpoint(path: str, expect: str) -> Tuple[nn.Module, dict]:
     name, module, variables = checkpoint.load_model(path)
   if name != expect:
     raise ConversionError(f'{path}: holds a {name!r} model, but a {expect!r} is needed')
-  for where, value in jax.tree_util.tree_leaves_with_path(variables):
-    if not np.isfinite(np.asarray(value)).all():
-      raise ConversionError(f'{path}: {jax.tree_util.keystr(where)} holds NaN or Inf values')
+  bad = nonfinite_leaf(variables)
+  if bad:
+    raise ConversionError(f'{path}: {bad} holds NaN or Inf values')
   return module, variables
+
+
+def nonfinite_leaf(variables: dict) -> Optional[str]:
+  """The path ('params/layer/kernel') of the first floating-point tensor holding NaN or Inf, or
+  None."""
+  for path, value in traverse_util.flatten_dict(variables).items():
+    value = np.asarray(value)
+    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+      return '/'.join(path)
+  return None
 
 
 def convert(checkpoint_path: str, out_dir: str) -> str:

@@ -248,12 +248,10 @@ def weights_problem(variables: dict, expected: dict) -> Optional[str]:
   shape, or one holding NaN or Inf), or None."""
   flat = flax.traverse_util.flatten_dict(variables)
   for path, spec in flax.traverse_util.flatten_dict(expected).items():
-    value = np.asarray(flat[path])
-    if value.shape != spec.shape:
-      return f'{"/".join(path)} has shape {value.shape}, expected {spec.shape}'
-    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-      return f'{"/".join(path)} holds NaN or Inf values'
-  return None
+    if np.shape(flat[path]) != spec.shape:
+      return f'{"/".join(path)} has shape {np.shape(flat[path])}, expected {spec.shape}'
+  bad = convert.nonfinite_leaf(variables)
+  return f'{bad} holds NaN or Inf values' if bad else None
 
 
 def load_syncnet(path: str, dtype=jnp.float32) -> Tuple[SyncNetS, dict]:

@@ -278,7 +278,8 @@ CASES = [
          1, 'train.txt: not UTF-8 text (--filelists): byte 0xe9'),
     Case('preprocess_sync_judge_wrong_shapes', 'preprocess',
          P('--sync_judge', '{in}/syncnet_shapes.model'), 1,
-         'syncnet_shapes.model: params/aud/cnn_0/kernel has shape (2, 3, 1, 64)', needs='syncnet.model'),
+         'syncnet_shapes.model: params/aud/cnn_0/kernel has shape (2, 3, 1, 64)',
+         needs='syncnet.model'),
     # evaluate
     Case('evaluate_csv_is_the_filelist', 'evaluate',
          E('{in}', '--filelist', '{in}/list.csv', '--csv', '{in}/list.csv'), 1,
