@@ -42,12 +42,16 @@ def _drop_stray_restore_errors() -> None:
   logging.getLogger('asyncio').addFilter(_not_an_orbax_task)
 
 
+_RESTORE_READERS = ('orbax', 'tensorstore', 'ocdbt')
+
+
 def _not_an_orbax_task(record: logging.LogRecord) -> bool:
-  """asyncio's log of a collected task whose error nobody read: for orbax's reads, the error
-  the failed restore already raised."""
+  """asyncio's log of a collected task, future or gathering future whose error nobody read:
+  for orbax's and tensorstore's reads, the error the failed restore already raised."""
   message = str(record.msg)
-  return not (message.startswith('Task exception was never retrieved')
-              and f'{os.sep}orbax{os.sep}' in message)
+  first_line = message.split('\n', 1)[0]
+  return not (first_line.endswith('exception was never retrieved')
+              and any(name in message.lower() for name in _RESTORE_READERS))
 
 
 _drop_stray_restore_errors()
