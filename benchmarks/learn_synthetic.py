@@ -4,7 +4,7 @@ sentences.
 
     python benchmarks/learn_synthetic.py [--out runs/learn] [--expert_steps 3500]
         [--expert_batch 64] [--expert_width_divisor 4] [--generator_steps 2000] [--speakers 16]
-        [--img_size 192 [--compare_size 96]]
+        [--img_size 192 [--compare_size 96 [--warm_start]]]
 
 Runs the demo's stages (lipsync_jax/demo.py: corpus, preprocessing, expert, tiny generator)
 with larger budgets, then prints
@@ -18,6 +18,8 @@ with larger budgets, then prints
   result shifted one frame either way (a peak off 0 means the mouths lead or lag the audio);
 * how often the expert rates those results in sync, beside how often it rates the real clips
   (at both cuts);
+* with --warm_start, the same generator figures for a generator of --img_size started from
+  the --compare_size one (config.init_from) and trained at the same budget;
 * with --compare_size, the same figures for models of that face size trained on the same
   corpus, and the mouths the two generators make compared (benchmarks/mouth_quality.py);
 * the wall time.
@@ -86,9 +88,11 @@ def lagged_r(measured: np.ndarray, truth: np.ndarray, lag: int) -> float:
   return float(np.corrcoef(measured[max(lag, 0):][:n], truth[max(-lag, 0):][:n])[0, 1])
 
 
-def size_figures(out: str, data_dir: str, settings, clips: list, detector) -> None:
+def size_figures(out: str, data_dir: str, settings, clips: list, detector,
+                 warm_from: str = '') -> None:
   """Trains (or resumes) the expert and generator of settings.img_size in out and prints their
-  learning figures on the held-out clips."""
+  learning figures on the held-out clips; with warm_from (a generator's workdir), also a second
+  generator of that size started from it (out/warm_generator), judged the same way."""
   size = settings.img_size
   expert_dir, generator_dir = demo.train_models(out, data_dir, settings)
   expert = convert.load_checkpoint(expert_dir, 'expert')
@@ -96,8 +100,27 @@ def size_figures(out: str, data_dir: str, settings, clips: list, detector) -> No
   # The reference never thresholds its expert (it trains on -log cos); a decision rule fitted on
   # the training speakers, as any classifier's, is judged here beside the raw 0.5.
   threshold = fit_threshold(expert_pairs(data_dir, 'train', expert))
+  print(f'\n[{size} px models] held-out: {len(clips)} test clips of speakers never seen in '
+        'training')
+  print('expert accuracy, in-sync vs off-sync (offset >= 3 frames; target >= 95%):')
+  print(f'  cosine > 0.5: {describe(expert_accuracy(test_pairs))}')
+  print(f'  cosine > {threshold:.3f} (the cut fitted on the training speakers): '
+        f'{describe(expert_accuracy(test_pairs, threshold))}')
+  generators = {'generator': generator_dir}
+  if warm_from:
+    generators[f'generator warm-started from {warm_from}'] = demo.train_generator(
+        os.path.join(out, 'warm_generator'), data_dir, settings, expert_dir, warm_from)
+  for name, workdir in generators.items():
+    print(f'{name}:')
+    generator_figures(out, workdir, settings, clips, detector, expert, (0.5, threshold))
+
+
+def generator_figures(out: str, generator_dir: str, settings, clips: list, detector,
+                      expert: tuple, cuts: tuple) -> None:
+  """Prints how the generator's mouths follow each held-out clip lip-synced to another's
+  sentence, and how often the expert rates its results in sync at each cut."""
+  size = settings.img_size
   correlations, result_rates, real_rates = [], [], []
-  cuts = (0.5, threshold)
   for i, clip in enumerate(clips):
     speech = clips[(i + 1) % len(clips)]  # another held-out sentence (and voice)
     result = os.path.join(out, f'result_{i}.mp4')
@@ -110,12 +133,6 @@ def size_figures(out: str, data_dir: str, settings, clips: list, detector) -> No
     real_cos = demo.expert_window_cosines(demo.face_crops(clip, detector, size), clip, expert)
     result_rates.append([np.mean(result_cos > t) for t in cuts])
     real_rates.append([np.mean(real_cos > t) for t in cuts])
-  print(f'\n[{size} px models] held-out: {len(clips)} test clips of speakers never seen in '
-        'training')
-  print('expert accuracy, in-sync vs off-sync (offset >= 3 frames; target >= 95%):')
-  print(f'  cosine > 0.5: {describe(expert_accuracy(test_pairs))}')
-  print(f'  cosine > {threshold:.3f} (the cut fitted on the training speakers): '
-        f'{describe(expert_accuracy(test_pairs, threshold))}')
   r = np.asarray(correlations)
   print(f'generator mouth opening vs synthetic ground truth: mean r {r[:, 1].mean():.3f} '
         f'(min {r[:, 1].min():.3f}; target >= 0.8); paired one frame off: '
@@ -134,6 +151,10 @@ def main():
                       'at the larger size) and compare the mouths the two generators make: '
                       'sharpness, PSNR and SSIM against the ground truth, in the output '
                       'frames, and a side-by-side picture')
+  parser.add_argument('--warm_start', action='store_true',
+                      help='with --compare_size below --img_size: also train a generator of '
+                      '--img_size started from the --compare_size one (init_from), at the same '
+                      'budget, and judge it beside the cold one')
   demo.add_stage_flags(parser, demo.Settings(speakers=16, expert_steps=3500,
                                              generator_steps=2000, expert_width_divisor=4,
                                              expert_batch=64))
@@ -149,11 +170,16 @@ def main():
   with open(os.path.join(raw, 'test.txt')) as f:
     clips = [os.path.join(raw, line.strip() + '.mp4') for line in f if line.strip()]
   detector = faces.FaceDetector(args.face_model)
+  if args.warm_start and not (args.compare_size and args.compare_size < settings.img_size):
+    parser.error('--warm_start needs a --compare_size below --img_size (the size it starts from)')
   outs = {settings.img_size: out}
-  if args.compare_size:
-    outs[args.compare_size] = os.path.join(out, f'compare_{args.compare_size}px')
+  if args.compare_size:  # first: a warm start starts from its generator
+    outs = {args.compare_size: os.path.join(out, f'compare_{args.compare_size}px'), **outs}
   for size, folder in outs.items():
-    size_figures(folder, data_dir, dataclasses.replace(settings, img_size=size), clips, detector)
+    warm_from = (os.path.join(outs[args.compare_size], 'generator')
+                 if args.warm_start and size == settings.img_size else '')
+    size_figures(folder, data_dir, dataclasses.replace(settings, img_size=size), clips, detector,
+                 warm_from)
   if args.compare_size:
     generators = {size: os.path.join(folder, 'generator') for size, folder in outs.items()}
     quality.compare(clips, generators, out, detector, args.face_model)

@@ -140,7 +140,7 @@ def _train_or_exit(config, workdir: str):
 def train_models(out: str, data_dir: str, settings: Settings) -> Tuple[str, str]:
   """Trains the expert (out/expert), then the tiny generator judged by it (out/generator);
   returns the two workdirs. A rerun resumes (or skips) each."""
-  expert_dir, generator_dir = os.path.join(out, 'expert'), os.path.join(out, 'generator')
+  expert_dir = os.path.join(out, 'expert')
   config = expert_config.get_config('tiny')
   # 3e-3: on the synthetic corpus, 1500 steps reach 87.6% test accuracy (1e-3: 82.2%, 1e-2: 84.4%)
   config.data.dir, config.total_steps, config.learning_rate = (data_dir, settings.expert_steps,
@@ -154,18 +154,27 @@ def train_models(out: str, data_dir: str, settings: Settings) -> Tuple[str, str]
   stage(f'3/5 training the expert ({settings.expert_steps} steps of {config.batch_size} '
         f'windows, widths / {config.model.width_divisor})')
   _train_or_exit(config, expert_dir)
+  return expert_dir, train_generator(os.path.join(out, 'generator'), data_dir, settings,
+                                     expert_dir)
+
+
+def train_generator(workdir: str, data_dir: str, settings: Settings, expert_dir: str,
+                    init_from: str = '') -> str:
+  """Trains the tiny generator in workdir, judged by the expert in expert_dir, starting from
+  the generator `init_from` names when given (a warm start); returns workdir."""
   config = wav2lip_config.get_config('tiny')
   config.data.dir, config.total_steps, config.learning_rate = (data_dir,
                                                                settings.generator_steps, 1e-3)
   config.lr_schedule = 'cosine'
   config.model.dtype, config.model.img_size = settings.dtype, settings.img_size
-  config.expert_checkpoint = expert_dir
+  config.expert_checkpoint, config.init_from = expert_dir, init_from
   config.eval_lse_clips = 2  # LSE by the expert in the generator's eval scalars
   config.eval_every = config.checkpoint_every = eval_every(settings.generator_steps)
   config.log_every = 25
-  stage(f'4/5 training the tiny generator ({settings.generator_steps} steps)')
-  _train_or_exit(config, generator_dir)
-  return expert_dir, generator_dir
+  start = f', warm-started from {init_from}' if init_from else ''
+  stage(f'4/5 training the tiny generator ({settings.generator_steps} steps{start})')
+  _train_or_exit(config, workdir)
+  return workdir
 
 
 def held_out_face(out: str) -> tuple:
