@@ -77,7 +77,8 @@ def main():
         module.running_var.uniform_(0.5, 1.5)
   state = {k: v.numpy() for k, v in reference.state_dict().items()}
   module = evaluate.SyncNetS()
-  variables = jax.tree.map(jnp.asarray, evaluate.variables_from_state_dict(state))  # as load_syncnet
+  # as load_syncnet
+  variables = jax.tree.map(jnp.asarray, evaluate.variables_from_state_dict(state))
 
   n = args.windows
   frames = rng.integers(0, 256, (n + 4, 224, 224, 3), np.uint8)

@@ -4,7 +4,7 @@ clip, on any Beam runner (DirectRunner on this machine, Dataflow, Flink or Spark
 TFDS runs the pipeline and writes the sharded ArrayRecord dataset with its dataset_info
 (records.ClipDataset, whose splits are Beam PTransforms here). Each clip is one element: read,
 detected, curated, cropped, encoded and (with a sync judge) measured by the same functions as
-the local path (preprocess.clip_records, sync.judge_record), so the records are the same. A
+the local path (curation.clip_records, sync.judge_record), so the records are the same. A
 clip or track that cannot be used is skipped, counted by reason in Beam metrics (namespace
 below) and logged by the worker; the job fails only if no record is kept.
 Needs the `beam` extra: pip install 'lipsync_jax[beam]'.
@@ -24,7 +24,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners import create_runner
 
-from data_pipeline import curation, preprocess, records, sync
+from data_pipeline import curation, records, sync
 from lipsync_jax import cli, faces
 
 NAMESPACE = 'lipsync_jax.preprocess'
@@ -64,7 +64,7 @@ class ProcessClip(beam.DoFn):
     count('clips in')
     path = os.path.join(self._data_root, clip + '.mp4')
     try:
-      found, dropped, reason = preprocess.clip_records(clip, path, self._detector, self._rules)
+      found, dropped, reason = curation.clip_records(clip, path, self._detector, self._rules)
     except Exception as e:  # pylint: disable=broad-except
       found, dropped, reason = [], [], f'failed: {str(e) or type(e).__name__}'  # not the job
     for d in dropped:
@@ -173,7 +173,7 @@ def run(data_root: str, data_dir: str, splits: Dict[str, str], face_model: str, 
   if getattr(kept, 'result', None):
     for c in kept.result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))['counters']:
       counters[c.key.metric.name] += c.committed
-  print(preprocess.summary(counters))
+  print(curation.summary(counters))
   if not counters.get('records'):
     raise cli.UserError(f'none of the {len(splits)} clips under {data_root} could be used')
   written = {}

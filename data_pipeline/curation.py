@@ -17,12 +17,12 @@ larger), its mel computed from the audio from its first frame on (to 0.2 s past 
 import collections
 import dataclasses
 import math
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-from lipsync_jax import audio, cli, faces, models, tracks
+from lipsync_jax import audio, cli, faces, models, tracks, video
 
 MIN_FRAMES = 16  # the reference skips clips with <= 15 frames
 # A record's audio runs this many frames past its last frame where the clip's audio goes on, so
@@ -157,3 +157,44 @@ def records_of_clip(clip: str, frames: Sequence[np.ndarray], detections: Sequenc
 def drop_kind(reason: str) -> str:
   """'short track (3 frames < 16)' -> 'short track'."""
   return reason.split(':')[0].split(' (')[0]
+
+
+def clip_records(clip: str, path: str, detector: faces.FaceDetector,
+                 rules: Curation) -> Tuple[List[dict], List[str], str]:
+  """(records of the clip at `path`, what its rules dropped, '') or ([], what was
+  dropped, the reason the whole clip is skipped)."""
+  try:
+    video.probe_video(path)
+  except video.VideoError as e:
+    return [], [], f'unreadable: {e}'
+  try:
+    wav = audio.load_audio(path)
+    mel = audio.melspectrogram(wav)
+  except audio.AudioError as e:
+    return [], [], 'no audio' if 'no audio stream' in str(e) else f'bad audio: {e}'
+  try:
+    frames = list(video.read_frames(path, fps=audio.TRAIN_FPS))
+  except video.VideoError as e:
+    return [], [], f'unreadable: {e}'
+  n = min(len(frames), audio.frames_covered(mel.shape[1]))
+  if n < rules.min_frames:
+    return [], [], f'too short ({len(frames)} frames, {mel.shape[1]} mel frames)'
+  frames = frames[:n]
+  detections = [detector.detect_all(f) for f in frames]
+  if not any(len(d) for d in detections):
+    return [], [], f'no face (0 of {n} frames)'
+  found, dropped = records_of_clip(clip, frames, detections, wav, mel, rules)
+  if not found:
+    kinds = collections.Counter(drop_kind(d) for d in dropped)
+    return [], dropped, 'no usable face track (' + ', '.join(
+        f'{k}: {v}' for k, v in sorted(kinds.items())) + f'; {dropped[0]})'
+  return found, dropped, ''
+
+
+def summary(counts: Dict[str, int]) -> str:
+  """One line of what went in, what came out and what was dropped, by reason (both runners)."""
+  parts = [f'clips in {counts.get("clips in", 0)}', f'kept {counts.get("clips kept", 0)}',
+           f'records {counts.get("records", 0)}']
+  for prefix in ('dropped: ', 'tracks dropped: ', 'records dropped: '):
+    parts += [f'{k} {v}' for k, v in sorted(counts.items()) if k.startswith(prefix) and v]
+  return ', '.join(parts)

@@ -1,4 +1,5 @@
-"""Raw talking-face videos -> TFDS ArrayRecord records, one per face track (data_pipeline/records.py).
+"""Raw talking-face videos -> TFDS ArrayRecord records, one per face track
+(data_pipeline/records.py).
 
     python -m data_pipeline.preprocess --data_root R --out D [--filelists F] [--workers 2]
         [--runner local|DirectRunner|DataflowRunner|FlinkRunner|SparkRunner ...]
@@ -49,7 +50,7 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from data_pipeline import curation, records, sync
-from lipsync_jax import audio, cli, evaluate, faces, paths, video
+from lipsync_jax import cli, evaluate, faces, paths
 
 RUNNERS = ('local', 'DirectRunner', 'DataflowRunner', 'FlinkRunner', 'SparkRunner',
            'PortableRunner')
@@ -82,42 +83,10 @@ def _process_job(job):
     return clip, f'failed: {str(e) or type(e).__name__}'
 
 
-def clip_records(clip: str, path: str, detector: faces.FaceDetector,
-                 rules: curation.Curation) -> Tuple[List[dict], List[str], str]:
-  """(records of the clip (data_pipeline.curation), what its rules dropped, '') or ([], what was
-  dropped, the reason the whole clip is skipped)."""
-  try:
-    video.probe_video(path)
-  except video.VideoError as e:
-    return [], [], f'unreadable: {e}'
-  try:
-    wav = audio.load_audio(path)
-    mel = audio.melspectrogram(wav)
-  except audio.AudioError as e:
-    return [], [], 'no audio' if 'no audio stream' in str(e) else f'bad audio: {e}'
-  try:
-    frames = list(video.read_frames(path, fps=audio.TRAIN_FPS))
-  except video.VideoError as e:
-    return [], [], f'unreadable: {e}'
-  n = min(len(frames), audio.frames_covered(mel.shape[1]))
-  if n < rules.min_frames:
-    return [], [], f'too short ({len(frames)} frames, {mel.shape[1]} mel frames)'
-  frames = frames[:n]
-  detections = [detector.detect_all(f) for f in frames]
-  if not any(len(d) for d in detections):
-    return [], [], f'no face (0 of {n} frames)'
-  found, dropped = curation.records_of_clip(clip, frames, detections, wav, mel, rules)
-  if not found:
-    kinds = collections.Counter(curation.drop_kind(d) for d in dropped)
-    return [], dropped, 'no usable face track (' + ', '.join(
-        f'{k}: {v}' for k, v in sorted(kinds.items())) + f'; {dropped[0]})'
-  return found, dropped, ''
-
-
 def process_clip(clip: str, path: str, cache_path: str, rules: curation.Curation) -> str:
   """Writes the clip's records, and what its rules dropped, to its cache .npz; returns '' or the
   reason it was skipped."""
-  found, dropped, reason = clip_records(clip, path, _detector, rules)
+  found, dropped, reason = curation.clip_records(clip, path, _detector, rules)
   if reason:
     return reason
   fields = {'rules': rules.key(), 'dropped': np.array(dropped, dtype=str)}
@@ -364,15 +333,6 @@ def process_clips(todo, data_root: str, cache_of: dict, workers: int, model: str
   return skipped
 
 
-def summary(counts: Dict[str, int]) -> str:
-  """One line of what went in, what came out and what was dropped, by reason (both runners)."""
-  parts = [f'clips in {counts.get("clips in", 0)}', f'kept {counts.get("clips kept", 0)}',
-           f'records {counts.get("records", 0)}']
-  for prefix in ('dropped: ', 'tracks dropped: ', 'records dropped: '):
-    parts += [f'{k} {v}' for k, v in sorted(counts.items()) if k.startswith(prefix) and v]
-  return ', '.join(parts)
-
-
 def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
                workers: Optional[int] = None, face_model: Optional[str] = None,
                sync_judge: Optional[str] = None, sync_correct: bool = False,
@@ -466,7 +426,7 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
     print(f'skipped {len(skipped)} clips or records:')
     for clip, reason in sorted(skipped.items()):
       print(f'  {clip}: {reason}')
-  print(summary(counts))
+  print(curation.summary(counts))
   if not examples:
     raise cli.UserError(f'none of the {len(splits)} clips under {data_root} could be used')
   tfds.disable_progress_bar()

@@ -414,7 +414,7 @@ def staged_outputs() -> Iterator[Callable[[str], str]]:
   try:
     yield stage
     with deferred_interrupts():
-      for tmp, path in staged:
+      for tmp, _ in staged:
         os.chmod(tmp, 0o666 & ~_umask())
       for tmp, path in staged:
         os.replace(tmp, path)

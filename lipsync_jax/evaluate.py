@@ -14,6 +14,7 @@ with torch's 1e-6, LSE-D = min of the mean distances, LSE-C = median - min). Fac
 import argparse
 import collections
 import csv
+import dataclasses
 import functools
 import json
 import os
@@ -33,7 +34,8 @@ from tqdm import tqdm
 from lipsync_jax import audio, cli, convert, faces, infer, logs, models, tracks, video
 from lipsync_jax.layers import BatchNorm
 
-FPS = audio.TRAIN_FPS  # the evaluator's video rate (LRS2's): MFCC columns 4v .. 4v + 20 belong to frame v
+# The evaluator's video rate (LRS2's): MFCC columns 4v .. 4v + 20 belong to frame v.
+FPS = audio.TRAIN_FPS
 MFCC_PER_FRAME = 4  # 100 MFCC frames per second
 MFCC_WINDOW = 20  # 0.2 s
 FRAMES_PER_WINDOW = 5
@@ -560,6 +562,46 @@ def write_reports(rows: List[dict], json_path: Optional[str], csv_path: Optional
                           x_label='offset, frames', bars=True)
 
 
+JUDGES = ('syncnet', 'expert')
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """Every setting of an evaluation but its videos; the CLI flags of the same names, with the
+  same defaults (`python -m lipsync_jax.evaluate --help` explains each)."""
+  judge: str = 'syncnet'  # or 'expert'
+  syncnet_model: Optional[str] = None  # syncnet_v2.model, for the syncnet judge
+  checkpoint: Optional[str] = None  # the expert, for the expert judge
+  face_model: Optional[str] = None
+  protocol: str = 'lrs'  # or 'tracks'
+  filelist: Optional[str] = None
+  vshift: int = VSHIFT
+  batch: int = 20
+  json: Optional[str] = None
+  csv: Optional[str] = None
+  plot: Optional[str] = None
+  quiet: bool = False
+
+
+def options_problem(options: Options, flags: bool = False) -> Optional[str]:
+  """What is wrong with these options, or None (named as flags, or as fields)."""
+  name = (lambda field: '--' + field) if flags else (lambda field: field)
+  if options.judge not in JUDGES:
+    return f'{name("judge")}: {options.judge!r} is not one of {", ".join(JUDGES)}'
+  if options.protocol not in PROTOCOLS:
+    return f'{name("protocol")}: {options.protocol!r} is not one of {", ".join(PROTOCOLS)}'
+  for field, low, high in (('vshift', 1, 100), ('batch', 1, 1024)):
+    value = getattr(options, field)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+      return f'{name(field)}: {value!r} is not a whole number in [{low}, {high}]'
+  if options.judge == 'syncnet' and not options.syncnet_model:
+    return (f'{name("judge")} syncnet needs {name("syncnet_model")} (or use {name("judge")} '
+            f'expert with {name("checkpoint")})')
+  if options.judge == 'expert' and not options.checkpoint:
+    return f'{name("judge")} expert needs {name("checkpoint")}'
+  return None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog='python -m lipsync_jax.evaluate',
@@ -567,7 +609,7 @@ def parse_args(argv=None) -> argparse.Namespace:
       "videos, with joonson's public SyncNet, as Wav2Lip's evaluation scripts compute them.")
   parser.add_argument('videos', nargs='+', metavar='VIDEO_OR_DIR',
                       help='videos, or folders searched recursively for videos')
-  parser.add_argument('--judge', choices=('syncnet', 'expert'), default='syncnet',
+  parser.add_argument('--judge', choices=JUDGES, default='syncnet',
                       help="syncnet: joonson's SyncNet, the papers' LSE-D / LSE-C (default); "
                       'expert: a Wav2Lip expert (--checkpoint) on our 96x96 lower-half crops, '
                       'cosine distances, the same summary: no external weights needed')
@@ -607,42 +649,50 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--quiet', action='store_true', help='no progress bar')
   cli.add_compilation_cache_flag(parser)
   args = parser.parse_args(argv)
-  if args.judge == 'syncnet' and not args.syncnet_model:
-    parser.error('--judge syncnet needs --syncnet_model (or use --judge expert --checkpoint)')
-  if args.judge == 'expert' and not args.checkpoint:
-    parser.error('--judge expert needs --checkpoint')
+  problem = options_problem(options_from_args(args), flags=True)
+  if problem:
+    parser.error(problem)
   return args
 
 
-def run(args: argparse.Namespace) -> int:
-  """Scores every video; a video that cannot be scored is reported on its line and skipped.
-  Exit status 1 if any failed (after scoring the rest)."""
-  videos = find_videos(args.videos, args.filelist)
+def options_from_args(args: argparse.Namespace) -> Options:
+  return Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)})
+
+
+def evaluate_videos(videos_or_dirs: List[str], options: Options = Options()) -> List[dict]:
+  """Scores every video (folders are searched recursively), prints a line per video and the
+  means, and writes the reports `options` asks for; returns a row per video (a track per row
+  with --protocol tracks): lse_d, lse_c, offset, mean_dists, or `error` for a video that could
+  not be scored (the rest are still scored). Bad options or inputs raise EvaluatorError."""
+  problem = options_problem(options)
+  if problem:
+    raise EvaluatorError(problem)
+  videos = find_videos(list(videos_or_dirs), options.filelist)
   if not videos:
-    raise EvaluatorError(f'no videos found in {" ".join(args.videos)}')
+    raise EvaluatorError(f'no videos found in {" ".join(videos_or_dirs)}')
   inputs = {f'VIDEO_OR_DIR[{i}]': v for i, v in enumerate(videos)}
-  inputs.update({'--filelist': args.filelist, '--syncnet_model': args.syncnet_model,
-                 '--checkpoint': args.checkpoint, '--face_model': args.face_model})
+  inputs.update({'--filelist': options.filelist, '--syncnet_model': options.syncnet_model,
+                 '--checkpoint': options.checkpoint, '--face_model': options.face_model})
   # Fail before the scoring, not after.
-  cli.refuse_overwriting_inputs({'--json': args.json, '--csv': args.csv}, inputs)
-  if args.json and args.csv and cli.same_file(args.json, args.csv):
-    raise EvaluatorError(f'--json and --csv name the same file {args.json}')
-  for report in filter(None, (args.json, args.csv)):
+  cli.refuse_overwriting_inputs({'--json': options.json, '--csv': options.csv}, inputs)
+  if options.json and options.csv and cli.same_file(options.json, options.csv):
+    raise EvaluatorError(f'--json and --csv name the same file {options.json}')
+  for report in filter(None, (options.json, options.csv)):
     cli.ensure_folder(os.path.dirname(os.path.abspath(report)), 'report')
-  if args.plot and os.path.exists(args.plot) and not os.path.isdir(args.plot):
-    raise EvaluatorError(f'--plot {args.plot}: is a file; give a folder for the plots')
-  if args.judge == 'syncnet':
-    syncnet = load_syncnet(args.syncnet_model)
-    detector = faces.FaceDetector(args.face_model) if args.protocol == 'tracks' else None
-    score = lambda path: score_video(path, syncnet, args.protocol, args.vshift, args.batch,
+  if options.plot and os.path.exists(options.plot) and not os.path.isdir(options.plot):
+    raise EvaluatorError(f'--plot {options.plot}: is a file; give a folder for the plots')
+  if options.judge == 'syncnet':
+    syncnet = load_syncnet(options.syncnet_model)
+    detector = faces.FaceDetector(options.face_model) if options.protocol == 'tracks' else None
+    score = lambda path: score_video(path, syncnet, options.protocol, options.vshift, options.batch,
                                      detector)
   else:
-    expert, detector = convert.load_checkpoint(args.checkpoint, 'expert'), faces.FaceDetector(
-        args.face_model)
-    score = lambda path: score_with_expert(path, expert, args.vshift, detector)
+    expert, detector = convert.load_checkpoint(options.checkpoint, 'expert'), faces.FaceDetector(
+        options.face_model)
+    score = lambda path: score_with_expert(path, expert, options.vshift, detector)
   rows = []
   print(f'{"video":50} {"LSE-D":>7} {"LSE-C":>7} {"offset":>6}')
-  for path in tqdm(videos, unit='video', desc='LSE', disable=args.quiet):
+  for path in tqdm(videos, unit='video', desc='LSE', disable=options.quiet):
     try:
       scores = score(path)
       if not all(np.isfinite(part[k]) for part in scores.get('tracks', [scores])
@@ -661,15 +711,17 @@ def run(args: argparse.Namespace) -> int:
                  f'{part["offset"]:+6d}')
   scored = [r for r in rows if 'lse_d' in r]
   if scored:
-    unit = 'tracks' if args.protocol == 'tracks' and args.judge == 'syncnet' else 'videos'
+    unit = 'tracks' if options.protocol == 'tracks' and options.judge == 'syncnet' else 'videos'
     print(f'{"mean of " + str(len(scored)) + " " + unit:50} '
           f'{np.mean([r["lse_d"] for r in scored]):7.3f} '
           f'{np.mean([r["lse_c"] for r in scored]):7.3f}')
-  write_reports(rows, args.json, args.csv, args.plot)
+  write_reports(rows, options.json, options.csv, options.plot)
   failed = len(rows) - len(scored)
   if failed:
     print(f'{failed} of {len(rows)} videos could not be scored', file=sys.stderr)
-  return 1 if failed else 0
+  return rows
+
+
 
 
 def main(argv=None) -> int:
@@ -677,7 +729,8 @@ def main(argv=None) -> int:
 
   def body() -> int:
     cli.enable_compilation_cache(args.compilation_cache)
-    return run(args)
+    rows = evaluate_videos(args.videos, options_from_args(args))
+    return 1 if any('error' in row for row in rows) else 0
 
   return cli.run(body, 'lipsync_jax.evaluate')
 

@@ -6,6 +6,7 @@ underneath: `pip install -e '.[gcs]'`; orbax writes arrays through tensorstore's
 driver, and ArrayRecord reads shards through its own); local paths stay plain files, made
 absolute. gs:// alone: orbax checkpoints no other object store.
 """
+import importlib.util
 import os
 import shutil
 from typing import Union
@@ -28,11 +29,9 @@ def resolve(path: Union[str, os.PathLike]) -> str:
   path = os.fspath(path)
   if not is_url(path):
     return os.path.abspath(path)
-  try:
-    import gcsfs  # pylint: disable=import-outside-toplevel,unused-import
-  except ImportError:
+  if importlib.util.find_spec('gcsfs') is None:
     raise cli.UserError(f"{path}: gs:// paths need the gcs extra: pip install "
-                        "'lipsync_jax[gcs]'") from None
+                        "'lipsync_jax[gcs]'")
   return path
 
 

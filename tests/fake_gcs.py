@@ -192,7 +192,8 @@ def _handler(store: FakeGcs):
         with store.lock:
           upload = str(len(store.uploads) + 1)
           store.uploads[upload] = (bucket, name, b'', query)
-        location = f'{store.url}/upload/storage/v1/b/{bucket}/o?uploadType=resumable&upload_id={upload}'
+        location = (f'{store.url}/upload/storage/v1/b/{bucket}/o'
+                    f'?uploadType=resumable&upload_id={upload}')
         return self._reply(200, b'', {'Location': location})
       return self._error(400, f'uploadType {kind} not served by the fake')
 
@@ -226,7 +227,8 @@ def _handler(store: FakeGcs):
       with store.lock:
         if key not in store.objects:
           return self._error(404, f'No such object: {key[0]}/{key[1]}')
-        if 'ifGenerationMatch' in query and int(query['ifGenerationMatch']) != store.objects[key][1]:
+        generation = query.get('ifGenerationMatch')
+        if generation is not None and int(generation) != store.objects[key][1]:
           return self._error(412, 'Precondition Failed')
         del store.objects[key]
       return self._reply(204)

@@ -42,7 +42,7 @@ def test_direct_runner_writes_the_local_records(synthetic_dataset, tmp_path):
           if c.split('/')[0] in ('spk000', 'spk004')}
   detector = faces.FaceDetector(str(require(FACE_MODEL)))
   for name in ('speech', 'cut'):
-    found, _, reason = preprocess.clip_records(f'real/{name}', str(raw / 'real' / f'{name}.mp4'),
+    found, _, reason = curation.clip_records(f'real/{name}', str(raw / 'real' / f'{name}.mp4'),
                                                detector, curation.Curation())
     assert not reason
     want.update((r['clip'], r) for r in found)

@@ -52,7 +52,7 @@ def test_malicious_pickle_is_refused(tmp_path, legacy, monkeypatch):
     torch_pickle.load(str(path))
   plain = tmp_path / 'evil.pkl'
   plain.write_bytes(pickle.dumps(_Exploit()))
-  with pytest.raises(Exception):
+  with pytest.raises(pickle.UnpicklingError, match='not a PyTorch checkpoint'):
     torch_pickle.load(str(plain))
   assert not (tmp_path / 'pwned').exists()
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import FACE_MODEL, MEDIA, ffmpeg, require
-from data_pipeline import curation, preprocess
+from data_pipeline import curation
 from lipsync_jax import audio, faces
 
 N = 80  # frames of the made-up clip
@@ -55,7 +55,8 @@ def test_each_rule_drops_its_tracks_and_records_cut_their_audio():
   assert audio.frames_covered(record['mel'].shape[1]) == 60
   box = faces.face_boxes([detections[0][0, :4]], faces.PADS, frames[0].shape)[0]
   crop = faces.crop(frames[0], box, 96)  # the padded box, 96x96: JPEG-encoded as preprocessing does
-  assert record['frames'][0] == cv2.imencode('.jpg', crop, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+  jpeg = cv2.imencode('.jpg', crop, [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+  assert record['frames'][0] == jpeg.tobytes()
 
 
 def test_long_tracks_are_cut_and_shared_spans_named_apart():
@@ -86,7 +87,7 @@ def test_a_blurred_video_is_dropped_by_name(tmp_path):
   path = tmp_path / 'blurred.mp4'
   ffmpeg('-t', 2, '-i', require(MEDIA / 'talking_head_512_25fps.mp4'), '-vf', 'gblur=sigma=12',
          path)
-  found, dropped, reason = preprocess.clip_records(
+  found, dropped, reason = curation.clip_records(
       'spk/blurred', str(path), faces.FaceDetector(str(require(FACE_MODEL))),
       curation.Curation())
   assert not found and reason.startswith('no usable face track (blurred: 1;'), reason

@@ -48,8 +48,9 @@ def test_mfcc_is_python_speech_features(io):
   assert rel(ours, io['mfcc']) < 1e-12
 
 
-@pytest.mark.parametrize('window,strides,padding', [((3, 3), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)),
-                                                    ((3, 3), (1, 2), (0, 0)), ((1, 3, 3), (1, 2, 2), (0, 1, 1))])
+@pytest.mark.parametrize('window,strides,padding', [
+    ((3, 3), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 3), (1, 2), (0, 0)),
+    ((1, 3, 3), (1, 2, 2), (0, 1, 1))])
 def test_max_pool_is_torchs(window, strides, padding):
   """Strided-slice pooling against reduce_window with -inf padding, on odd sizes and negative
   values (where a zero pad would show)."""
@@ -178,6 +179,15 @@ def test_our_expert_as_the_judge(tmp_path, capsys):
   code = evaluate.main([str(clip), '--judge', 'expert', '--checkpoint', expert_dir, '--quiet',
                         '--face_model', str(require(FACE_MODEL))])
   assert code == 0 and f'{scores["lse_d"]:7.3f}' in capsys.readouterr().out
+  # the API under the CLI: the same scores, as rows; its options checked as the flags are
+  rows = evaluate.evaluate_videos([str(clip)], evaluate.Options(
+      judge='expert', checkpoint=expert_dir, face_model=str(require(FACE_MODEL)), quiet=True))
+  assert rows[0]['lse_d'] == pytest.approx(scores['lse_d'], rel=1e-6)
+  with pytest.raises(evaluate.EvaluatorError, match='judge expert needs checkpoint'):
+    evaluate.evaluate_videos([str(clip)], evaluate.Options(judge='expert'))
+  with pytest.raises(evaluate.EvaluatorError, match='vshift: 0 is not a whole number'):
+    evaluate.evaluate_videos([str(clip)], evaluate.Options(judge='expert', checkpoint=expert_dir,
+                                                           vshift=0))
   with pytest.raises(SystemExit):
     evaluate.parse_args([str(clip), '--judge', 'expert'])  # no --checkpoint
   with pytest.raises(SystemExit):

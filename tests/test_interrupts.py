@@ -76,8 +76,8 @@ def test_preprocess_stops_its_workers(tmp_path, env, signum):
   out = tmp_path / 'pre'
   proc = subprocess.Popen(
       [sys.executable, '-m', 'data_pipeline.preprocess', '--data_root', str(tmp_path / 'raw'),
-       '--out', str(out), '--workers', '2', '--runner', 'local'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
+       '--out', str(out), '--workers', '2', '--runner', 'local'], cwd=ROOT, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   wait_for(lambda: len(children(proc.pid)) >= 2 or proc.poll() is not None, 120,
            'the worker processes')
   time.sleep(8)  # the workers are decoding and detecting

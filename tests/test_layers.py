@@ -58,7 +58,8 @@ def _native_conv(x, kernel, strides, padding):
 
 
 @pytest.mark.parametrize('cin,k,strides,pad', [
-    (8, 3, (1, 1), 1), (16, 3, (2, 2), 1), (8, 5, (1, 2), 2), (12, 7, (1, 1), 3), (4, 3, (2, 1), 0)])
+    (8, 3, (1, 1), 1), (16, 3, (2, 2), 1), (8, 5, (1, 2), 2), (12, 7, (1, 1), 3),
+    (4, 3, (2, 1), 0)])
 def test_conv_gradients_match_xla(cin, k, strides, pad):
   rng = np.random.default_rng(0)
   x, kernel = rng.standard_normal((2, 11, 9, cin)), rng.standard_normal((k, k, cin, 5))

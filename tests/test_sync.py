@@ -1,7 +1,7 @@
 """Audio-video offsets in the data pipeline (data_pipeline/sync.py, preprocess --sync_judge):
 synthetic clips written with known offsets of -3..+3 frames are measured by a tiny expert
-trained here, corrected, recorded, and the corrected dataset feeds the trainers. About 3 minutes (mostly
-the expert's 300 steps); marked slow, run in CI."""
+trained here, corrected, recorded, and the corrected dataset feeds the trainers. About 3 minutes
+(mostly the expert's 300 steps); marked slow, run in CI."""
 import json
 
 import numpy as np
@@ -43,7 +43,8 @@ def test_offsets_are_recovered_removed_and_recorded(judge, offset_corpus, tmp_pa
   late, root = offset_corpus
   out = run_module('data_pipeline.preprocess', '--data_root', str(root), '--out',
                    str(tmp_path / 'pre'), '--filelists', str(root), '--face_model',
-                   str(require(FACE_MODEL)), '--sync_judge', judge, '--sync_correct', '--runner', 'local')
+                   str(require(FACE_MODEL)), '--sync_judge', judge, '--sync_correct',
+                   '--runner', 'local')
   assert 'sync offsets (frames: records) of the 9 records kept' in out and 'skipped' not in out
   data_dir = str(tmp_path / 'pre' / 'clip_dataset' / records.VERSION)
   found = read_records(data_dir)
@@ -101,7 +102,8 @@ def test_judges_are_told_apart_and_bad_ones_refused(tmp_path):
 
 def test_syncnet_judge_scores_the_clips_whole_frames(offset_corpus, tmp_path):
   pytest.importorskip('torch')
-  z = np.load(require(PARITY / 'lse' / 'syncnet_v2_weights.npz'))  # random weights: plumbing, not sync
+  # random weights: plumbing, not sync
+  z = np.load(require(PARITY / 'lse' / 'syncnet_v2_weights.npz'))
   path = save_pth(tmp_path / 'syncnet_v2.model', {k: z[k] for k in z.files}, legacy=True)
   judge = sync.load_judge(path, vshift=4)
   assert judge.kind == 'syncnet'
