@@ -234,14 +234,19 @@ def absl_flags_parser(argv: Sequence[str]) -> list:
   """absl's flag parsing for app.run(main, flags_parser=...) as this project's CLIs behave:
   --help prints the flags and exits 0; a bad flag, a config file that is missing or fails to
   load and an override of a field no config has end in one `error:` line and exit status 1."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import flags, logging  # pylint: disable=import-outside-toplevel
   if any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
     print(flags.FLAGS.main_module_help() if '--helpfull' not in argv else str(flags.FLAGS))
+    if '--helpfull' not in argv:
+      print('\n  --verbosity: 0 shows the INFO lines of JAX, orbax and absl (default: warnings '
+            'and errors only); --helpfull lists every flag')
     sys.exit(0)
   try:
     rest = flags.FLAGS(list(argv))
     for value in flags.FLAGS.flag_values_dict().values():
       getattr(value, 'keys', None)  # a config file that failed to load raises only when used
+    if not flags.FLAGS['verbosity'].present:  # libraries' INFO lines only when asked for
+      logging.set_verbosity(logging.WARNING)
     return rest
   except AttributeError as e:  # an override of a field the config does not have
     lines = str(e).strip('"').replace('\\n', '\n').splitlines() or ['']

@@ -35,7 +35,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags, logging
+from absl import app, flags
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
@@ -424,7 +424,6 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   config = _CONFIG.value
   if not config.data.dir:
     print('error: set --config.data.dir to a dataset written by data_pipeline.preprocess',

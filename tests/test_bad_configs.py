@@ -2,6 +2,7 @@
 the config is loaded, before any compilation, with one `error:` line naming the field or file,
 exit status 1, no traceback and no workdir; --help exits 0; the Python API the same."""
 import os
+import re
 import subprocess
 import sys
 
@@ -76,6 +77,18 @@ def test_train_and_summary_name_bad_config_files_and_help_exits_0(tmp_path):
     proc = _run('lipsync_jax.commands', command, '--help')
     assert proc.returncode == 0 and '--config' in proc.stdout, proc.stderr[-2000:]
   assert not (tmp_path / 'run').exists()
+
+
+def test_info_lines_only_when_asked_for():
+  """absl's app.run shows every library's INFO lines (JAX's failed backends, orbax's files);
+  the commands show warnings and errors unless --verbosity asks for more."""
+  info = re.compile(r'^I\d{4} .*a library says hello', re.M)
+  prelude = ('import logging; from lipsync_jax import cli; _run = cli.run; cli.run = lambda *a, '
+             '**k: (logging.getLogger("jax").info("a library says hello"), _run(*a, **k))[1]; ')
+  for flags, shown in (([], False), (['--verbosity', '0'], True)):
+    proc = _run('lipsync_jax.summary', '--config', 'configs/wav2lip.py:tiny', *flags,
+                prelude=prelude)
+    assert proc.returncode == 0 and bool(info.search(proc.stderr)) == shown, proc.stderr[-2000:]
 
 
 @pytest.mark.slow
