@@ -138,7 +138,7 @@ def analytic_flops(job: str, per_chip: int, width_divisor: int,
     return per_chip * forward('wav2lip')
   if job == 'expert':
     return 3 * per_chip * forward('expert')
-  frames = per_chip * training.T
+  frames = per_chip * models.WINDOW_FRAMES
   evaluations = frames * forward('wav2lip') + per_chip * forward('expert')
   if job == 'wav2lip_gan':  # generator's adversarial term, then the discriminator on real + fake
     evaluations += 3 * frames * forward('quality_disc')  # (it sees lower halves: counted so)
@@ -331,7 +331,7 @@ def measure(topology: str, job: str, per_chip: int, dtype: str, width_divisor: i
   if top:
     row['breakdown'] = breakdown(costs, top)
   model_flops = analytic_flops(job, per_chip, width_divisor, img_size)
-  frames = per_chip * len(devices) * (1 if job in ('infer', 'expert') else training.T)
+  frames = per_chip * len(devices) * (1 if job in ('infer', 'expert') else models.WINDOW_FRAMES)
   row.update(
       fits=used <= hbm, hbm_gib=hbm / GIB,
       arguments_gib=mem.argument_size_in_bytes / GIB, temporaries_gib=mem.temp_size_in_bytes / GIB,

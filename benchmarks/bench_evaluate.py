@@ -19,7 +19,7 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # a CPU comparison, even where li
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lipsync_jax import allocator, evaluate  # noqa: E402
+from lipsync_jax import allocator, evaluate, models  # noqa: E402
 import bench_vs_torch  # noqa: E402  (benchmarks/, beside this file)
 
 LRS2_TEST_VIDEOS = 14239
@@ -111,7 +111,7 @@ def main():
   ours_s, torch_s = (statistics.median(times[k]) for k in ('ours', 'torch'))
   ratio = bench_vs_torch.paired_ratio(times)
   rate = n / ours_s
-  windows_per_video = args.clip_seconds * evaluate.FPS - evaluate.FRAMES_PER_WINDOW
+  windows_per_video = args.clip_seconds * evaluate.FPS - models.WINDOW_FRAMES
   hours = LRS2_TEST_VIDEOS * windows_per_video / rate / 3600
   print(f'jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), '
         f'{os.cpu_count()} cores, tcmalloc {allocator.active()}')

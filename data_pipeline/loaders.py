@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from lipsync_jax import audio, cli, models
-from lipsync_jax.training import T
+from lipsync_jax.models import WINDOW_FRAMES
 
 PREFETCH_BATCHES = 2  # per process (each worker process too)
 
@@ -60,10 +60,10 @@ def valid_starts(has_face: np.ndarray, n_mel: int, generator: bool) -> np.ndarra
   """Window starts whose 5 frames have faces and whose mels fit inside the clip."""
   n = len(has_face)
   starts = []
-  for s in range(1 if generator else 0, n - T + 1):
-    if not has_face[s:s + T].all():
+  for s in range(1 if generator else 0, n - WINDOW_FRAMES + 1):
+    if not has_face[s:s + WINDOW_FRAMES].all():
       continue
-    last_mel = (audio.generator_frame_start(s + T - 1) if generator
+    last_mel = (audio.generator_frame_start(s + WINDOW_FRAMES - 1) if generator
                 else audio.expert_window_start(s))
     if max(last_mel, audio.expert_window_start(s)) + audio.MEL_STEP <= n_mel:
       starts.append(s)
@@ -82,7 +82,8 @@ def expert_sample(record: dict, rng: np.random.Generator, min_offset: int,
   far = starts[np.abs(starts - s) >= min_offset]
   label = 1.0 if (rng.random() < 0.5 or far.size == 0) else 0.0
   face_start = s if label else int(rng.choice(far))
-  window = decode_frames(record['frames'][face_start:face_start + T], img_size)[:, img_size // 2:]
+  window = decode_frames(record['frames'][face_start:face_start + WINDOW_FRAMES], img_size)
+  window = window[:, img_size // 2:]  # lower halves
   return {'mel_window': _mel_at(mel, audio.expert_window_start(s)),
           'face': np.concatenate(list(window), axis=-1), 'label': np.float32(label)}
 
@@ -94,13 +95,13 @@ def generator_sample(record: dict, rng: np.random.Generator,
   s = int(rng.choice(starts))
   others = starts[starts != s]
   r = int(rng.choice(others)) if others.size else s
-  gt = decode_frames(record['frames'][s:s + T], img_size)
+  gt = decode_frames(record['frames'][s:s + WINDOW_FRAMES], img_size)
   masked = gt.copy()
   masked[:, img_size // 2:] = 0
-  reference = decode_frames(record['frames'][r:r + T], img_size)
+  reference = decode_frames(record['frames'][r:r + WINDOW_FRAMES], img_size)
   return {'faces': np.concatenate([masked, reference], axis=-1),
           'mels': np.stack([_mel_at(mel, audio.generator_frame_start(k))
-                            for k in range(s, s + T)]),
+                            for k in range(s, s + WINDOW_FRAMES)]),
           'mel_window': _mel_at(mel, audio.expert_window_start(s)), 'gt': gt}
 
 

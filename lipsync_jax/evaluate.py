@@ -38,7 +38,6 @@ from lipsync_jax.layers import BatchNorm
 FPS = audio.TRAIN_FPS
 MFCC_PER_FRAME = 4  # 100 MFCC frames per second
 MFCC_WINDOW = 20  # 0.2 s
-FRAMES_PER_WINDOW = 5
 INPUT_SIZE = 224
 VSHIFT = 15
 PDIST_EPS = 1e-6  # torch.nn.functional.pairwise_distance: ||a - b + eps||
@@ -59,7 +58,8 @@ def _mel_to_hz(mel):
 
 
 @functools.lru_cache(maxsize=None)
-def _filterbank(n_filters: int = 26, n_fft: int = 512, rate: int = 16000) -> np.ndarray:
+def _filterbank(n_filters: int = 26, n_fft: int = 512, rate: int = audio.SAMPLE_RATE
+                ) -> np.ndarray:
   """(n_filters, n_fft // 2 + 1) triangles on FFT bins floor((n_fft + 1) hz / rate), 0..rate/2."""
   bins = np.floor((n_fft + 1) * _mel_to_hz(np.linspace(_hz_to_mel(0), _hz_to_mel(rate / 2),
                                                        n_filters + 2)) / rate)
@@ -266,7 +266,7 @@ def load_syncnet(path: str, dtype=jnp.float32) -> Tuple[SyncNetS, dict]:
     raise EvaluatorError(f'{path}: {e}') from None
   problem = weights_problem(variables, jax.eval_shape(
       SyncNetS().init, jax.random.key(0),
-      jax.ShapeDtypeStruct((1, FRAMES_PER_WINDOW, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32),
+      jax.ShapeDtypeStruct((1, models.WINDOW_FRAMES, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32),
       jax.ShapeDtypeStruct((1, 13, MFCC_WINDOW, 1), jnp.float32)))
   if problem:
     raise EvaluatorError(f'{path}: {problem}; not syncnet_python\'s SyncNet')
@@ -289,14 +289,14 @@ def embeddings(frames: np.ndarray, samples: np.ndarray, syncnet, batch: int = 20
   module, variables = syncnet
   mfccs = mfcc(samples)
   n_frames = min(len(frames), len(samples) // audio.SAMPLES_PER_FRAME)
-  n = n_frames - FRAMES_PER_WINDOW
+  n = n_frames - models.WINDOW_FRAMES
   if n < 1:
-    raise EvaluatorError(f'{n_frames} frames: at least {FRAMES_PER_WINDOW + 1} frames and '
-                         f'{(FRAMES_PER_WINDOW + 1) / FPS:.2f} s of audio are needed')
+    raise EvaluatorError(f'{n_frames} frames: at least {models.WINDOW_FRAMES + 1} frames and '
+                         f'{(models.WINDOW_FRAMES + 1) / FPS:.2f} s of audio are needed')
   lips, auds = [], []
   for start in range(0, n, batch):
     v = np.arange(start, min(start + batch, n))
-    windows = frames[v[:, None] + np.arange(FRAMES_PER_WINDOW)]
+    windows = frames[v[:, None] + np.arange(models.WINDOW_FRAMES)]
     cc = mfccs[:, MFCC_PER_FRAME * v[:, None] + np.arange(MFCC_WINDOW)]
     cc = np.moveaxis(cc, 1, 0)[..., None]  # (n, 13, 20, 1)
     if len(v) < batch:  # one compiled shape: pad the last batch
@@ -423,13 +423,13 @@ def expert_embeddings(crops: np.ndarray, mel: np.ndarray, expert, batch: int = 6
   for every 5-frame window of crops (at the expert's size) whose mel window (the training index
   maths) fits."""
   module, variables = expert
-  starts = [v for v in range(len(crops) - FRAMES_PER_WINDOW + 1)
+  starts = [v for v in range(len(crops) - models.WINDOW_FRAMES + 1)
             if audio.expert_window_start(v) + audio.MEL_STEP <= mel.shape[1]]
   if len(starts) < min_windows:
     raise EvaluatorError('too short for one expert window')
   mels = np.stack([mel[:, audio.expert_window_start(v):][:, :audio.MEL_STEP, None]
                    for v in starts]).astype(np.float32)
-  windows = np.stack([crops[v:v + FRAMES_PER_WINDOW] for v in starts]).astype(np.float32) / 255
+  windows = np.stack([crops[v:v + models.WINDOW_FRAMES] for v in starts]).astype(np.float32) / 255
   face_in = models.stack_window_channels(models.lower_half(windows))
   auds, vids = [], []
   for i in range(0, len(starts), batch):
@@ -447,7 +447,7 @@ def expert_scores(crops: np.ndarray, has_face: np.ndarray, mel: np.ndarray, expe
   past either end). Windows with a frame without a face are left out."""
   starts, aud, vid = expert_embeddings(crops, mel, expert, batch, min_windows=2)
   dists = 1.0 - np.einsum('nd,nkd->nk', vid, shifted_audio(aud, vshift))
-  keep = np.array([has_face[v:v + FRAMES_PER_WINDOW].all() for v in starts])
+  keep = np.array([has_face[v:v + models.WINDOW_FRAMES].all() for v in starts])
   if not keep.any():
     raise EvaluatorError('no face track (no window with a face in all 5 frames)')
   return summarize(dists[keep], vshift)

@@ -88,7 +88,7 @@ class Options:
   the same defaults (`python -m lipsync_jax.infer --help` explains each). Every field is
   checked on creation (OPTION_FIELDS): a wrong type or range raises InferenceError naming it."""
   static: bool = False
-  fps: float = 25.0
+  fps: float = float(audio.TRAIN_FPS)  # of a still image's video
   pads: Tuple[int, int, int, int] = faces.PADS  # top, bottom, left, right
   face_det_batch_size: int = 16
   wav2lip_batch_size: int = 16
@@ -548,7 +548,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                  + '; never one of the inputs (default: %(default)s)')
   p.add_argument('--static', type=flag, nargs='?', const=True, default=False,
                  help='use only the first video frame (images are always static)')
-  p.add_argument('--fps', type=_flag_type('fps'), default=25.0,
+  p.add_argument('--fps', type=_flag_type('fps'), default=Options.fps,
                  help='frame rate of the output for an image input (default: %(default)s); '
                  'videos keep their own rate')
   p.add_argument('--pads', type=_flag_type('pads'), nargs=4, default=list(faces.PADS),

@@ -30,6 +30,9 @@ from lipsync_jax.layers import Conv, ConvBlock, Layer, LeakyConvBlock, conv_impl
 L = Layer
 IMG_SIZE = 96  # the reference's face size (the default of every model and crop)
 MEL_SHAPE = (80, 16, 1)
+# Frames of a sync window: the expert's input (their lower halves on 15 channels), the
+# generator's training window, and joonson's SyncNet's window in evaluation.
+WINDOW_FRAMES = 5
 
 
 def _residuals(c: int, n: int, k: int = 3) -> Tuple[Layer, ...]:
@@ -310,7 +313,7 @@ def example_inputs(name: str, n: int = 1, dtype=jnp.float32, img_size: int = IMG
   if name == 'wav2lip':
     return mel, jnp.zeros((n, img_size, img_size, 6), dtype)
   if name == 'expert':
-    return mel, jnp.zeros((n, img_size // 2, img_size, 15), dtype)
+    return mel, jnp.zeros((n, img_size // 2, img_size, 3 * WINDOW_FRAMES), dtype)
   return (jnp.zeros((n, img_size, img_size, 3), dtype),)
 
 

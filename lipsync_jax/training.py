@@ -10,7 +10,6 @@ import optax
 
 from lipsync_jax import cli, layers, losses, models, steps, warm_start
 
-T = 5  # frames per window
 
 
 class TrainingError(cli.UserError, RuntimeError):
@@ -123,12 +122,12 @@ def batch_spec(kind: str, batch_size: int, img_size: int = models.IMG_SIZE) -> d
   image, mel = (img_size,) * 2, models.MEL_SHAPE
   spec = {'mel_window': ((batch_size,) + mel, np.float32)}
   if kind == 'expert':
-    spec.update(face=((batch_size, image[0] // 2, image[1], 3 * T), np.uint8),
+    spec.update(face=((batch_size, image[0] // 2, image[1], 3 * models.WINDOW_FRAMES), np.uint8),
                 label=((batch_size,), np.float32))
   elif kind == 'generator':
-    spec.update(faces=((batch_size, T) + image + (6,), np.uint8),
-                mels=((batch_size, T) + mel, np.float32),
-                gt=((batch_size, T) + image + (3,), np.uint8))
+    spec.update(faces=((batch_size, models.WINDOW_FRAMES) + image + (6,), np.uint8),
+                mels=((batch_size, models.WINDOW_FRAMES) + mel, np.float32),
+                gt=((batch_size, models.WINDOW_FRAMES) + image + (3,), np.uint8))
   else:
     raise ValueError(f'unknown batch kind {kind!r}')
   return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
