@@ -2,7 +2,7 @@
 # One process per GPU node (all of the node's GPUs), joined with jax.distributed.
 # Run the same command on every node, e.g. from Slurm:
 #   srun --nodes=4 --ntasks-per-node=1 --gpus-per-node=8 launch/gpu_multinode.sh \
-#       configs/wav2lip_gan.py runs/gan --config.data.dir=/data/lrs2/clip_dataset/1.1.0
+#       configs/wav2lip_gan.py runs/gan --config.data.dir=/data/lrs2/clip_dataset/1.2.0
 # Under Slurm the coordinator is the first node of the job; elsewhere set COORDINATOR
 # (host:port), NUM_NODES and NODE_RANK yourself. WORKDIR must be on a filesystem every node
 # sees (checkpoints are written collectively). Needs a CUDA build of jax ("jax[cuda12]").

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train on this machine (all local devices: CPU, one or more GPUs, or a TPU VM).
 #   launch/local.sh CONFIG WORKDIR [--config.x=y ...]
-#   launch/local.sh configs/expert.py:tiny runs/expert --config.data.dir=data/pre/clip_dataset/1.1.0
+#   launch/local.sh configs/expert.py:tiny runs/expert --config.data.dir=data/pre/clip_dataset/1.2.0
 # Rerunning the same command resumes from WORKDIR/checkpoints.
 set -euo pipefail
 if [ $# -lt 2 ]; then

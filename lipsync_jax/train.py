@@ -1,7 +1,7 @@
 """Training: the expert, or the generator (+ visual quality discriminator), on a device mesh.
 
     python -m lipsync_jax.train --config configs/expert.py:tiny --workdir runs/expert \\
-        --config.data.dir=data/pre/clip_dataset/1.1.0
+        --config.data.dir=data/pre/clip_dataset/1.2.0
 
 Data parallel over all devices ('data' mesh axis; parameters replicated). Launched as several
 processes, set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or
