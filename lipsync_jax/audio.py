@@ -98,12 +98,75 @@ def mel_basis() -> np.ndarray:
 def melspectrogram(wav: np.ndarray) -> np.ndarray:
   """(80, 1 + n_samples // 200) float32 in [-4, 4]."""
   emphasised = scipy.signal.lfilter([1, -PREEMPHASIS], [1], wav)
-  spec = librosa.stft(emphasised.astype(np.float32), n_fft=N_FFT, hop_length=HOP,
-                      win_length=WIN, window='hann', center=True, pad_mode='reflect')
+  return _normalised_mel(librosa.stft(emphasised.astype(np.float32), center=True,
+                                      pad_mode='reflect', **_STFT))
+
+
+_STFT = dict(n_fft=N_FFT, hop_length=HOP, win_length=WIN, window='hann')
+
+
+def _normalised_mel(spec: np.ndarray) -> np.ndarray:
+  """The reference's mel of STFT columns: slaney filterbank, dB, clipped to [-4, 4]."""
   mel = np.dot(mel_basis(), np.abs(spec))
   db = 20 * np.log10(np.maximum(10 ** (MIN_LEVEL_DB / 20), mel)) - REF_LEVEL_DB
   return np.clip(2 * MAX_ABS * (db - MIN_LEVEL_DB) / -MIN_LEVEL_DB - MAX_ABS,
                  -MAX_ABS, MAX_ABS).astype(np.float32)
+
+
+class MelStream:
+  """melspectrogram of audio that arrives in chunks of any size: `push(samples)` returns the
+  mel frames that became computable (80, k), `end()` the last ones; together they equal
+  melspectrogram of the whole audio (to float rounding). Frame j is centred on sample 200 j and
+  needs the samples up to 200 j + 400 (the STFT's half window), so it comes 25 ms after its
+  centre; the first frames need 401 samples (the reflect padding of the start)."""
+
+  def __init__(self):
+    self._state = np.zeros(1)  # the pre-emphasis filter's memory
+    self._emphasised = np.zeros(0, np.float32)  # from sample `_offset` on
+    self._offset = 0  # absolute index of _emphasised[0]
+    self._next = 0  # the next mel frame to compute
+    self._head = None  # the reflect padding of the start, once known
+
+  def push(self, samples: np.ndarray) -> np.ndarray:
+    samples = np.asarray(samples, np.float32).reshape(-1)
+    if not samples.size:
+      return np.zeros((N_MELS, 0), np.float32)
+    emphasised, self._state = scipy.signal.lfilter([1, -PREEMPHASIS], [1], samples,
+                                                   zi=self._state)
+    self._emphasised = np.concatenate([self._emphasised, emphasised.astype(np.float32)])
+    total = self._offset + len(self._emphasised)
+    if self._head is None:
+      if total <= N_FFT // 2:
+        return np.zeros((N_MELS, 0), np.float32)
+      self._head = self._emphasised[1:N_FFT // 2 + 1][::-1].copy()
+    ready = (total - N_FFT // 2) // HOP + 1 - self._next  # frames whose window is complete
+    return self._frames(ready, tail=np.zeros(0, np.float32))
+
+  def end(self) -> np.ndarray:
+    """The frames the end of the audio completes (reflect padding of the end), 1 + n // 200 in
+    all; the stream is then finished."""
+    total = self._offset + len(self._emphasised)
+    if total <= N_FFT // 2:
+      raise AudioError(f'the audio lasts {total} samples; at least {N_FFT // 2 + 1} are needed')
+    if self._head is None:
+      self._head = self._emphasised[1:N_FFT // 2 + 1][::-1].copy()
+    tail = self._emphasised[-N_FFT // 2 - 1:-1][::-1]
+    return self._frames(1 + total // HOP - self._next, tail)
+
+  def _frames(self, count: int, tail: np.ndarray) -> np.ndarray:
+    if count <= 0:
+      return np.zeros((N_MELS, 0), np.float32)
+    # the padded signal's samples from frame `_next`'s first one: p[k] = y[k - 400]
+    first = self._next * HOP - N_FFT // 2  # in the unpadded signal's indices
+    head = self._head[max(0, N_FFT // 2 + first):] if first < 0 else np.zeros(0, np.float32)
+    body = self._emphasised[max(first, self._offset) - self._offset:]
+    padded = np.concatenate([head, body, tail])[:(count - 1) * HOP + N_FFT]
+    mel = _normalised_mel(librosa.stft(padded, center=False, **_STFT))
+    self._next += count
+    keep_from = self._next * HOP - N_FFT // 2  # the next frame's first sample
+    drop = max(0, keep_from - self._offset)
+    self._emphasised, self._offset = self._emphasised[drop:], self._offset + drop
+    return mel
 
 
 def load_mel(path: str) -> np.ndarray:

@@ -1,0 +1,187 @@
+"""Live sessions without a network: the streamed mel equals the offline one, avatars round-trip
+and refuse damage, and a session's faces equal infer's for the same frames and audio whatever
+the chunking; silence generates nothing, interrupt() returns to idle, sessions share batches,
+bad input is refused without harming the session."""
+import json
+import pathlib
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import FACE_MODEL, MEDIA, ffmpeg, random_checkpoint, require
+from lipsync_jax import audio, infer
+from lipsync_jax.live import avatar as avatars
+from lipsync_jax.live import engine
+from lipsync_jax.live.scheduler import Scheduler
+
+CHUNKINGS = {'20ms': [320], '40ms': [640], '333ms': [5328], 'random': None}
+
+
+def chunks(wav, sizes, seed=0):
+  rng, i = np.random.default_rng(seed), 0
+  while i < len(wav):
+    n = int(rng.integers(1, 4000)) if sizes is None else sizes[0]
+    yield wav[i:i + n]
+    i += n
+
+
+@pytest.mark.parametrize('chunking', CHUNKINGS)
+def test_streamed_mel_equals_the_offline_mel(chunking):
+  wav = audio.load_audio(str(require(MEDIA / 'speech_en_16k_stereo.wav')))[:16000 * 3 + 77]
+  stream = audio.MelStream()
+  parts = [stream.push(c) for c in chunks(wav, CHUNKINGS[chunking])] + [stream.end()]
+  streamed, offline = np.concatenate(parts, axis=1), audio.melspectrogram(wav)
+  assert streamed.shape == offline.shape
+  np.testing.assert_allclose(streamed, offline, atol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def clip_avatar(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('avatar')
+  clip = folder / 'clip.mp4'
+  ffmpeg('-i', require(MEDIA / 'talking_head_512_25fps.mp4'), '-t', '0.6', '-an', clip)
+  made = avatars.prepare(str(clip), options=infer.Options(face_model=str(require(FACE_MODEL))))
+  avatars.save(made, str(folder / 'avatar'))
+  return made, str(folder / 'avatar')
+
+
+@pytest.fixture(scope='module')
+def scheduler(tmp_path_factory):
+  path = random_checkpoint(tmp_path_factory.mktemp('gen') / 'ckpt', 'wav2lip')
+  made = Scheduler(infer.load_generator(path, 'float32'), batch_sizes=(1, 4, 16))
+  yield made
+  made.close()
+
+
+def test_avatar_loops_ping_pong_and_round_trips(clip_avatar):
+  made, folder = clip_avatar
+  assert len(made) == 2 * 15 - 2 and made.fps == 25 and made.img_size == 96
+  np.testing.assert_array_equal(made.frames[1], made.frames[-1])  # 0 1 .. 14 13 .. 1
+  loaded = avatars.load(folder, img_size=96)
+  for field in ('frames', 'boxes', 'crops'):
+    np.testing.assert_array_equal(getattr(loaded, field), getattr(made, field))
+  assert loaded.fps == made.fps
+
+
+def test_damaged_or_mismatched_avatars_are_refused(clip_avatar, tmp_path):
+  _, folder = clip_avatar
+  with pytest.raises(avatars.AvatarError, match='made for 96 px faces; the model takes 192'):
+    avatars.load(folder, img_size=192)
+  broken = tmp_path / 'broken'
+  broken.mkdir()
+  meta = json.loads((pathlib.Path(folder) / 'avatar.json').read_text())
+  (broken / 'avatar.json').write_text(json.dumps(meta))
+  data = (pathlib.Path(folder) / 'avatar.npz').read_bytes()
+  (broken / 'avatar.npz').write_bytes(data[:len(data) // 2])
+  with pytest.raises(avatars.AvatarError, match='avatar.npz: damaged avatar'):
+    avatars.load(str(broken))
+  (broken / 'avatar.json').write_text(json.dumps(dict(meta, version=99)))
+  with pytest.raises(avatars.AvatarError, match='version 99'):
+    avatars.load(str(broken))
+  with pytest.raises(avatars.AvatarError, match='not an avatar folder'):
+    avatars.load(str(tmp_path))
+
+
+def test_photo_avatar_and_a_faceless_input(tmp_path):
+  options = infer.Options(face_model=str(require(FACE_MODEL)))
+  photo = avatars.prepare(str(require(MEDIA / 'face_photo.png')), options=options)
+  assert len(photo) == 1 and photo.fps == 25
+  blank = tmp_path / 'blank.png'
+  cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+  with pytest.raises(avatars.AvatarError, match='no face in frame 0'):
+    avatars.prepare(str(blank), options=options)
+
+
+def speech_wav():
+  return audio.load_audio(str(require(MEDIA / 'speech_en_16k_stereo.wav')))[:16000 * 2]
+
+
+@pytest.mark.parametrize('chunking', CHUNKINGS)
+def test_session_faces_equal_infer_faces(clip_avatar, scheduler, chunking):
+  made, _ = clip_avatar
+  wav = speech_wav()
+  session = engine.Session(made, scheduler)
+  for part in chunks(wav, CHUNKINGS[chunking], seed=1):
+    session.push_audio(part)
+  session.end_of_speech()
+  windows = infer.mel_windows(audio.melspectrogram(wav), len(wav), made.fps, reference=False)
+  outputs = engine.render(session, len(windows) + 3)
+  assert [o.face is None for o in outputs] == [False] * len(windows) + [True] * 3
+  crops = made.crops[np.arange(len(windows)) % len(made)]
+  expected = np.concatenate([np.asarray(scheduler.generator(windows[k:k + 16], crops[k:k + 16]))
+                             for k in range(0, len(windows), 16)])
+  np.testing.assert_allclose(np.stack([o.face for o in outputs[:len(windows)]]), expected,
+                             atol=1e-5)
+  # the audio that plays with the frames is the speech, frame by frame, then silence
+  played = np.concatenate([o.audio for o in outputs])
+  np.testing.assert_array_equal(played[:len(wav)], wav)
+  assert not played[len(wav):].any()
+  assert [o.timestamp for o in outputs[:3]] == [0, 0.04, 0.08]
+  session.close()
+
+
+def test_silence_shows_the_avatar_and_generates_nothing(clip_avatar, scheduler):
+  made, _ = clip_avatar
+  before = scheduler.faces_made
+  session = engine.Session(made, scheduler)
+  outputs = engine.render(session, 40)
+  assert scheduler.faces_made == before
+  for o in outputs:
+    np.testing.assert_array_equal(o.frame, made.frames[o.index % len(made)])
+    assert o.face is None and not o.audio.any() and len(o.audio) == 640
+
+
+def test_interrupt_returns_to_idle_and_speech_after_it_plays(clip_avatar, scheduler):
+  made, _ = clip_avatar
+  wav = speech_wav()
+  session = engine.Session(made, scheduler)
+  session.push_audio(wav)
+  assert all(session.next_output(plan_ahead=4).face is not None for _ in range(5))
+  session.interrupt()
+  after = [session.next_output(plan_ahead=4) for _ in range(10)]
+  assert all(o.face is None for o in after)  # planned faces are dropped, nothing new is made
+  assert not session.speaking
+  session.push_audio(wav[:8000])
+  session.end_of_speech()
+  again = [session.next_output(plan_ahead=4) for _ in range(30)]
+  assert sum(o.face is not None for o in again) == 13  # 0.5 s at 25 fps, rounded up
+  session.close()
+
+
+def test_sessions_share_generator_calls(clip_avatar, scheduler):
+  made, _ = clip_avatar
+  wav = speech_wav()
+  sessions = [engine.Session(made, scheduler) for _ in range(3)]
+  for s in sessions:
+    s.push_audio(wav[:16000])
+    s.end_of_speech()
+  calls, made_before = sum(scheduler.stats.values()), scheduler.faces_made
+  for _ in range(25):  # round robin, as a server's sessions run side by side
+    for s in sessions:
+      s.next_output(plan_ahead=8)
+  assert scheduler.faces_made - made_before >= 3 * 25
+  assert sum(scheduler.stats.values()) - calls < 3 * 25 / 2  # faces of several frames per call
+  for s in sessions:
+    s.close()
+
+
+def test_bad_audio_is_refused_and_the_session_goes_on(clip_avatar, scheduler):
+  made, _ = clip_avatar
+  session = engine.Session(made, scheduler, max_queued=1.0)
+  with pytest.raises(engine.SessionError, match='expected mono'):
+    session.push_audio(np.zeros((100, 2), np.float32))
+  with pytest.raises(engine.SessionError, match='NaN or infinite'):
+    session.push_audio(np.full(100, np.nan, np.float32))
+  with pytest.raises(engine.SessionError, match='int16 or float'):
+    session.push_audio(np.zeros(100, np.int64))
+  session.push_audio(np.zeros(480, np.float32), sample_rate=48000)
+  with pytest.raises(engine.SessionError, match='in an utterance begun at 48000 Hz'):
+    session.push_audio(np.zeros(160, np.float32))
+  session.end_of_speech()
+  with pytest.raises(engine.SessionError, match='more than 1 s of speech queued'):
+    session.push_audio(np.zeros(32000, np.float32))
+  session.push_audio(speech_wav()[:8000])
+  session.end_of_speech()
+  assert any(session.next_output(plan_ahead=2).face is not None for _ in range(20))
+  session.close()
