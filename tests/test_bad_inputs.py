@@ -370,6 +370,7 @@ def test_bad_input(case, inputs, tmp_path, capsys, monkeypatch):
       assert (info.width, info.height) == (480, 850)
 
 
+@pytest.mark.slow
 def test_bad_clips_are_skipped_and_named(inputs, tmp_path, capsys):
   """Bad clips among good ones: each skipped and named with its reason (infinite audio
   samples, no face, garbage bytes), the good ones kept, no temporary files in the clip cache,
@@ -392,6 +393,7 @@ def _train(*flags, workdir):
       cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_train_refuses_bad_setups(inputs, tmp_path):
   """train's CLI: a missing dataset and a workdir that would overwrite the expert are refused
   before any compilation, with exit status 1 and no traceback."""

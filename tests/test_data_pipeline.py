@@ -115,6 +115,7 @@ def test_worker_processes_give_the_same_batches(dataset):
     np.testing.assert_array_equal(next(plain)['gt'], next(workers)['gt'])
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_clips_and_reports_skips(dataset, tmp_path):
   _, root = dataset
   raw = tmp_path / 'raw'

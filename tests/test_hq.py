@@ -79,6 +79,7 @@ def hq_dataset(tmp_path_factory):
   return str(root / 'pre' / 'clip_dataset' / records.VERSION)
 
 
+@pytest.mark.slow
 def test_one_dataset_serves_every_smaller_size(hq_dataset):
   source = loaders.clip_source(hq_dataset, 'train')
   assert loaders.stored_face_size(source) == 192
@@ -101,6 +102,7 @@ def test_one_dataset_serves_every_smaller_size(hq_dataset):
     loaders.make_dataset(hq_dataset, 'train', 'expert', 2, seed=0, img_size=288)
 
 
+@pytest.mark.slow
 def test_hq_training_checkpoint_and_inference(hq_dataset, tmp_path, monkeypatch):
   """A tiny 192 px expert, then a GAN generator judged by it, one step each; the workdirs carry
   the size; infer crops, generates and pastes at it (hard paste: nothing outside the face box

@@ -105,6 +105,7 @@ def parity_pth(tmp_path_factory):
   return save_pth(path, load_parity_weights('wav2lip'), legacy=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('n_video_frames', [None, 5], ids=['truncated', 'looped'])
 def test_reference_mode_matches_the_reference(parity_pth, tmp_path, n_video_frames):
   clip = require(TALKING_HEAD)

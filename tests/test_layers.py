@@ -81,6 +81,7 @@ def test_conv_kernel_gradient_keeps_one_shifted_copy_alive():
   assert temp < 4 * x.nbytes, (temp, x.nbytes)
 
 
+@pytest.mark.slow
 def test_folded_batchnorm_matches_eval_mode():
   module = models.build('wav2lip', width_divisor=16)
   variables = models.init(module, 'wav2lip', jax.random.key(1))

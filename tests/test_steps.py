@@ -15,6 +15,7 @@ def _tiny(name, seed):
   return module, models.init(module, name, jax.random.key(seed))
 
 
+@pytest.mark.slow
 def test_gan_step_updates_generator_and_discriminator():
   (gen, gen_vars), (expert, expert_vars), (disc, disc_vars) = (
       _tiny(n, i) for i, n in enumerate(['wav2lip', 'expert', 'quality_disc']))
@@ -64,6 +65,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     checkpoint.load_model(str(directory))
 
 
+@pytest.mark.slow
 def test_bfloat16_expert_step_tracks_float32():
   """config.model.dtype='bfloat16' (mixed precision for GPU/TPU): parameters and statistics
   stay float32, the loss and the update follow the float32 step."""

@@ -152,6 +152,7 @@ def test_preemption_is_agreed_across_processes(synthetic_dataset, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
 
 
+@pytest.mark.slow
 def test_steps_make_no_implicit_transfers(synthetic_dataset, tmp_path):
   """The loop (steps, logging, evaluation, checkpoints) moves data only explicitly: batches
   put on the devices, metrics read every log_every steps."""
@@ -259,6 +260,7 @@ def test_preemption_in_process_reports_it(synthetic_dataset, tmp_path, monkeypat
   assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
 
 
+@pytest.mark.slow
 def test_generator_takes_an_expert_of_another_width(synthetic_dataset, tmp_path):
   # Any expert can judge any generator (e.g. a full-size official expert, a tiny generator):
   # Run builds the expert at the width load_expert reports. (The loop runs in the demo test.)
@@ -285,6 +287,7 @@ def test_learning_rate_schedules():
     training.learning_rate(config, 1e-3)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error(synthetic_dataset, tmp_path, monkeypatch):
   """A diverging run: made here with a NaN learning rate, which the config check (that this
   test turns off) refuses as such."""

@@ -8,6 +8,7 @@ the whole utterance (`SpeechWindows`), so a session's faces equal `infer`'s for 
 and audio, whatever the chunking. Faces are made by a `Scheduler`, which batches the due frames
 of every session on a device into one generator call.
 """
+import asyncio
 import collections
 import dataclasses
 import math
@@ -246,13 +247,24 @@ class Session:
   def next_output(self, plan_ahead: int = 0) -> Output:
     """The next frame (blocking until its face is made); `plan_ahead` more frames are planned,
     so their faces are made while this one is shown."""
+    plan = self._take_plan(plan_ahead)
+    return self._finish(plan, None if plan.face is None else plan.face.result())
+
+  async def next_output_async(self, plan_ahead: int = 0, executor=None) -> Output:
+    """next_output for an event loop: waits for the face without holding a thread, and pastes
+    in `executor` (a thread pool; None: the loop's default)."""
+    plan = self._take_plan(plan_ahead)
+    face = None if plan.face is None else await asyncio.wrap_future(plan.face)
+    return await asyncio.get_running_loop().run_in_executor(executor, self._finish, plan, face)
+
+  def _take_plan(self, plan_ahead: int) -> _Plan:
     while len(self._planned) < 1 + plan_ahead:
       self._planned.append(self._plan_next())
-    plan = self._planned.popleft()
+    return self._planned.popleft()
+
+  def _finish(self, plan: _Plan, face: Optional[np.ndarray]) -> Output:
     frame = self.avatar.frames[plan.avatar_frame]
-    face = None
-    if plan.face is not None:
-      face = plan.face.result()
+    if face is not None:
       if plan.epoch == self._epoch:
         frame = self._paste(frame, self.avatar.boxes[plan.avatar_frame], face)
       else:

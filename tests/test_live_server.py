@@ -1,0 +1,252 @@
+"""The live server on 127.0.0.1: WebSocket clients and an aiortc client stream speech in and get
+lip-synced frames at the avatar's rate; bad clients get an error and never disturb the others;
+the token, the session limit, the metrics and the offline job."""
+import asyncio
+import contextlib
+import json
+import struct
+import threading
+import time
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+from aiohttp import web
+
+from conftest import FACE_MODEL, MEDIA, ffmpeg, random_checkpoint, require
+from lipsync_jax import audio, cli, infer
+from lipsync_jax.live import avatar as avatars
+from lipsync_jax.live import server as live
+
+pytestmark = pytest.mark.slow  # a real server and real time: seconds per test
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('live')
+  clip = folder / 'clip.mp4'
+  ffmpeg('-i', require(MEDIA / 'talking_head_512_25fps.mp4'), '-t', '0.6', '-an', '-vf',
+         'scale=256:256', clip)
+  made = avatars.prepare(str(clip), options=infer.Options(face_model=str(require(FACE_MODEL))))
+  avatars.save(made, str(folder / 'avatars' / 'head'))
+  checkpoint = random_checkpoint(folder / 'ckpt', 'wav2lip')
+  speech = audio.load_audio(str(require(MEDIA / 'speech_en_16k_stereo.wav')))
+  return {'avatars': str(folder / 'avatars'), 'checkpoint': checkpoint, 'avatar': made,
+          'speech': speech, 'folder': folder}
+
+
+@contextlib.contextmanager
+def running(setup, **options):
+  """A LiveServer on a free port of 127.0.0.1, in its own thread; yields (base URL, server)."""
+  server = live.LiveServer(setup['checkpoint'], setup['avatars'],
+                           live.ServerOptions(port=0, **options))
+  server.scheduler.warm_up()
+  loop = asyncio.new_event_loop()
+  runner = web.AppRunner(server.app())
+  loop.run_until_complete(runner.setup())
+  site = web.TCPSite(runner, '127.0.0.1', 0)
+  loop.run_until_complete(site.start())
+  port = site._server.sockets[0].getsockname()[1]  # pylint: disable=protected-access
+  thread = threading.Thread(target=loop.run_forever, daemon=True)
+  thread.start()
+  try:
+    yield f'http://127.0.0.1:{port}', server
+  finally:
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def parse_frame(data: bytes):
+  header_len, jpeg_len, pcm_len = struct.unpack('>III', data[:12])
+  header = json.loads(data[12:12 + header_len])
+  jpeg = data[12 + header_len:12 + header_len + jpeg_len]
+  pcm = np.frombuffer(data[12 + header_len + jpeg_len:], '<i2')
+  assert len(pcm) * 2 == pcm_len
+  return header, cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), pcm
+
+
+async def ws_client(url, avatar='head', seconds=3.0, speech=None, garbage=None):
+  """Connects, optionally streams speech (as a program would, in 40 ms messages) or sends
+  garbage, and collects (arrival time, header, frame, pcm) for `seconds`."""
+  frames = []
+  async with aiohttp.ClientSession() as http:
+    async with http.ws_connect(url + '/ws') as ws:
+      await ws.send_json({'type': 'start', 'avatar': avatar, 'sample_rate': 16000})
+      ready = await ws.receive_json(timeout=30)
+      if ready['type'] != 'ready':
+        return ready, frames
+      if garbage is not None:
+        await (ws.send_bytes(garbage) if isinstance(garbage, bytes) else ws.send_str(garbage))
+      if speech is not None:
+        pcm = (np.clip(speech, -1, 1) * 32767).astype('<i2')
+        for k in range(0, len(pcm), 640):
+          await ws.send_bytes(pcm[k:k + 640].tobytes())
+        await ws.send_json({'type': 'end_of_speech'})
+      end = time.monotonic() + seconds
+      while time.monotonic() < end:
+        try:
+          message = await ws.receive(timeout=max(0.01, end - time.monotonic()))
+        except asyncio.TimeoutError:
+          break
+        if message.type == aiohttp.WSMsgType.BINARY:
+          frames.append((time.monotonic(),) + parse_frame(message.data))
+        elif message.type == aiohttp.WSMsgType.TEXT:
+          return json.loads(message.data), frames
+        else:
+          break
+  return ready, frames
+
+
+def test_websocket_streams_lip_synced_frames_at_the_avatar_rate(setup):
+  speech = setup['speech'][:16000]
+  with running(setup) as (url, server):
+    ready, frames = asyncio.run(ws_client(url, speech=speech, seconds=3.0))
+    metrics = asyncio.run(_get(url + '/metrics'))
+  assert ready['type'] == 'ready' and ready['fps'] == 25
+  indices = [h['index'] for _, h, _, _ in frames]
+  assert indices == list(range(len(indices)))
+  arrival = np.array([t for t, _, _, _ in frames])[len(frames) // 2:]  # past the start's burst
+  rate = (len(arrival) - 1) / (arrival[-1] - arrival[0])
+  assert 23 <= rate <= 27, rate
+  speech_frames = [f for f in frames if f[1]['speech']]
+  assert len(speech_frames) == 25  # 1 s of speech at 25 fps
+  assert all(f[2].shape == (256, 256, 3) for f in frames)
+  # the audio returned with the frames is the speech, in order
+  pcm = np.concatenate([f[3] for f in speech_frames]).astype(np.float32) / 32767
+  np.testing.assert_allclose(pcm, speech, atol=2e-4)
+  # idle frames show the avatar; speech frames change its lower face
+  made = setup['avatar']
+  idle = [f for f in frames if not f[1]['speech']]
+  diff = lambda f: np.abs(f[2][150:230].astype(int) - made.frames[f[1]['index'] % len(made)][
+      150:230].astype(int)).mean()
+  assert max(map(diff, idle)) < 4 < min(map(diff, speech_frames))
+  assert 'lipsync_sessions 1' not in metrics  # the client left: its session was closed
+  assert 'lipsync_frames_sent_total{kind="speech"} 25' in metrics
+
+
+async def _get(url, **kwargs):
+  async with aiohttp.ClientSession() as http:
+    async with http.get(url, **kwargs) as reply:
+      return await reply.text()
+
+
+def test_bad_clients_get_an_error_and_others_keep_their_rate(setup):
+  async def both(url):
+    good = asyncio.ensure_future(ws_client(url, seconds=3.0))
+    bad = await asyncio.gather(
+        ws_client(url, garbage='{not json', seconds=1.0),
+        ws_client(url, garbage=b'\x01\x02\x03', seconds=1.0),  # an odd byte count
+        ws_client(url, garbage='{"type": "dance"}', seconds=1.0),
+        ws_client(url, garbage=b'\x00' * (300 * 1024), seconds=1.0),  # over max_message_kb
+        ws_client(url, avatar='nobody', seconds=1.0))
+    return await good, bad
+
+  with running(setup) as (url, server):
+    (ready, frames), bad = asyncio.run(both(url))
+    assert not server._sessions  # pylint: disable=protected-access
+  errors = [b[0].get('message', '') for b in bad]
+  assert 'a text message must be JSON' in errors[0]
+  assert 'an even number of bytes' in errors[1]
+  assert "unknown message type 'dance'" in errors[2]
+  assert "unknown avatar 'nobody'; known: head" in errors[4]
+  arrival = np.array([t for t, _, _, _ in frames])
+  assert ready['type'] == 'ready' and len(frames) >= 70
+  assert np.diff(arrival).max() < 0.25  # no stall while the others failed
+
+
+def test_session_limit_token_and_binding(setup):
+  async def limited(url):
+    first = asyncio.ensure_future(ws_client(url, seconds=2.0))
+    await asyncio.sleep(0.5)
+    second = await ws_client(url, seconds=0.5)
+    return await first, second
+
+  with running(setup, max_sessions=1) as (url, _):
+    (ready, frames), (refused, _) = asyncio.run(limited(url))
+  assert ready['type'] == 'ready' and frames
+  assert 'the server is full (1 sessions)' in refused['message']
+  with pytest.raises(cli.UserError, match='give --token'):
+    live.LiveServer(setup['checkpoint'], setup['avatars'], live.ServerOptions(host='0.0.0.0'))
+  with running(setup, token='s3cret') as (url, _):
+    assert 'a valid token is needed' in asyncio.run(_get(url + '/api/avatars'))
+    assert '"head"' in asyncio.run(_get(url + '/api/avatars?token=s3cret'))
+    assert '"head"' in asyncio.run(_get(url + '/api/avatars',
+                                        headers={'Authorization': 'Bearer s3cret'}))
+    assert 'lipsync_jax live' in asyncio.run(_get(url + '/'))  # the page asks for it itself
+
+
+def test_webrtc_client_gets_video_and_audio(setup, tmp_path):
+  from aiortc import RTCPeerConnection, RTCSessionDescription
+  from aiortc.contrib.media import MediaPlayer
+
+  wav = tmp_path / 'speech.wav'
+  ffmpeg('-i', require(MEDIA / 'speech_en_16k_stereo.wav'), '-t', '2.5', wav)
+
+  async def call(url):
+    pc = RTCPeerConnection()
+    player = MediaPlayer(str(wav))
+    pc.addTrack(player.audio)
+    pc.addTransceiver('video', direction='recvonly')
+    received = {'video': [], 'audio': []}
+    tasks = []
+
+    async def collect(track):
+      while True:
+        frame = await track.recv()
+        received[track.kind].append((time.monotonic(), frame))
+
+    pc.on('track', lambda track: tasks.append(asyncio.ensure_future(collect(track))))
+    await pc.setLocalDescription(await pc.createOffer())
+    async with aiohttp.ClientSession() as http:
+      async with http.post(url + '/api/offer', json={
+          'sdp': pc.localDescription.sdp, 'type': 'offer', 'avatar': 'head'}) as reply:
+        answer = await reply.json()
+    await pc.setRemoteDescription(RTCSessionDescription(answer['sdp'], answer['type']))
+    await asyncio.sleep(6)
+    for task in tasks:
+      task.cancel()
+    await pc.close()
+    return received
+
+  with running(setup) as (url, server):
+    received = asyncio.run(call(url))
+    spoken = server.metrics.frames['speech']
+  video = received['video']
+  assert len(video) > 100 and received['audio']
+  times = np.array([t for t, _ in video[25:]])
+  rate = (len(times) - 1) / (times[-1] - times[0])
+  assert 22 <= rate <= 28, rate
+  assert spoken >= 25  # the microphone's speech was lip-synced
+  made = setup['avatar']
+  lower = np.stack([f.to_ndarray(format='bgr24')[150:230] for _, f in video]).astype(float)
+  own = made.frames[:, 150:230].astype(float).mean(axis=0)
+  change = np.abs(lower - own).mean(axis=(1, 2, 3))
+  assert change.max() > 3 * np.median(change[:10])  # the mouth moves once the speech plays
+
+
+def test_offline_job(setup):
+  speech = setup['folder'] / 'short.wav'
+  ffmpeg('-i', require(MEDIA / 'speech_en_16k_stereo.wav'), '-t', '1', speech)
+
+  async def job(url):
+    async with aiohttp.ClientSession() as http:
+      form = aiohttp.FormData()
+      form.add_field('face', open(require(MEDIA / 'face_photo.png'), 'rb'), filename='me.png')
+      form.add_field('audio', open(speech, 'rb'), filename='speech.wav')
+      async with http.post(url + '/api/jobs', data=form) as reply:
+        job_id = (await reply.json())['id']
+      for _ in range(600):
+        async with http.get(f'{url}/api/jobs/{job_id}') as reply:
+          state = await reply.json()
+        if state['state'] in ('done', 'failed'):
+          break
+        await asyncio.sleep(0.2)
+      async with http.get(f'{url}/api/jobs/{job_id}/result.mp4') as reply:
+        return state, await reply.read()
+
+  with running(setup) as (url, _):
+    state, video = asyncio.run(job(url))
+  assert state == {'state': 'done', 'error': None}, state
+  assert video[4:8] == b'ftyp' and len(video) > 1000
