@@ -92,6 +92,7 @@ class LiveServer:
                           'that only clients who know it can connect')
     self.options, self.avatars_dir, self.checkpoint = options, avatars_dir, checkpoint
     self.scheduler = Scheduler(infer.load_generator(checkpoint, dtype))
+    audio.MelStream().push(np.zeros(audio.N_FFT, np.float32))  # librosa's first call is slow
     self.metrics = Metrics(self.scheduler)
     self._avatars: Dict[str, avatars.Avatar] = {}
     self._sessions: Dict[str, engine.Session] = {}
