@@ -2,9 +2,11 @@
 
     lipsync-jax infer --checkpoint_path wav2lip_gan.pth --face in.mp4 --audio speech.wav
     lipsync-jax train --config configs/expert.py:tiny --workdir runs/expert ...
+    lipsync-jax avatar prepare --face me.mp4 --out avatars/me
+    lipsync-jax serve --checkpoint wav2lip_gan.pth --avatars avatars
     lipsync-jax demo | convert | evaluate | summary ... ; lipsync-jax COMMAND --help
 
-Each command runs exactly as `python -m lipsync_jax.COMMAND`.
+Each command runs exactly as `python -m MODULE` of its module.
 """
 import runpy
 import sys
@@ -12,19 +14,24 @@ from typing import List, Optional
 
 from lipsync_jax import allocator
 
-COMMANDS = {
-    'infer': 'lip-sync a video or image to speech',
-    'train': 'train the expert or a generator (absl flags: --config, --workdir)',
-    'convert': 'convert an official .pth checkpoint to an orbax checkpoint',
-    'evaluate': 'LSE-D / LSE-C and AV offsets of videos (SyncNet, as the papers)',
-    'demo': 'the whole pipeline on a synthetic corpus, offline',
-    'summary': 'layers, parameters and FLOPs of each network',
+COMMANDS = {  # name: (module, what it does)
+    'infer': ('lipsync_jax.infer', 'lip-sync a video or image to speech'),
+    'train': ('lipsync_jax.train',
+              'train the expert or a generator (absl flags: --config, --workdir)'),
+    'convert': ('lipsync_jax.convert',
+                'convert an official .pth checkpoint to an orbax checkpoint'),
+    'evaluate': ('lipsync_jax.evaluate',
+                 'LSE-D / LSE-C and AV offsets of videos (SyncNet, as the papers)'),
+    'avatar': ('lipsync_jax.live.avatar', 'prepare an avatar for live lip-sync'),
+    'serve': ('lipsync_jax.live.server', 'serve live lip-sync (WebRTC, WebSocket, a page)'),
+    'demo': ('lipsync_jax.demo', 'the whole pipeline on a synthetic corpus, offline'),
+    'summary': ('lipsync_jax.summary', 'layers, parameters and FLOPs of each network'),
 }
 
 
 def usage() -> str:
   lines = [__doc__.split('\n\n')[0], '', 'commands:']
-  lines += [f'  {name:9} {text}' for name, text in COMMANDS.items()]
+  lines += [f'  {name:9} {text}' for name, (_, text) in COMMANDS.items()]
   return '\n'.join(lines)
 
 
@@ -40,7 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   allocator.use_tcmalloc()  # re-executes this very command line once (the commands do too)
   sys.argv = [f'lipsync-jax {command}', *rest]
   try:
-    runpy.run_module(f'lipsync_jax.{command}', run_name='__main__', alter_sys=True)
+    runpy.run_module(COMMANDS[command][0], run_name='__main__', alter_sys=True)
   except SystemExit as e:
     return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
   return 0

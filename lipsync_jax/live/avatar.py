@@ -1,6 +1,7 @@
 """Avatars: the face a live session lip-syncs, prepared once so that a session needs no detector.
 
-    python -m lipsync_jax.live.avatar --face VIDEO_OR_PHOTO --out AVATAR_DIR [--img_size 96]
+    python -m lipsync_jax.live.avatar prepare --face VIDEO_OR_PHOTO --out AVATAR_DIR
+        [--img_size 96]
 
 An avatar folder holds `avatar.json` (the format's name and version, the face size, the frame
 rate, the frame count and size) and `avatar.npz` (the frames as PNG, lossless; the smoothed,
@@ -144,10 +145,12 @@ def load(folder: str, img_size: Optional[int] = None) -> Avatar:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m lipsync_jax.live.avatar',
-                                   description='Prepare an avatar for live lip-sync: the frames '
-                                   'to loop, their face boxes and crops, so that live sessions '
-                                   'need no face detection.')
+  top = argparse.ArgumentParser(prog='python -m lipsync_jax.live.avatar',
+                                description='Avatars for live lip-sync.')
+  commands = top.add_subparsers(dest='command', required=True, metavar='prepare')
+  parser = commands.add_parser('prepare', help='prepare an avatar', description='Prepare an '
+                               'avatar for live lip-sync: the frames to loop, their face boxes '
+                               'and crops, so that live sessions need no face detection.')
   parser.add_argument('--face', required=True, help='a video (looped ping-pong) or a photo')
   parser.add_argument('--out', required=True, help='the avatar folder to write')
   parser.add_argument('--img_size', type=int, default=models.IMG_SIZE,
@@ -165,7 +168,7 @@ def main(argv=None) -> int:
                       help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, else '
                       'the packaged one)')
   parser.add_argument('--quiet', action='store_true', help='no progress bar')
-  args = parser.parse_args(argv)
+  args = top.parse_args(argv)
 
   def body() -> int:
     cli.refuse_overwriting_inputs({'--out': args.out}, {'--face': args.face})

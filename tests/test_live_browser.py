@@ -1,0 +1,91 @@
+"""The page in a real browser: Debian's Chromium, headless, driven by Playwright, with a speech
+file as its microphone. It opens the page, starts a live session, and the page itself shows that
+lip-synced video plays at the avatar's rate and that its mouth moves with the speech."""
+import asyncio
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import FACE_MODEL, MEDIA, ffmpeg, require
+from lipsync_jax import infer
+from lipsync_jax.live import avatar as avatars
+from test_live_server import _get, running, setup  # noqa: F401 (setup: the module fixture)
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
+
+# Samples the video's lower face 10 times a second: its mean absolute difference from the
+# first sample (the avatar idle) and from the sample before, with the frames presented so far.
+PROBE = '''async (seconds) => {
+  const video = document.getElementById('video');
+  const canvas = document.createElement('canvas');
+  canvas.width = video.videoWidth; canvas.height = video.videoHeight;
+  const context = canvas.getContext('2d', {willReadFrequently: true});
+  const lower = () => {
+    context.drawImage(video, 0, 0);
+    const h = canvas.height;
+    return context.getImageData(0, Math.floor(h * 0.58), canvas.width, Math.floor(h * 0.3)).data;
+  };
+  const first = lower(), fromIdle = [], fromBefore = [];
+  let before = first;
+  const distance = (a, b) => {
+    let sum = 0;
+    for (let k = 0; k < a.length; k += 4) sum += Math.abs(a[k] - b[k]);
+    return sum / (a.length / 4);
+  };
+  for (let i = 0; i < seconds * 10; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    const now = lower();
+    fromIdle.push(distance(now, first));
+    fromBefore.push(distance(now, before));
+    before = now;
+  }
+  return {fromIdle, fromBefore, frames: window.framesShown, width: video.videoWidth};
+}'''
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_the_page_lip_syncs_the_microphone_in_chromium(setup, tmp_path):  # noqa: F811
+  playwright = pytest.importorskip('playwright.sync_api')
+  # a photo avatar: its idle frames do not move, so what moves is the lip-sync
+  photo = tmp_path / 'photo.png'
+  ffmpeg('-i', require(MEDIA / 'face_photo.png'), '-vf', 'scale=256:256', photo)
+  still = avatars.prepare(str(photo), options=infer.Options(face_model=str(require(FACE_MODEL))))
+  avatars.save(still, str(tmp_path / 'avatars' / 'still'))
+  setup = dict(setup, avatars=str(tmp_path / 'avatars'))
+  speech = tmp_path / 'speech.wav'  # Chromium's fake microphone loops it: 2 s of speech, 2 of
+  ffmpeg('-i', require(MEDIA / 'speech_en_16k_stereo.wav'), '-af', 'atrim=0:2,apad=pad_dur=2',
+         '-ac', '1', '-ar', '48000', '-c:a', 'pcm_s16le', speech)  # silence
+  with running(setup) as (url, server):
+    with playwright.sync_playwright() as p:
+      browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+          '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+          f'--use-file-for-fake-audio-capture={speech}',
+          '--autoplay-policy=no-user-gesture-required', '--no-sandbox'])
+      try:
+        page = browser.new_page()
+        errors = []
+        page.on('pageerror', lambda e: errors.append(str(e)))
+        page.goto(url + '/')
+        page.wait_for_function("document.getElementById('avatar').options.length > 0")
+        page.click('#talk')
+        page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30000)
+        start = page.evaluate('window.framesShown')
+        probe = page.evaluate(PROBE, 8)
+        assert page.inner_text('#error') == '' and not errors, (page.inner_text('#error'), errors)
+      finally:
+        browser.close()
+    metrics = asyncio.run(_get(url + '/metrics'))
+    spoken = server.metrics.frames['speech']
+  rate = (probe['frames'] - start) / 8.0
+  assert 20 <= rate <= 30, rate  # frames the element presented per second
+  assert probe['width'] == 256
+  assert spoken > 25, metrics  # the microphone's speech was lip-synced
+  # the lower face leaves the idle photo while speech plays and comes back in the silences
+  idle = np.asarray(probe['fromIdle'])
+  assert (idle < 5).mean() > 0.2 and (idle > 10).mean() > 0.2, idle.round(1)
+  moving = np.asarray(probe['fromBefore'])[idle > 10]
+  assert np.median(moving) > 2 * np.median(np.asarray(probe['fromBefore'])[idle < 5]) + 0.1
+  print(f'Chromium presented {rate:.1f} frames/s; lower face vs idle per 0.1 s: '
+        f'{idle.round(1).tolist()}')
