@@ -13,7 +13,6 @@ import collections
 import dataclasses
 import math
 import threading
-import time
 from typing import Deque, List, Optional
 
 import numpy as np
@@ -24,6 +23,8 @@ from lipsync_jax.live import avatar as avatars
 from lipsync_jax.live.scheduler import Scheduler
 
 LOOKAHEAD = 0.2  # seconds of an utterance buffered before it starts to play
+PLAN_AHEAD = 2  # frames planned beyond the one being sent: their faces are made meanwhile
+MAX_LATE = 0.1  # seconds a frame may be late before a stream's clock moves
 MAX_QUEUED = 60.0  # seconds of speech a session may hold unplayed (back-pressure)
 
 
@@ -115,11 +116,15 @@ class Output:
 
 @dataclasses.dataclass
 class _Plan:
+  """A frame decided ahead of its time: the avatar frame, and for a speech frame the utterance
+  and its frame number; the audio and the face are filled once that frame's speech is in."""
   index: int
   avatar_frame: int
   audio: np.ndarray
-  face: object = None  # a Future of the generated face, or None (idle)
-  epoch: int = 0
+  epoch: int
+  speech: Optional[SpeechWindows] = None
+  frame_in_speech: int = -1
+  face: object = None  # a Future of the generated face, once submitted
 
 
 class Session:
@@ -171,6 +176,7 @@ class Session:
         raise SessionError(f'more than {self.max_queued:g} s of speech queued; wait for it to '
                            'play (or interrupt)')
       speech.push(pcm)
+      self._submit_ready()
 
   def end_of_speech(self) -> None:
     """The utterance being pushed is complete: its last frames can be made."""
@@ -180,6 +186,7 @@ class Session:
           self._utterances[-1].push(self._resampler.resample_chunk(
               np.zeros(0, np.float32), last=True))
         self._utterances[-1].end()
+        self._submit_ready()
       self._resampler, self._rate = None, None
 
   def interrupt(self) -> None:
@@ -214,35 +221,65 @@ class Session:
       return bool(self._utterances)
 
   # -- output ----------------------------------------------------------------------------------
+  def _silence(self, index: int) -> np.ndarray:
+    per_frame = audio.SAMPLE_RATE / self.fps
+    return np.zeros(int(math.floor((index + 1) * per_frame)) - int(math.floor(index * per_frame)),
+                    np.float32)
+
   def _plan_next(self) -> _Plan:
-    """What the next frame shows; submits its face to the scheduler when it is a speech frame."""
+    """What the next frame shows: the avatar idle, or the next frame of the playing utterance.
+    Called with the lock held."""
     index = self._next_plan
     self._next_plan += 1
-    frame = index % len(self.avatar)
-    silence = np.zeros(int(math.floor((index + 1) * audio.SAMPLE_RATE / self.fps))
-                       - int(math.floor(index * audio.SAMPLE_RATE / self.fps)), np.float32)
-    with self._lock:
-      while self._utterances:
-        speech = self._utterances[0]
-        if speech.ended and self._next_in_utterance >= speech.n_frames:
-          self._utterances.popleft()  # finished (or empty)
-          self._playing, self._next_in_utterance = False, 0
-          continue
-        if not self._playing and not (speech.ended or
-                                      speech.samples >= self.lookahead * audio.SAMPLE_RATE):
-          break  # still gathering its lookahead: idle
-        self._playing = True
-        i = self._next_in_utterance
-        if not speech.ready(i):
-          self.underruns += 1
-          break
-        self._next_in_utterance += 1
-        window, sound = speech.window(i), speech.chunk(i)
-        speech.release(i + 1)
-        face = self.scheduler.submit(window, self.avatar.crops[frame])
-        return _Plan(index, frame, sound[:len(silence)] if len(sound) >= len(silence) else
-                     np.pad(sound, (0, len(silence) - len(sound))), face, self._epoch)
-    return _Plan(index, frame, silence, None, self._epoch)
+    plan = _Plan(index, index % len(self.avatar), self._silence(index), self._epoch)
+    self._bind(plan, ahead=len(self._planned) + 1)
+    return plan
+
+  def _bind(self, plan: _Plan, ahead: int) -> None:
+    """Makes an idle plan the next frame of the playing utterance, if one plays (or has its
+    lookahead) and that frame's audio can arrive within the `ahead` frames before it is shown;
+    its face is submitted as soon as its audio is in."""
+    while self._utterances:
+      speech = self._utterances[0]
+      if speech.ended and self._next_in_utterance >= speech.n_frames:
+        self._utterances.popleft()  # finished (or empty)
+        self._playing, self._next_in_utterance = False, 0
+        continue
+      if not self._playing and not (speech.ended or
+                                    speech.samples >= self.lookahead * audio.SAMPLE_RATE):
+        return  # still gathering its lookahead: idle
+      self._playing = True
+      i = self._next_in_utterance
+      if not (speech.ended or speech.ready(max(0, i - ahead))):
+        self.underruns += 1
+        return
+      self._next_in_utterance += 1
+      plan.speech, plan.frame_in_speech = speech, i
+      self._submit_if_ready(plan)
+      return
+
+  def _submit_if_ready(self, plan: _Plan) -> bool:
+    """Submits a bound speech frame's face once its audio is in; whether it is submitted."""
+    if plan.face is None and plan.speech is not None and plan.epoch == self._epoch:
+      speech, i = plan.speech, plan.frame_in_speech
+      if not speech.ready(i):
+        return False
+      plan.audio = speech.chunk(i)
+      window = speech.window(i)
+      speech.release(i + 1)
+      plan.face = self.scheduler.submit(window, self.avatar.crops[plan.avatar_frame])
+    return True
+
+  def _submit_ready(self) -> None:
+    """After audio came in: an utterance that can start now takes the idle frames planned after
+    the next one, and the planned frames whose audio is complete go to the scheduler."""
+    if self._utterances and not self._playing:
+      for position, plan in enumerate(self._planned):
+        if position and plan.speech is None and plan.epoch == self._epoch:
+          self._bind(plan, ahead=position)
+    for plan in self._planned:
+      if not self._submit_if_ready(plan):
+        break
 
   def next_output(self, plan_ahead: int = 0) -> Output:
     """The next frame (blocking until its face is made); `plan_ahead` more frames are planned,
@@ -258,30 +295,28 @@ class Session:
     return await asyncio.get_running_loop().run_in_executor(executor, self._finish, plan, face)
 
   def _take_plan(self, plan_ahead: int) -> _Plan:
-    while len(self._planned) < 1 + plan_ahead:
-      self._planned.append(self._plan_next())
-    return self._planned.popleft()
+    with self._lock:
+      while len(self._planned) < 1 + plan_ahead:
+        self._planned.append(self._plan_next())
+      plan = self._planned.popleft()
+      if plan.face is None and plan.speech is not None and plan.epoch == self._epoch:
+        if not self._submit_if_ready(plan):
+          # its audio is late: show the avatar idle now, and the utterance from this frame on
+          # later (its frames planned after this one are unbound too)
+          self.underruns += 1
+          self._next_in_utterance = plan.frame_in_speech
+          for later in [plan] + [p for p in self._planned if p.speech is plan.speech]:
+            later.speech, later.frame_in_speech = None, -1
+            later.audio = self._silence(later.index)
+      return plan
 
   def _finish(self, plan: _Plan, face: Optional[np.ndarray]) -> Output:
-    frame = self.avatar.frames[plan.avatar_frame]
-    if face is not None:
-      if plan.epoch == self._epoch:
-        frame = self._paste(frame, self.avatar.boxes[plan.avatar_frame], face)
-      else:
-        face = None  # interrupted after it was planned
-    return Output(plan.index / self.fps, frame, plan.audio, face, plan.index)
-
-  def outputs(self, realtime: bool = True, plan_ahead: int = 2):
-    """Frames for ever: paced by the wall clock (each yielded at its timestamp) or as fast as
-    they can be made (realtime=False, for files and tests)."""
-    began = time.monotonic()
-    while True:
-      output = self.next_output(plan_ahead)
-      if realtime:
-        delay = began + output.timestamp - time.monotonic()
-        if delay > 0:
-          time.sleep(delay)
-      yield output
+    frame, sound = self.avatar.frames[plan.avatar_frame], plan.audio
+    if plan.epoch != self._epoch:  # interrupted after it was planned: neither face nor speech
+      face, sound = None, self._silence(plan.index)
+    elif face is not None:
+      frame = self._paste(frame, self.avatar.boxes[plan.avatar_frame], face)
+    return Output(plan.index / self.fps, frame, sound, face, plan.index)
 
   def close(self) -> None:
     """Ends the session: queued speech is dropped and planned faces are released."""
@@ -290,6 +325,28 @@ class Session:
       if plan.face is not None:
         plan.face.cancel()
     self._planned.clear()
+
+
+async def stream(session: Session, send, executor=None, on_frame=None) -> None:
+  """Sends the session's frames at their times, for ever: `await send(output)` for each, then
+  `on_frame(lateness, speech)`. A frame made late is sent at once; one later than MAX_LATE moves
+  the stream's clock, so the frames after it are paced again rather than sent in a burst."""
+  loop = asyncio.get_running_loop()
+  began = None
+  while True:
+    output = await session.next_output_async(PLAN_AHEAD, executor)
+    now = loop.time()
+    if began is None:
+      began = now - output.timestamp  # the clock starts with the first frame made
+    due = began + output.timestamp
+    if due > now:
+      await asyncio.sleep(due - now)
+    late = max(0.0, now - due)
+    if late > MAX_LATE:
+      began += late
+    await send(output)
+    if on_frame is not None:
+      on_frame(late, output.face is not None)
 
 
 def render(session: Session, count: int) -> List[Output]:

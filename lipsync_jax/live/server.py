@@ -46,8 +46,6 @@ from lipsync_jax.live.metrics import Metrics
 from lipsync_jax.live.scheduler import Scheduler
 
 PAGE = pathlib.Path(__file__).resolve().parent / 'page.html'
-MAX_LATE = 0.1  # seconds a frame may be late before the session's clock moves
-PLAN_AHEAD = 2  # frames planned beyond the one being sent: their faces are made meanwhile
 VIDEO_CLOCK = 90000  # RTP's video clock rate
 VOICE_DBFS = -45.0  # a microphone frame louder than this is speech
 HANGOVER = 0.5  # seconds of quiet that end an utterance from a microphone
@@ -169,24 +167,9 @@ class LiveServer:
     self.metrics.sessions = len(self._sessions)
 
   async def pump(self, session: engine.Session, send) -> None:
-    """Sends the session's frames at their times until `send` raises or the task is cancelled.
-    A frame made late is sent at once and its lateness measured; one later than MAX_LATE moves
-    the session's clock, so the frames after it are paced again rather than sent in a burst."""
-    loop = asyncio.get_running_loop()
-    began = None
-    while True:
-      output = await session.next_output_async(PLAN_AHEAD, self._pool)
-      now = loop.time()
-      if began is None:
-        began = now - output.timestamp  # the clock starts with the first frame made
-      due = began + output.timestamp
-      if due > now:
-        await asyncio.sleep(due - now)
-      late = max(0.0, now - due)
-      if late > MAX_LATE:
-        began += late
-      self.metrics.frame_sent(late, output.face is not None)
-      await send(output)
+    """Sends the session's frames at their times (engine.stream) until `send` raises or the task
+    is cancelled, counting them in the metrics."""
+    await engine.stream(session, send, self._pool, self.metrics.frame_sent)
 
   # -- HTTP ------------------------------------------------------------------------------------
   async def _page(self, _request):
