@@ -111,8 +111,10 @@ def test_session_faces_equal_infer_faces(clip_avatar, scheduler, chunking):
   crops = made.crops[np.arange(len(windows)) % len(made)]
   expected = np.concatenate([np.asarray(scheduler.generator(windows[k:k + 16], crops[k:k + 16]))
                              for k in range(0, len(windows), 16)])
+  # float tolerance: the streamed mel differs from the offline one by rounding (about 1e-6),
+  # and the faces come from batches of other sizes
   np.testing.assert_allclose(np.stack([o.face for o in outputs[:len(windows)]]), expected,
-                             atol=1e-5)
+                             atol=1e-4)
   # the audio that plays with the frames is the speech, frame by frame, then silence
   played = np.concatenate([o.audio for o in outputs])
   np.testing.assert_array_equal(played[:len(wav)], wav)
