@@ -18,8 +18,9 @@ with larger budgets, then prints
   result shifted one frame either way (a peak off 0 means the mouths lead or lag the audio);
 * how often the expert rates those results in sync, beside how often it rates the real clips
   (at both cuts);
-* with --warm_start, the same generator figures for a generator of --img_size started from
-  the --compare_size one (config.init_from) and trained at the same budget;
+* with --warm_start, the same generator figures for generators of --img_size started from
+  the --compare_size one (config.init_from) and trained at the same budget, with the sync loss
+  gated as the reference gates it and on from the first step;
 * with --compare_size, the same figures for models of that face size trained on the same
   corpus, and the mouths the two generators make compared (benchmarks/mouth_quality.py);
 * the wall time.
@@ -91,8 +92,11 @@ def lagged_r(measured: np.ndarray, truth: np.ndarray, lag: int) -> float:
 def size_figures(out: str, data_dir: str, settings, clips: list, detector,
                  warm_from: str = '') -> None:
   """Trains (or resumes) the expert and generator of settings.img_size in out and prints their
-  learning figures on the held-out clips; with warm_from (a generator's workdir), also a second
-  generator of that size started from it (out/warm_generator), judged the same way."""
+  learning figures on the held-out clips; with warm_from (a generator's workdir), also two
+  generators of that size started from it, judged the same way: trained as the cold one
+  (out/warm_generator), and with the expert's sync loss on from the first step
+  (out/warm_sync_generator: the source already learned sync, so the loss need not wait for the
+  eval sync loss to pass the threshold)."""
   size = settings.img_size
   expert_dir, generator_dir = demo.train_models(out, data_dir, settings)
   expert = convert.load_checkpoint(expert_dir, 'expert')
@@ -110,6 +114,9 @@ def size_figures(out: str, data_dir: str, settings, clips: list, detector,
   if warm_from:
     generators[f'generator warm-started from {warm_from}'] = demo.train_generator(
         os.path.join(out, 'warm_generator'), data_dir, settings, expert_dir, warm_from)
+    generators[f'generator warm-started from {warm_from}, sync loss from the start'] = (
+        demo.train_generator(os.path.join(out, 'warm_sync_generator'), data_dir, settings,
+                             expert_dir, warm_from, sync_from_start=True))
   for name, workdir in generators.items():
     print(f'{name}:')
     generator_figures(out, workdir, settings, clips, detector, expert, (0.5, threshold))
