@@ -17,7 +17,9 @@ from aiohttp import web
 from conftest import FACE_MODEL, MEDIA, ffmpeg, random_checkpoint, require
 from lipsync_jax import audio, cli, infer
 from lipsync_jax.live import avatar as avatars
-from lipsync_jax.live import server as live
+
+pytest.importorskip('aiortc', reason="the serve extra is not installed")
+from lipsync_jax.live import server as live  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a real server and real time: seconds per test
 
