@@ -85,7 +85,7 @@ def test_the_page_lip_syncs_the_microphone_in_chromium(setup, tmp_path):  # noqa
   # the lower face leaves the idle photo while speech plays and comes back in the silences
   idle = np.asarray(probe['fromIdle'])
   assert (idle < 5).mean() > 0.2 and (idle > 10).mean() > 0.2, idle.round(1)
-  moving = np.asarray(probe['fromBefore'])[idle > 10]
-  assert np.median(moving) > 2 * np.median(np.asarray(probe['fromBefore'])[idle < 5]) + 0.1
+  speaking = idle[(idle < 5) | (idle > 10)] > 10
+  assert np.count_nonzero(np.diff(speaking.astype(int)) == 1) >= 2, idle.round(1)  # each time
   print(f'Chromium presented {rate:.1f} frames/s; lower face vs idle per 0.1 s: '
         f'{idle.round(1).tolist()}')
