@@ -314,5 +314,6 @@ def test_concurrent_sessions_meet_their_frame_times(setup):
         f'batch size {batches}')
   # the sessions' faces went through shared calls; frames late by more than a frame or two
   # are rare (this runs beside other tests on a busy machine)
-  assert sum(calls for size, calls in batches.items() if size >= sessions) > 25
+  faces = int(metrics.split('\nlipsync_faces_made_total ')[1].split()[0])
+  assert faces / sum(batches.values()) > 1.5  # faces of several sessions per call, on average
   assert p95 < 0.1
