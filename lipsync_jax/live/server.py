@@ -124,9 +124,7 @@ class LiveServer:
         return web.json_response({'error': 'a valid token is needed'}, status=401)
     try:
       return await handler(request)
-    except ClientError as e:
-      return web.json_response({'error': str(e)}, status=400)
-    except cli.UserError as e:
+    except (ClientError, cli.UserError) as e:
       return web.json_response({'error': str(e)}, status=400)
 
   async def _shutdown(self, _app) -> None:
