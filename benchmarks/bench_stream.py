@@ -60,14 +60,15 @@ async def feed(session: engine.Session, speech: np.ndarray, speak: float, pause:
     await asyncio.sleep(pause)
 
 
-async def run_sessions(avatar, scheduler, count: int, seconds: float, speech: np.ndarray):
+async def run_sessions(avatar, scheduler, count: int, seconds: float, speech: np.ndarray,
+                       lookahead: float):
   """count sessions for `seconds`: per session the lateness of its frames and the delays from
   each utterance's first sample to its first lip-synced frame; the underruns of all."""
   lateness = [[] for _ in range(count)]
   first_frames = [[] for _ in range(count)]
   tasks, sessions = [], []
   for i in range(count):
-    session = engine.Session(avatar, scheduler)
+    session = engine.Session(avatar, scheduler, lookahead)
     sessions.append(session)
     starts, matched = [], set()
 
@@ -111,16 +112,17 @@ def drift(avatar, scheduler, minutes: float, speech: np.ndarray) -> int:
   return abs(played - frames * int(audio.SAMPLE_RATE / avatar.fps)) + worst
 
 
-def interrupt_latency(avatar, scheduler, speech: np.ndarray, trials: int = 5) -> list:
+def interrupt_latency(avatar, scheduler, speech: np.ndarray, lookahead: float,
+                      trials: int = 5) -> list:
   """Lip-synced frames still shown after interrupt(), per trial."""
   counts = []
   for t in range(trials):
-    session = engine.Session(avatar, scheduler)
+    session = engine.Session(avatar, scheduler, lookahead)
     session.push_audio(speech[:audio.SAMPLE_RATE * 3])
     for _ in range(10 + 3 * t):
-      session.next_output(engine.PLAN_AHEAD)
+      session.next_output(session.plan_ahead)
     session.interrupt()
-    counts.append(sum(session.next_output(engine.PLAN_AHEAD).face is not None
+    counts.append(sum(session.next_output(session.plan_ahead).face is not None
                       for _ in range(10)))
     session.close()
   return counts
@@ -132,6 +134,9 @@ def main():
   parser.add_argument('--seconds', type=float, default=8.0, help='per session count tried')
   parser.add_argument('--max_sessions', type=int, default=8)
   parser.add_argument('--drift_minutes', type=float, default=10.0)
+  parser.add_argument('--lookahead', type=float, default=engine.LOOKAHEAD,
+                      help='seconds of speech a session buffers before it plays (the server\'s '
+                      '--lookahead; default: %(default)s)')
   args = parser.parse_args()
   clip = os.path.join(MEDIA, 'talking_head_512_25fps.mp4')
   if not os.path.isfile(clip):
@@ -152,7 +157,7 @@ def main():
       while count <= args.max_sessions:
         before = dict(scheduler.stats)
         lateness, first_frames, late_audio = asyncio.run(
-            run_sessions(avatar, scheduler, count, args.seconds, speech))
+            run_sessions(avatar, scheduler, count, args.seconds, speech, args.lookahead))
         p95 = max(np.percentile(late[len(late) // 4:], 95) for late in lateness)
         ok = p95 < 1 / avatar.fps
         formed = {s: n - before.get(s, 0) for s, n in sorted(scheduler.stats.items())
@@ -167,8 +172,7 @@ def main():
       print(f'{name}: sessions sustained at {avatar.fps:g} fps: {sustained}; first lip-synced '
             f'frame after speech starts: p50 {np.percentile(delays, 50):.0f} ms, p95 '
             f'{np.percentile(delays, 95):.0f} ms; frames shown after interrupt: '
-            f'{interrupt_latency(avatar, scheduler, speech)} (one batch: '
-            f'{engine.PLAN_AHEAD + 1})')
+            f'{interrupt_latency(avatar, scheduler, speech, args.lookahead)}')
       print(f'{name}: underruns (speech frames whose audio came late): '
             f'{underruns}')
       if name == 'tiny96':

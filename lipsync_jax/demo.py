@@ -159,25 +159,29 @@ def train_models(out: str, data_dir: str, settings: Settings) -> Tuple[str, str]
 
 
 def train_generator(workdir: str, data_dir: str, settings: Settings, expert_dir: str,
-                    init_from: str = '', sync_from_start: bool = False) -> str:
-  """Trains the tiny generator in workdir, judged by the expert in expert_dir, starting from
-  the generator `init_from` names when given (a warm start), with the expert's sync loss on
-  from the first step when `sync_from_start` (else once the eval sync loss is under the
-  threshold, as the reference); returns workdir."""
+                    init_from: str = '', sync_from_start: bool = False, freeze: str = '',
+                    steps: int = 0) -> str:
+  """Trains the tiny generator in workdir for `steps` (default settings.generator_steps),
+  judged by the expert in expert_dir, starting from the generator `init_from` names when given
+  (a warm start), with the expert's sync loss on from the first step when `sync_from_start`
+  (else once the eval sync loss is under the threshold, as the reference) and the layers
+  `freeze` names (config.freeze) left as they start; returns workdir."""
   config = wav2lip_config.get_config('tiny')
-  config.data.dir, config.total_steps, config.learning_rate = (data_dir,
-                                                               settings.generator_steps, 1e-3)
+  steps = steps or settings.generator_steps
+  config.data.dir, config.total_steps, config.learning_rate = data_dir, steps, 1e-3
+  config.freeze = freeze
   config.lr_schedule = 'cosine'
   config.model.dtype, config.model.img_size = settings.dtype, settings.img_size
   config.expert_checkpoint, config.init_from = expert_dir, init_from
   if sync_from_start:
     config.syncnet_wt = config.syncnet_wt_after
   config.eval_lse_clips = 2  # LSE by the expert in the generator's eval scalars
-  config.eval_every = config.checkpoint_every = eval_every(settings.generator_steps)
+  config.eval_every = config.checkpoint_every = eval_every(steps)
   config.log_every = 25
   start = (f', warm-started from {init_from}' if init_from else '') + (
-      ', sync loss from the start' if sync_from_start else '')
-  stage(f'4/5 training the tiny generator ({settings.generator_steps} steps{start})')
+      ', sync loss from the start' if sync_from_start else '') + (
+      f', {freeze} frozen' if freeze else '')
+  stage(f'4/5 training the tiny generator ({steps} steps{start})')
   _train_or_exit(config, workdir)
   return workdir
 

@@ -131,21 +131,42 @@ def options_problem(options: Options) -> Optional[str]:
 
 
 # -- inputs ---------------------------------------------------------------------------------------
-def generate_faces(module, params, mels, crops):
-  """[0, 1] faces for uint8 crops (the lower half is masked here, as the reference does)."""
-  compute = module.dtype or jnp.float32
+def face_input(crops, dtype):
+  """The generator's face input of uint8 crops: the crop with its lower half hidden (as the
+  reference does), then the same crop as the pose reference, on 6 channels."""
   crops = crops.astype(jnp.float32) / 255.0
-  masked = crops.at[:, crops.shape[1] // 2:].set(0.0)  # the reference: lower half hidden,
-  faces_in = jnp.concatenate([masked, crops], axis=-1)  # the same frame as pose reference
-  return module.apply(params, mels.astype(compute), faces_in.astype(compute)).astype(jnp.float32)
+  masked = crops.at[:, crops.shape[1] // 2:].set(0.0)
+  return jnp.concatenate([masked, crops], axis=-1).astype(dtype)
+
+
+def generate_faces(module, params, mels, crops):
+  """[0, 1] faces for uint8 crops (rows from module.rows_from on)."""
+  compute = module.dtype or jnp.float32
+  return module.apply(params, mels.astype(compute), face_input(crops, compute)
+                      ).astype(jnp.float32)
+
+
+def encode_faces(module, params, crops):
+  """The face encoder's features of uint8 crops, which decode_faces takes in their place."""
+  return module.apply(params, None, face_input(crops, module.dtype or jnp.float32))
+
+
+def decode_faces(module, params, mels, features):
+  """generate_faces for crops whose features encode_faces made."""
+  compute = module.dtype or jnp.float32
+  return module.apply(params, mels.astype(compute), None, face_features=features
+                      ).astype(jnp.float32)
 
 
 # Jitted once per module and batch shape, even across runs.
 generate = jax.jit(generate_faces, static_argnums=0)
+encode = jax.jit(encode_faces, static_argnums=0)
+decode = jax.jit(decode_faces, static_argnums=0)
 
 
 class Generator(NamedTuple):
-  """A loaded generator: called as generate(mels, uint8 crops) -> [0, 1] faces."""
+  """A loaded generator: called as generate(mels, uint8 crops) -> [0, 1] faces, rows from
+  `rows_from` on (0: whole faces)."""
   module: nn.Module  # BatchNorm folded
   params: dict
 
@@ -154,8 +175,24 @@ class Generator(NamedTuple):
     """The side of the crops it takes and the faces it makes (the checkpoint's)."""
     return self.module.img_size
 
+  @property
+  def rows_from(self) -> int:
+    return self.module.rows_from
+
   def __call__(self, mels, crops):
     return generate(self.module, self.params, mels, crops)
+
+  def cut(self, rows_from: int) -> 'Generator':
+    """The same generator making only the face rows from `rows_from` on (the same values)."""
+    return Generator(self.module.clone(rows_from=rows_from), self.params)
+
+  def face_features(self, crops):
+    """What the generator computes of the crops alone, for `decode` (a tuple of arrays)."""
+    return encode(self.module, self.params, crops)
+
+  def decode(self, mels, features):
+    """The faces of crops given by their `face_features`: equal to calling it on the crops."""
+    return decode(self.module, self.params, mels, features)
 
 
 def load_generator(path: str, dtype: str) -> Generator:
@@ -313,10 +350,21 @@ def frames_with_boxes(source: FaceSource, n_out: int, face: str, options: Option
 
 
 # -- paste-back -----------------------------------------------------------------------------------
+FEATHER_TOP = 0.35  # of the face's height: the feathered paste's mask is zero above it
+
+
+def feather_rows_from(img_size: int) -> int:
+  """The first row of a generated face that the feathered paste reads, at any box size: a box
+  row has weight only below FEATHER_TOP of its height, and bilinear resizing reads the two face
+  rows around (y + 0.5) * img_size / h - 0.5 (one row more is kept for rounding)."""
+  return max(0, math.floor(FEATHER_TOP * img_size - 0.5) - 1)
+
+
 @dataclasses.dataclass
 class Paster:
   """Puts generated faces (of any size) back into frames, hard (the reference) or feathered; the
-  feathering mask is drawn at each box's size in the frame, so it scales with the face."""
+  feathering mask is drawn at each box's size in the frame, so it scales with the face. A
+  feathered face may come without its top rows (Generator.cut(feather_rows_from(size)))."""
   mode: str
   truncate: bool  # the reference's uint8 truncation instead of rounding
   _masks: dict = dataclasses.field(default_factory=dict)
@@ -330,11 +378,16 @@ class Paster:
         up = np.clip((t - lo) / (hi - lo), 0, 1)
         down = np.clip((1 - t) / fall, 0, 1)
         return (3 - 2 * up) * up ** 2 * (3 - 2 * down) * down ** 2  # smoothstep
-      rows, cols = ramp(h, 0.35, 0.6, 0.12), ramp(w, 0.0, 0.15, 0.15)
+      rows, cols = ramp(h, FEATHER_TOP, 0.6, 0.12), ramp(w, 0.0, 0.15, 0.15)
       self._masks[(h, w)] = (rows[:, None] * cols[None, :])[..., None].astype(np.float32)
     return self._masks[(h, w)]
 
   def __call__(self, frame: np.ndarray, box: np.ndarray, face: np.ndarray) -> np.ndarray:
+    missing = face.shape[1] - face.shape[0]  # top rows not generated
+    if missing:
+      if self.mode == 'hard' or missing > feather_rows_from(face.shape[1]):
+        raise ValueError(f'a face without its top {missing} rows cannot be pasted {self.mode}')
+      face = np.concatenate([np.zeros((missing,) + face.shape[1:], face.dtype), face])
     x1, y1, x2, y2 = (int(v) for v in box)
     if x2 <= x1 or y2 <= y1:
       return frame
@@ -408,6 +461,8 @@ def lipsync_frames(face: str, options: Options, generate: Generator, detector, s
   size = generate.img_size
   reference = options.reference
   paste = Paster('hard' if reference else options.paste, truncate=reference)
+  if paste.mode == 'feather':  # the rows the paste reads, and no others
+    generate = generate.cut(feather_rows_from(size))
   interpolation = cv2.INTER_LINEAR if reference else cv2.INTER_AREA
   abort = reference or options.on_missing_face == 'abort'
   n_out = len(windows)

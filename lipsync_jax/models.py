@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from lipsync_jax.layers import Conv, ConvBlock, Layer, LeakyConvBlock, conv_impl_for
+from lipsync_jax.layers import Conv, ConvBlock, Layer, LeakyConvBlock, conv_impl_for, pair
 
 L = Layer
 IMG_SIZE = 96  # the reference's face size (the default of every model and crop)
@@ -204,33 +204,89 @@ class _Net(nn.Module):
     return x
 
 
+def _first_input_row(layer: Layer, first_output_row: int) -> int:
+  """The first input row a layer reads for its output rows from `first_output_row` on (torch's
+  arithmetic along the height: a conv's output o reads rows s*o - p .. s*o - p + k - 1, a
+  transposed conv's output o = s*i - p + tap)."""
+  (k, _), (s, _), (p, _) = pair(layer.kernel), pair(layer.stride), pair(layer.padding)
+  if layer.transpose:
+    return max(0, -(-(first_output_row + p - k + 1) // s))
+  return max(0, s * first_output_row - p)
+
+
+def decoder_rows(img_size: int, rows_from: int) -> Tuple[Tuple[Tuple[int, ...], ...], int]:
+  """The rows the generator's decoder computes when only output rows from `rows_from` on are
+  wanted: the first input row of each decoder layer, by stage, then the output block's two.
+  A stage's output and the skip joined to it are cut to the next stage's first row."""
+  stages = generator_face_decoder_for(img_size) + ((GENERATOR_OUTPUT, L(3, 1)),)
+  firsts, row = [], rows_from
+  for stage in reversed(stages):
+    rows = []
+    for layer in reversed(stage):
+      row = _first_input_row(layer, row)
+      rows.append(row)
+    firsts.append(tuple(reversed(rows)))
+  return tuple(reversed(firsts))
+
+
+def skip_rows(img_size: int, rows_from: int) -> Tuple[int, ...]:
+  """The first row of each face encoder output (skip) that the decoder reads, encoder order."""
+  firsts = decoder_rows(img_size, rows_from)
+  return tuple(reversed([firsts[i + 1][0] for i in range(len(firsts) - 1)]))
+
+
 class Wav2Lip(_Net):
-  """Generator: identity encoder + speech encoder + face decoder with skips, sigmoid output."""
+  """Generator: identity encoder + speech encoder + face decoder with skips, sigmoid output.
+
+  For inference two shortcuts leave the output exact: `rows_from` > 0 computes only output rows
+  from there on (the decoder's layers work on the rows those depend on; the output has
+  img_size - rows_from rows), and the face encoder's features, which depend on the face alone,
+  can be computed once (`mel` None returns them, cut to the rows the decoder reads) and passed
+  as `face_features` in place of the face.
+  """
+  rows_from: int = 0
 
   @nn.compact
-  def __call__(self, mel, face, train: bool = False):
-    self.check_faces(face, self.img_size)
-    windowed = face.ndim == 5
+  def __call__(self, mel, face, train: bool = False, face_features=None):
+    if face_features is None:
+      self.check_faces(face, self.img_size)
+    windowed = face is not None and face.ndim == 5
     if windowed:
       batch = face.shape[0]
       mel, face = fold_time(mel), fold_time(face)
+    if face_features is None:
+      face_features = self.encode_face(face, train)
+    if mel is None:
+      return face_features
     x = self.sequence(mel, GENERATOR_AUDIO_ENCODER, 'audio_encoder', train)
     self.sow('intermediates', 'audio_emb', x)
-    skips = []
-    f = face
-    for i, layers in enumerate(generator_face_encoder_for(self.img_size)):
-      f = self.sequence(f, layers, f'face_encoder_blocks_{i}', train)
-      self.sow('intermediates', f'face_enc_{i}', f)
-      skips.append(f)
+    skips = list(face_features)
+    firsts = decoder_rows(self.img_size, self.rows_from)
+    top = 0  # the absolute row of x[:, 0]
     for i, layers in enumerate(generator_face_decoder_for(self.img_size)):
-      x = self.sequence(x, layers, f'face_decoder_blocks_{i}', train)
+      for j, layer in enumerate(layers):
+        x, top = x[:, firsts[i][j] - top:], firsts[i][j]
+        x = self.block(layer, f'face_decoder_blocks_{i}_{j}')(x, train)
+        top = top * pair(layer.stride)[0] if layer.transpose else top
       self.sow('intermediates', f'face_dec_{i}', x)
+      x, top = x[:, firsts[i + 1][0] - top:], firsts[i + 1][0]  # the skip's rows
       x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
     x = self.block(GENERATOR_OUTPUT, 'output_block_0')(x, train)
+    x = x[:, firsts[-1][1] - top:]
     x = Conv(3, 1, kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
              precision=self.precision, conv_impl=self.conv_impl, name='output_block_1')(x)
     out = nn.sigmoid(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
     return unfold_time(out, batch) if windowed else out
+
+  def encode_face(self, face, train: bool):
+    """The face encoder's outputs, each from the first row the decoder reads."""
+    features = []
+    for i, (layers, first) in enumerate(zip(generator_face_encoder_for(self.img_size),
+                                            skip_rows(self.img_size, self.rows_from))):
+      face = self.sequence(face, layers, f'face_encoder_blocks_{i}', train)
+      self.sow('intermediates', f'face_enc_{i}', face)
+      features.append(face[:, first:])
+    return tuple(features)
 
 
 class SyncNet(_Net):

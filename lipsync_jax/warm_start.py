@@ -26,6 +26,7 @@ class Merged(NamedTuple):
   variables: dict  # the model's variables with the source's layers in place
   fraction: float  # of the model's parameters (by count) taken from the source
   table: str  # what was loaded, what is new, what was skipped and why
+  loaded: Tuple[str, ...]  # the parameter paths taken ('face_encoder_blocks_0_0/conv/kernel')
 
 
 def _count(shape) -> int:
@@ -88,7 +89,9 @@ def load_into(variables: dict, source_path: str, name: str, img_size: int,
         f'{source_path}: only {fraction:.1%} of the {name} parameters fit (at least '
         f'{min_fraction:.0%} asked, config.init_min_fraction): another width or network?\n'
         + report)
-  return Merged(merged, fraction, report)
+  loaded = tuple(path.split('/', 1)[1] for _, path, status, _ in rows
+                 if status == 'loaded' and path.startswith('params/'))
+  return Merged(merged, fraction, report, loaded)
 
 
 def frozen(tx: optax.GradientTransformation, prefixes: str) -> optax.GradientTransformation:

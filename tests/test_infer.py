@@ -13,7 +13,8 @@ import pytest
 
 from conftest import (FACE_MODEL, MEDIA, ROOT, ffmpeg, load_parity_weights, parity,
                       random_checkpoint, require, save_pth)
-from lipsync_jax import audio, convert, faces, infer, video
+from lipsync_jax import audio, convert, faces, infer, models, video
+from lipsync_jax.layers import fold_batchnorm
 
 TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
 
@@ -207,6 +208,50 @@ def test_feathered_paste_blends_into_the_frame(tiny_checkpoint, tmp_path):
                out[40:70, 50:150].reshape(-1, 3)):
     assert np.abs(edge.astype(int) - 100).max() <= 2
   assert (out[:40] == 100).all() and (out[160:] == 100).all()
+
+
+@pytest.mark.parametrize('size,conv_impl', [(96, 'cpu'), (96, 'xla'), (192, 'cpu')])
+def test_cut_generator_and_cached_features_make_the_same_faces(size, conv_impl):
+  """Generating only the rows the feathered paste reads, and from the face encoder's features
+  computed beforehand, changes no value of those rows."""
+  module = models.build('wav2lip', 8, img_size=size, conv_impl=conv_impl)
+  variables = jax.device_get(models.init(module, 'wav2lip', jax.random.key(3)))
+  rng = np.random.default_rng(0)
+  variables['batch_stats'] = jax.tree.map(lambda v: v + rng.uniform(0, 0.5, v.shape),
+                                          variables['batch_stats'])  # non-trivial folding
+  whole = infer.Generator(models.build('wav2lip', 8, folded_bn=True, img_size=size,
+                                       conv_impl=conv_impl), fold_batchnorm(variables))
+  mels = rng.normal(size=(3, 80, 16, 1)).astype(np.float32)
+  crops = rng.integers(0, 256, (3, size, size, 3), np.uint8)
+  first = infer.feather_rows_from(size)
+  cut = whole.cut(first)
+  faces_ = np.asarray(whole(mels, crops))
+  assert cut.rows_from == first and first >= size // 3
+  np.testing.assert_allclose(np.asarray(cut(mels, crops)), faces_[:, first:], atol=1e-6)
+  features = cut.face_features(crops)
+  np.testing.assert_allclose(np.asarray(cut.decode(mels, features)), faces_[:, first:],
+                             atol=1e-6)
+  # the features hold only the rows the cut decoder reads
+  assert [f.shape[1] for f in features[:3]] == [
+      size // 2 ** k - first for k, first in enumerate(models.skip_rows(size, first)[:3])]
+  assert features[0].shape[1] < size * 3 // 4
+
+
+def test_feathered_paste_reads_no_face_row_above_the_cut():
+  paster = infer.Paster('feather', truncate=False)
+  rng = np.random.default_rng(1)
+  frame = rng.integers(0, 256, (500, 500, 3), np.uint8)
+  for size in (96, 192, 288):
+    first = infer.feather_rows_from(size)
+    face = rng.uniform(size=(size, size, 3)).astype(np.float32)
+    for h in list(range(20, 481, 23)) + [size, min(2 * size - 1, 480)]:
+      box = np.array([7, 9, 7 + max(8, h * 3 // 4), 9 + h])
+      np.testing.assert_array_equal(paster(frame, box, face[first:]), paster(frame, box, face),
+                                    err_msg=f'{size} px face in a box {h} rows high')
+  with pytest.raises(ValueError, match='cannot be pasted hard'):
+    infer.Paster('hard', truncate=False)(frame, box, face[first:])
+  with pytest.raises(ValueError, match='without its top'):
+    paster(frame, box, face[first + 1:])
 
 
 def test_windows_cover_the_audio():

@@ -2,6 +2,7 @@
 and refuse damage, and a session's faces equal infer's for the same frames and audio whatever
 the chunking; silence generates nothing, interrupt() returns to idle, sessions share batches,
 bad input is refused without harming the session."""
+import gc
 import json
 import pathlib
 
@@ -115,6 +116,14 @@ def test_session_faces_equal_infer_faces(clip_avatar, scheduler, chunking):
   # and the faces come from batches of other sizes
   np.testing.assert_allclose(np.stack([o.face for o in outputs[:len(windows)]]), expected,
                              atol=1e-4)
+  assert expected.shape[1] == 96 - scheduler.rows_from
+  # the frames are infer's: its whole faces pasted (the rows not generated are never read)
+  whole = scheduler.generator.cut(0)
+  paste = infer.Paster('feather', truncate=False)
+  for k in range(0, len(windows), 7):
+    face = np.asarray(whole(windows[k:k + 1], crops[k:k + 1]))[0]
+    frame = paste(made.frames[k % len(made)], made.boxes[k % len(made)], face)
+    assert np.abs(outputs[k].frame.astype(int) - frame).max() <= 1
   # the audio that plays with the frames is the speech, frame by frame, then silence
   played = np.concatenate([o.audio for o in outputs])
   np.testing.assert_array_equal(played[:len(wav)], wav)
@@ -149,6 +158,21 @@ def test_interrupt_returns_to_idle_and_speech_after_it_plays(clip_avatar, schedu
   again = [session.next_output(plan_ahead=4) for _ in range(30)]
   assert sum(o.face is not None for o in again) == 13  # 0.5 s at 25 fps, rounded up
   session.close()
+
+
+def test_avatar_features_are_made_once_per_distinct_frame(clip_avatar, scheduler):
+  made, _ = clip_avatar
+  features = scheduler.face_features(made)
+  assert features is scheduler.face_features(made)  # one copy for every session
+  assert len(features.arrays[0]) == 15 and len(features.index) == len(made) == 28
+  for k in (0, 5, 27):
+    np.testing.assert_array_equal(features.of(k)[0], features.of(28 - k if k else 0)[0])
+  copy = avatars.Avatar(made.frames[:2].copy(), made.boxes[:2], made.crops[:2].copy(), made.fps)
+  scheduler.face_features(copy)
+  count = len(scheduler._features)
+  del copy
+  gc.collect()
+  assert len(scheduler._features) == count - 1  # released with its avatar
 
 
 def test_sessions_share_generator_calls(clip_avatar, scheduler):

@@ -23,7 +23,7 @@ from lipsync_jax.live import avatar as avatars
 from lipsync_jax.live.scheduler import Scheduler
 
 LOOKAHEAD = 0.2  # seconds of an utterance buffered before it starts to play
-PLAN_AHEAD = 2  # frames planned beyond the one being sent: their faces are made meanwhile
+PLAN_AHEAD = 2  # at least, frames planned beyond the one being sent: their faces are made meanwhile
 MAX_LATE = 0.1  # seconds a frame may be late before a stream's clock moves
 MAX_QUEUED = 60.0  # seconds of speech a session may hold unplayed (back-pressure)
 
@@ -106,7 +106,8 @@ class SpeechWindows:
 @dataclasses.dataclass
 class Output:
   """One frame of a session: its time on the session's clock, the frame (BGR uint8), the audio
-  that plays during it (float32 16 kHz mono), and the generated face (None while idle)."""
+  that plays during it (float32 16 kHz mono), and the generated face (None while idle; its rows
+  from the scheduler's rows_from on: those the feathered paste reads)."""
   timestamp: float
   frame: np.ndarray
   audio: np.ndarray
@@ -132,15 +133,15 @@ class Session:
   frames are read in another."""
 
   def __init__(self, avatar: avatars.Avatar, scheduler: Scheduler,
-               lookahead: float = LOOKAHEAD, max_queued: float = MAX_QUEUED,
-               paste: str = 'feather'):
+               lookahead: float = LOOKAHEAD, max_queued: float = MAX_QUEUED):
     if avatar.img_size != scheduler.img_size:
       raise SessionError(f'the avatar was made for {avatar.img_size} px faces, the model takes '
                          f'{scheduler.img_size} px')
     self.avatar, self.scheduler = avatar, scheduler
     self.fps = avatar.fps
     self.lookahead, self.max_queued = lookahead, max_queued
-    self._paste = infer.Paster(paste, truncate=False)
+    self._features = scheduler.face_features(avatar)
+    self._paste = infer.Paster('feather', truncate=False)
     self._lock = threading.Lock()
     self._utterances: Deque[SpeechWindows] = collections.deque()
     self._playing = False  # the first utterance has started
@@ -215,6 +216,12 @@ class Session:
     return sum(u.samples for u in self._utterances) / audio.SAMPLE_RATE - played
 
   @property
+  def plan_ahead(self) -> int:
+    """Frames `stream` plans beyond the one being sent: those the lookahead covers, so that a
+    frame's face is made as soon as its speech is in, in batches with the frames around it."""
+    return max(PLAN_AHEAD, math.ceil(self.lookahead * self.fps))
+
+  @property
   def speaking(self) -> bool:
     """Whether speech is playing or queued."""
     with self._lock:
@@ -267,7 +274,7 @@ class Session:
       plan.audio = speech.chunk(i)
       window = speech.window(i)
       speech.release(i + 1)
-      plan.face = self.scheduler.submit(window, self.avatar.crops[plan.avatar_frame])
+      plan.face = self.scheduler.submit(window, self._features.of(plan.avatar_frame))
     return True
 
   def _submit_ready(self) -> None:
@@ -334,7 +341,7 @@ async def stream(session: Session, send, executor=None, on_frame=None) -> None:
   loop = asyncio.get_running_loop()
   began = None
   while True:
-    output = await session.next_output_async(PLAN_AHEAD, executor)
+    output = await session.next_output_async(session.plan_ahead, executor)
     now = loop.time()
     if began is None:
       began = now - output.timestamp  # the clock starts with the first frame made

@@ -1,31 +1,71 @@
 """One scheduler per device: the due faces of every live session go into one generator call.
 
-Sessions submit (mel window, crop) pairs and get a Future of the face. A single worker thread
-takes what is waiting, oldest first, up to the largest batch size, pads it to the next of a few
-fixed sizes (so that steady state never compiles), runs the jitted generator and resolves the
-futures. A failed call fails only the futures of that batch; the thread goes on.
+Sessions submit (mel window, face features) pairs and get a Future of the face. A single worker
+thread takes what is waiting, oldest first, up to the largest batch size, pads it to the next of
+a few fixed sizes (so that steady state never compiles), runs the jitted generator and resolves
+the futures. A failed call fails only the futures of that batch; the thread goes on.
+
+Two shortcuts leave every pasted pixel as `infer` makes it: the generator makes only the face
+rows that the feathered paste reads (infer.feather_rows_from), and the face encoder, whose
+output depends on the avatar frame alone, runs once per distinct frame of an avatar
+(`face_features`), so each live frame costs the speech encoder and the decoder.
 """
 import collections
 import concurrent.futures
 import threading
+import weakref
 from typing import Deque, Dict, Sequence, Tuple
 
 import numpy as np
 
 from lipsync_jax import audio, infer
+from lipsync_jax.live import avatar as avatars
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+ENCODE_BATCH = 16  # avatar frames per face-encoder call
+
+
+class AvatarFeatures:
+  """The face encoder's features of every frame of an avatar, one copy per distinct crop (a
+  ping-pong loop shows most frames twice)."""
+
+  def __init__(self, generator: infer.Generator, crops: np.ndarray):
+    distinct: Dict[bytes, int] = {}  # crop -> its row in the arrays
+    firsts, index = [], []
+    for i, crop in enumerate(crops):
+      row = distinct.setdefault(crop.tobytes(), len(firsts))
+      if row == len(firsts):
+        firsts.append(i)
+      index.append(row)
+    self.index, unique = np.array(index), crops[firsts]
+    parts = []
+    for k in range(0, len(unique), ENCODE_BATCH):
+      batch = unique[k:k + ENCODE_BATCH]
+      padded = np.concatenate([batch, np.zeros((ENCODE_BATCH - len(batch),) + batch.shape[1:],
+                                               batch.dtype)])
+      parts.append([np.asarray(f)[:len(batch)] for f in generator.face_features(padded)])
+    self.arrays = tuple(np.concatenate(column) for column in zip(*parts))
+
+  @property
+  def nbytes(self) -> int:
+    return sum(a.nbytes for a in self.arrays)
+
+  def of(self, frame: int) -> Tuple[np.ndarray, ...]:
+    return tuple(a[self.index[frame]] for a in self.arrays)
 
 
 class Scheduler:
-  """Batches faces for one generator; `stats` counts calls by padded batch size."""
+  """Batches faces for one generator; `stats` counts calls by padded batch size. The faces it
+  makes hold the rows from `rows_from` on."""
 
   def __init__(self, generator: infer.Generator, batch_sizes: Sequence[int] = BATCH_SIZES):
-    self.generator = generator
+    self.generator = generator.cut(infer.feather_rows_from(generator.img_size))
     self.batch_sizes = tuple(sorted(batch_sizes))
     self.stats: Dict[int, int] = collections.Counter()  # padded size -> calls
     self.faces_made = 0
-    self._waiting: Deque[Tuple[np.ndarray, np.ndarray, concurrent.futures.Future]] = (
+    self._features: Dict[int, AvatarFeatures] = {}
+    self._features_lock = threading.Lock()
+    self._waiting: Deque[Tuple[np.ndarray, tuple, concurrent.futures.Future]] = (
         collections.deque())
     self._wake = threading.Condition()
     self._closed = False
@@ -40,20 +80,36 @@ class Scheduler:
   def max_batch(self) -> int:
     return self.batch_sizes[-1]
 
+  @property
+  def rows_from(self) -> int:
+    return self.generator.rows_from
+
+  def face_features(self, avatar: avatars.Avatar) -> AvatarFeatures:
+    """The features of the avatar's frames, computed on first use and kept while it lives."""
+    with self._features_lock:
+      key = id(avatar)
+      if key not in self._features:
+        self._features[key] = AvatarFeatures(self.generator, avatar.crops)
+        weakref.finalize(avatar, self._features.pop, key, None)
+      return self._features[key]
+
   def warm_up(self) -> None:
     """Compiles the generator for every batch size now rather than on first use."""
     size = self.img_size
+    features = AvatarFeatures(self.generator, np.zeros((1, size, size, 3), np.uint8)).arrays
     for n in self.batch_sizes:
-      np.asarray(self.generator(np.zeros((n, audio.N_MELS, audio.MEL_STEP, 1), np.float32),
-                                np.zeros((n, size, size, 3), np.uint8)))
+      np.asarray(self.generator.decode(
+          np.zeros((n, audio.N_MELS, audio.MEL_STEP, 1), np.float32),
+          tuple(np.repeat(f[:1], n, axis=0) for f in features)))
 
-  def submit(self, window: np.ndarray, crop: np.ndarray) -> concurrent.futures.Future:
-    """A Future of the [0, 1] face for one (80, 16, 1) mel window and uint8 crop."""
+  def submit(self, window: np.ndarray, features: tuple) -> concurrent.futures.Future:
+    """A Future of the [0, 1] face (rows from rows_from) for one (80, 16, 1) mel window and
+    the features of one avatar frame (AvatarFeatures.of)."""
     future = concurrent.futures.Future()
     with self._wake:
       if self._closed:
         raise RuntimeError('the scheduler is closed')
-      self._waiting.append((window, crop, future))
+      self._waiting.append((window, features, future))
       self._wake.notify()
     return future
 
@@ -84,12 +140,12 @@ class Scheduler:
 
   def _run(self, batch) -> None:
     size = next(n for n in self.batch_sizes if n >= len(batch))
-    mels = np.zeros((size, audio.N_MELS, audio.MEL_STEP, 1), np.float32)
-    crops = np.zeros((size, self.img_size, self.img_size, 3), np.uint8)
-    for k, (window, crop, _) in enumerate(batch):
-      mels[k], crops[k] = window, crop
+    pad = size - len(batch)
+    mels = np.stack([window for window, _, _ in batch] + [batch[0][0]] * pad)
+    features = tuple(np.stack(column + (column[0],) * pad)
+                     for column in zip(*(job[1] for job in batch)))
     try:
-      faces = np.asarray(self.generator(mels, crops))
+      faces = np.asarray(self.generator.decode(mels, features))
     except Exception as e:  # pylint: disable=broad-except
       for _, _, future in batch:  # only this batch's sessions see the failure
         future.set_exception(e)

@@ -489,6 +489,10 @@ def main(argv=None) -> int:
     sizes = ', '.join(map(str, server.scheduler.batch_sizes))
     print(f'compiling the generator for batches of {sizes}', flush=True)
     server.scheduler.warm_up()
+    for name in server.avatar_names():  # sessions then start at once
+      features = server.scheduler.face_features(server.avatar(name))
+      print(f'avatar {name}: {len(features.index)} frames, face features '
+            f'{features.nbytes / 2 ** 20:.0f} MiB', flush=True)
     print(f'serving {len(server.avatar_names())} avatars on http://{args.host}:{args.port}/',
           flush=True)
     web.run_app(server.app(), host=args.host, port=args.port, print=None)
