@@ -532,13 +532,15 @@ def check_box(face: str, box: Tuple[int, int, int, int], source: FaceSource) -> 
 
 
 def lipsync(face: str, audio_path: str, checkpoint: str, outfile: str,
-            options: Optional[Options] = None, progress: bool = True) -> Result:
+            options: Optional[Options] = None, progress: bool = True,
+            on_frame: Optional[Callable[[int, int], None]] = None) -> Result:
   """Lip-syncs the face in a video or image to speech and writes `outfile` (H.264 + AAC).
 
   `checkpoint`: an official wav2lip.pth / wav2lip_gan.pth, an orbax checkpoint directory or a
   training workdir. Every input is checked before anything is written; the output appears
   complete or not at all, and is never one of the inputs. Raises InferenceError (or another
-  cli.UserError) naming the file and the problem.
+  cli.UserError) naming the file and the problem. `on_frame(done, total)` follows each frame
+  written.
   """
   face, audio_path = cli.as_path('face', face), cli.as_path('audio_path', audio_path)
   checkpoint, outfile = cli.as_path('checkpoint', checkpoint), cli.as_path('outfile', outfile)
@@ -564,9 +566,11 @@ def lipsync(face: str, audio_path: str, checkpoint: str, outfile: str,
   cli.ensure_folder(os.path.dirname(os.path.abspath(outfile)), 'output video')
   with video.VideoWriter(outfile, audio_path, source.width, source.height, source.fps,
                           stages) as writer:
-    for frame in tqdm(frames, total=len(windows), unit='frame', desc='lip-sync',
-                      disable=not progress):
+    for done, frame in enumerate(tqdm(frames, total=len(windows), unit='frame',
+                                      desc='lip-sync', disable=not progress), 1):
       writer.write(frame)
+      if on_frame is not None:
+        on_frame(done, len(windows))
     if not stages['faces']:
       raise InferenceError(f'{face}: no face found in any frame')
   seconds = time.perf_counter() - began

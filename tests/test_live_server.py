@@ -239,18 +239,21 @@ def test_offline_job(setup):
       form.add_field('audio', open(speech, 'rb'), filename='speech.wav')
       async with http.post(url + '/api/jobs', data=form) as reply:
         job_id = (await reply.json())['id']
-      for _ in range(600):
+      seen = []
+      for _ in range(1200):
         async with http.get(f'{url}/api/jobs/{job_id}') as reply:
           state = await reply.json()
+        seen.append(state['progress'])
         if state['state'] in ('done', 'failed'):
           break
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.05)
       async with http.get(f'{url}/api/jobs/{job_id}/result.mp4') as reply:
-        return state, await reply.read()
+        return state, seen, await reply.read()
 
   with running(setup) as (url, _):
-    state, video = asyncio.run(job(url))
-  assert state == {'state': 'done', 'error': None}, state
+    state, seen, video = asyncio.run(job(url))
+  assert state == {'state': 'done', 'error': None, 'progress': 1.0}, state
+  assert seen == sorted(seen) and seen[0] < 1.0  # it rose while the job ran
   assert video[4:8] == b'ftyp' and len(video) > 1000
 
 

@@ -334,7 +334,7 @@ class LiveServer:
     if set(files) != {'face', 'audio'}:
       shutil.rmtree(folder, ignore_errors=True)
       raise ClientError('expected the files face (a video or photo) and audio')
-    self._jobs[job] = {'state': 'queued', 'error': None, 'folder': folder}
+    self._jobs[job] = {'state': 'queued', 'error': None, 'progress': 0.0, 'folder': folder}
     loop = asyncio.get_running_loop()
     loop.run_in_executor(self._job_pool, self._run_job, job, files)
     return web.json_response({'id': job})
@@ -342,9 +342,13 @@ class LiveServer:
   def _run_job(self, job: str, files: dict) -> None:
     record = self._jobs[job]
     record['state'] = 'running'
+    def on_frame(done, total):
+      record['progress'] = round(done / total, 3)
+
     try:
       infer.lipsync(files['face'], files['audio'], self.checkpoint,
-                    os.path.join(record['folder'], 'result.mp4'), progress=False)
+                    os.path.join(record['folder'], 'result.mp4'), progress=False,
+                    on_frame=on_frame)
       record['state'] = 'done'
     except cli.UserError as e:
       record.update(state='failed', error=str(e))
@@ -359,7 +363,7 @@ class LiveServer:
 
   async def _job(self, request):
     job = self._get_job(request)
-    return web.json_response({'state': job['state'], 'error': job['error']})
+    return web.json_response({k: job[k] for k in ('state', 'error', 'progress')})
 
   async def _job_result(self, request):
     job = self._get_job(request)
