@@ -1,6 +1,7 @@
 """Live lip-sync on this machine: how many sessions it sustains at their frame rate, how soon the
 first lip-synced frame follows the start of speech, audio/video drift, interrupt latency, and
-the batches the scheduler formed; per configuration.
+the batches the scheduler formed, and the generator's faces/s (whole faces from crops beside the
+live path: only the rows the paste reads, from face features computed once); per configuration.
 
     python benchmarks/bench_stream.py [--configs full96 tiny96 full192] [--seconds 8]
         [--max_sessions 8] [--drift_minutes 10]
@@ -112,6 +113,29 @@ def drift(avatar, scheduler, minutes: float, speech: np.ndarray) -> int:
   return abs(played - frames * int(audio.SAMPLE_RATE / avatar.fps)) + worst
 
 
+def generator_rates(whole: infer.Generator, scheduler, avatar, batches=(1, 4, 8), repeats=8):
+  """Faces/s of the whole generator on crops, and of the scheduler's (only the rows the paste
+  reads, from the avatar's precomputed face features), per batch size, side by side."""
+  rates = []
+  features = scheduler.face_features(avatar)
+  for n in batches:
+    mels = np.random.default_rng(0).normal(size=(n, audio.N_MELS, audio.MEL_STEP, 1))
+    mels = mels.astype(np.float32)
+    crops = avatar.crops[np.arange(n) % len(avatar)]
+    stacked = tuple(np.stack(c) for c in zip(*(features.of(k % len(avatar)) for k in range(n))))
+    pair = []
+    for call, args in ((whole, (mels, crops)), (scheduler.generator.decode, (mels, stacked))):
+      jax.block_until_ready(call(*args))
+      times = []
+      for _ in range(repeats):
+        began = time.perf_counter()
+        jax.block_until_ready(call(*args))
+        times.append(time.perf_counter() - began)
+      pair.append(n / np.median(times))
+    rates.append(f'batch {n}: {pair[0]:.1f} -> {pair[1]:.1f}')
+  return '; '.join(rates)
+
+
 def interrupt_latency(avatar, scheduler, speech: np.ndarray, lookahead: float,
                       trials: int = 5) -> list:
   """Lip-synced frames still shown after interrupt(), per trial."""
@@ -150,8 +174,12 @@ def main():
     for name in args.configs:
       divisor, size = CONFIGS[name]
       avatar = avatars.prepare(short, size, infer.Options())
-      scheduler = Scheduler(generator(tmp, divisor, size))
+      whole = generator(tmp, divisor, size)
+      scheduler = Scheduler(whole)
       scheduler.warm_up()
+      print(f'{name}: generator faces/s, whole faces from crops -> the rows from '
+            f'{scheduler.rows_from} on from the avatar\'s face features: '
+            f'{generator_rates(whole, scheduler, avatar)}', flush=True)
       sustained, first, underruns = 0, [], 0
       count = 1
       while count <= args.max_sessions:

@@ -179,25 +179,49 @@ def test_session_limit_token_and_binding(setup):
     assert 'lipsync_jax live' in asyncio.run(_get(url + '/'))  # the page asks for it itself
 
 
-def test_webrtc_client_gets_video_and_audio(setup, tmp_path):
+def test_webrtc_client_gets_video_and_audio(setup, tmp_path, monkeypatch):
   from aiortc import RTCPeerConnection, RTCSessionDescription
   from aiortc.contrib.media import MediaPlayer
+  from aiortc.rtcrtpreceiver import RTCRtpReceiver, TimestampMapper
+  from aiortc.rtp import RtcpSrPacket
 
   wav = tmp_path / 'speech.wav'
-  ffmpeg('-i', require(MEDIA / 'speech_en_16k_stereo.wav'), '-t', '2.5', wav)
+  ffmpeg('-i', require(MEDIA / 'speech_en_16k_stereo.wav'), '-t', '4', wav)
+  # What a receiver aligns audio and video by: each stream's RTP timestamps (aiortc hands the
+  # frames out counted from the first one it decoded: TimestampMapper's origin) and the
+  # server's RTCP sender reports, which tie a stream's RTP timestamp to the server's clock.
+  reports = {}  # SSRC -> [(NTP time, RTP timestamp)]
+  streams = {}  # kind -> (SSRC, the RTP timestamp frames are counted from)
+  handle_rtcp, map_timestamp = RTCRtpReceiver._handle_rtcp_packet, TimestampMapper.map
+
+  async def record_reports(receiver, packet):
+    if isinstance(packet, RtcpSrPacket):
+      reports.setdefault(packet.ssrc, []).append((packet.sender_info.ntp_timestamp,
+                                                  packet.sender_info.rtp_timestamp))
+    await handle_rtcp(receiver, packet)
+
+  def record_origin(mapper, timestamp):
+    counted = map_timestamp(mapper, timestamp)
+    mapper.origin_seen = mapper._origin  # noqa: SLF001 (aiortc keeps it private)
+    return counted
+
+  monkeypatch.setattr(RTCRtpReceiver, '_handle_rtcp_packet', record_reports)
+  monkeypatch.setattr(TimestampMapper, 'map', record_origin)
 
   async def call(url):
     pc = RTCPeerConnection()
     player = MediaPlayer(str(wav))
     pc.addTrack(player.audio)
     pc.addTransceiver('video', direction='recvonly')
+    control = pc.createDataChannel('control')
     received = {'video': [], 'audio': []}
     tasks = []
 
     async def collect(track):
       while True:
         frame = await track.recv()
-        received[track.kind].append((time.monotonic(), frame))
+        counts = {ssrc: len(stream) for ssrc, stream in reports.items()}
+        received[track.kind].append((time.monotonic(), frame, counts))
 
     pc.on('track', lambda track: tasks.append(asyncio.ensure_future(collect(track))))
     await pc.setLocalDescription(await pc.createOffer())
@@ -206,7 +230,12 @@ def test_webrtc_client_gets_video_and_audio(setup, tmp_path):
           'sdp': pc.localDescription.sdp, 'type': 'offer', 'avatar': 'head'}) as reply:
         answer = await reply.json()
     await pc.setRemoteDescription(RTCSessionDescription(answer['sdp'], answer['type']))
-    await asyncio.sleep(6)
+    await asyncio.sleep(2.5)
+    control.send('interrupt')  # mid-speech: video and audio stop together
+    await asyncio.sleep(3.5)
+    for receiver in pc.getReceivers():
+      streams[receiver.track.kind] = (receiver.getSynchronizationSources()[0].source,
+                                      receiver._RTCRtpReceiver__timestamp_mapper.origin_seen)
     for task in tasks:
       task.cancel()
     await pc.close()
@@ -217,15 +246,45 @@ def test_webrtc_client_gets_video_and_audio(setup, tmp_path):
     spoken = server.metrics.frames['speech']
   video = received['video']
   assert len(video) > 100 and received['audio']
-  times = np.array([t for t, _ in video[25:]])
+  # every sample arrives: the audio received fills its time line (no packet lost or dropped)
+  first, last = received['audio'][0][1], received['audio'][-1][1]
+  span = last.pts + last.samples - first.pts
+  assert sum(frame.samples for _, frame, _ in received['audio']) >= 0.95 * span
+  times = np.array([t for t, _, _ in video[25:]])
   rate = (len(times) - 1) / (times[-1] - times[0])
   assert 22 <= rate <= 28, rate
   assert spoken >= 25  # the microphone's speech was lip-synced
   made = setup['avatar']
-  lower = np.stack([f.to_ndarray(format='bgr24')[150:230] for _, f in video]).astype(float)
+  lower = np.stack([f.to_ndarray(format='bgr24')[150:230] for _, f, _ in video]).astype(float)
   own = made.frames[:, 150:230].astype(float).mean(axis=0)
   change = np.abs(lower - own).mean(axis=(1, 2, 3))
   assert change.max() > 3 * np.median(change[:10])  # the mouth moves once the speech plays
+
+  # Audio and video in sync as a receiver sees them: at the interrupt, the lip-synced frames
+  # and the speech stop together (idle frames carry digital silence), at the same time on the
+  # server's clock (RTP timestamps through its sender reports), within one frame.
+  def sender_time(kind, frame, counts):
+    """The server's wall-clock time of a frame's start, by the latest report on its stream
+    when the frame came (or the first report)."""
+    ssrc, origin = streams[kind]
+    ntp, rtp = reports[ssrc][max(counts.get(ssrc, 0), 1) - 1]
+    ticks = ((origin + frame.pts - rtp + 2 ** 31) % 2 ** 32) - 2 ** 31
+    return (ntp >> 32) + (ntp & 0xFFFFFFFF) / 2 ** 32 + float(ticks * frame.time_base)
+
+  lipsynced = change > (np.median(change[:10]) + change.max()) / 2
+  stops = [k for k in range(1, len(video)) if lipsynced[k - 1] and not lipsynced[k]]
+  assert stops, 'the interrupt did not return the video to idle'
+  video_stop = sender_time('video', *video[stops[0]][1:])
+  sound = []  # (time, sample) of the returned audio around it
+  for _, frame, counts in received['audio']:
+    start = sender_time('audio', frame, counts)
+    if abs(start - video_stop) < 0.5:
+      pcm = frame.to_ndarray().reshape(-1)[::len(frame.layout.channels)]
+      sound += [(start + i / frame.sample_rate, x) for i, x in enumerate(pcm)]
+  loud = np.array(sorted(t for t, x in sound if abs(int(x)) > 4))
+  gaps = np.flatnonzero(np.diff(loud) > 1 / made.fps)
+  audio_stop = loud[gaps[0]] if len(gaps) else loud[-1]  # the last sound before the silence
+  assert abs(video_stop - audio_stop) <= 1 / made.fps, (video_stop - audio_stop)
 
 
 def test_offline_job(setup):

@@ -31,7 +31,7 @@ import struct
 import sys
 import tempfile
 import uuid
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import av
 import cv2
@@ -47,6 +47,7 @@ from lipsync_jax.live.scheduler import Scheduler
 
 PAGE = pathlib.Path(__file__).resolve().parent / 'page.html'
 VIDEO_CLOCK = 90000  # RTP's video clock rate
+AUDIO_PACKET = audio.SAMPLE_RATE // 50  # samples: 20 ms, the Opus frame aiortc sends
 VOICE_DBFS = -45.0  # a microphone frame louder than this is speech
 HANGOVER = 0.5  # seconds of quiet that end an utterance from a microphone
 PRE_ROLL = 0.2  # seconds of audio kept from before the voice was detected
@@ -196,7 +197,7 @@ class LiveServer:
     key, session = self.open_session(body.get('avatar'))
     pc = RTCPeerConnection()
     self._peers.add(pc)
-    video, sound = _QueueTrack('video'), _QueueTrack('audio')
+    video, sound = _QueueTrack('video'), _QueueTrack('audio', size=16)
     tasks = []
 
     async def close():
@@ -234,9 +235,12 @@ class LiveServer:
       await close()  # aiortc raises many types for a malformed SDP
       raise ClientError(f'bad offer ({type(e).__name__}: {str(e)[:200]})') from None
 
+    packets = _AudioPackets()
+
     async def send(output: engine.Output):
       video.put(_video_frame(output, session.fps))
-      sound.put(_audio_frame(output, session.fps))
+      for frame in packets.frames(output):
+        sound.put(frame)
 
     tasks.append(asyncio.ensure_future(self._run_pump(session, send, close)))
     return web.json_response({'sdp': pc.localDescription.sdp, 'type': pc.localDescription.type,
@@ -393,13 +397,27 @@ def _video_frame(output: engine.Output, fps: float) -> av.VideoFrame:
   return frame
 
 
-def _audio_frame(output: engine.Output, fps: float) -> av.AudioFrame:
-  pcm = np.clip(np.rint(output.audio * 32767), -32768, 32767).astype(np.int16)
-  frame = av.AudioFrame.from_ndarray(pcm[None], format='s16', layout='mono')
-  frame.sample_rate = audio.SAMPLE_RATE
-  frame.pts = int(np.floor(output.index * audio.SAMPLE_RATE / fps))
-  frame.time_base = fractions.Fraction(1, audio.SAMPLE_RATE)
-  return frame
+class _AudioPackets:
+  """A session's audio as 20 ms frames, timed by their first sample: aiortc's Opus encoder
+  makes one packet per 20 ms, and packs a longer frame's packets under one RTP timestamp, of
+  which receivers play only the first."""
+
+  def __init__(self):
+    self._pending = np.zeros(0, np.int16)
+    self._sent = 0  # samples
+
+  def frames(self, output: engine.Output) -> List[av.AudioFrame]:
+    pcm = np.clip(np.rint(output.audio * 32767), -32768, 32767).astype(np.int16)
+    self._pending = np.concatenate([self._pending, pcm])
+    frames = []
+    while len(self._pending) >= AUDIO_PACKET:
+      frame = av.AudioFrame.from_ndarray(self._pending[None, :AUDIO_PACKET], format='s16',
+                                         layout='mono')
+      frame.sample_rate = audio.SAMPLE_RATE
+      frame.pts, frame.time_base = self._sent, fractions.Fraction(1, audio.SAMPLE_RATE)
+      self._pending, self._sent = self._pending[AUDIO_PACKET:], self._sent + AUDIO_PACKET
+      frames.append(frame)
+    return frames
 
 
 class _QueueTrack(MediaStreamTrack):
