@@ -31,15 +31,13 @@ import os
 import sys
 import time
 
-import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_pipeline import loaders, synthetic  # noqa: E402
 from benchmarks import mouth_quality as quality  # noqa: E402
-from configs import wav2lip as wav2lip_config  # noqa: E402
 from lipsync_jax import (allocator, audio, convert, demo, faces, infer, losses,  # noqa: E402
-                         models, training, warm_start)
+                         training)
 
 
 SPEECH_MEL = -2.5  # a mel window whose mean is above this (silence is -4) holds speech
@@ -117,7 +115,7 @@ def size_figures(out: str, data_dir: str, settings, clips: list, detector,
     half = settings.generator_steps // 2
     frozen_dir = demo.train_generator(
         os.path.join(out, 'warm_frozen_generator'), data_dir, settings, expert_dir, warm_from,
-        sync_from_start=True, freeze=','.join(loaded_parameters(warm_from, settings)), steps=half)
+        sync_from_start=True, freeze='loaded', steps=half)
     generators[f'generator warm-started from {warm_from}, added stages alone for {half} steps, '
                f'then all for {settings.generator_steps - half}'] = demo.train_generator(
         os.path.join(out, 'warm_staged_generator'), data_dir, settings, expert_dir, frozen_dir,
@@ -130,15 +128,6 @@ def size_figures(out: str, data_dir: str, settings, clips: list, detector,
   for name, workdir in generators.items():
     print(f'{name}:')
     generator_figures(out, workdir, settings, clips, detector, expert, (0.5, threshold))
-
-
-def loaded_parameters(source: str, settings) -> tuple:
-  """The parameter paths of a tiny generator of settings.img_size that a warm start from the
-  generator in `source` loads (so those it adds can be trained alone first)."""
-  module = models.build('wav2lip', wav2lip_config.get_config('tiny').model.width_divisor,
-                        img_size=settings.img_size)
-  fresh = jax.device_get(models.init(module, 'wav2lip', jax.random.key(0)))
-  return warm_start.load_into(fresh, source, 'wav2lip', settings.img_size, 0.0).loaded
 
 
 def generator_figures(out: str, generator_dir: str, settings, clips: list, detector,

@@ -52,7 +52,8 @@ def base(model: str, variant: str = None) -> ml_collections.ConfigDict:
   c.init_from = ''
   c.init_min_fraction = 0.5
   # Parameters left as they are: comma-separated path prefixes, e.g. 'audio_encoder' or
-  # 'audio_encoder,face_encoder_blocks' (a one-speaker fine-tune of the decoder alone).
+  # 'audio_encoder,face_encoder_blocks' (a one-speaker fine-tune of the decoder alone); the word
+  # 'loaded' names every parameter init_from provides (an HQ model's added stages train alone).
   c.freeze = ''
   c.log_every = 10 if tiny else 100
   c.checkpoint_every = 100 if tiny else 3000

@@ -180,7 +180,7 @@ def train_generator(workdir: str, data_dir: str, settings: Settings, expert_dir:
   config.log_every = 25
   start = (f', warm-started from {init_from}' if init_from else '') + (
       ', sync loss from the start' if sync_from_start else '') + (
-      f', {len(freeze.split(","))} parameters frozen' if freeze else '')
+      f', frozen: {freeze}' if freeze else '')
   stage(f'4/5 training the tiny generator ({steps} steps{start})')
   _train_or_exit(config, workdir)
   return workdir

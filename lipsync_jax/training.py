@@ -53,7 +53,8 @@ def make_training(config, platform: str, expert_divisor: Optional[int] = None) -
   build = lambda name, divisor=config.model.width_divisor: models.build(
       name, divisor, dtype, conv_impl=conv_impl, img_size=config.model.img_size)
   tx = warm_start.frozen(optax.adam(learning_rate(config, config.learning_rate),
-                                    config.adam_b1, config.adam_b2), config.freeze)
+                                    config.adam_b1, config.adam_b2),
+                         warm_start.freeze_prefixes(config))
   model = build(config.model.name)
   expert = disc = disc_tx = None
   if kind == 'expert':

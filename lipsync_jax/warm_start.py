@@ -11,6 +11,7 @@ adds), and one of another width takes nothing. The optimizer state and the step 
 import collections
 from typing import List, NamedTuple, Sequence, Tuple
 
+import jax
 import numpy as np
 import optax
 from flax import traverse_util
@@ -94,10 +95,30 @@ def load_into(variables: dict, source_path: str, name: str, img_size: int,
   return Merged(merged, fraction, report, loaded)
 
 
+LOADED = 'loaded'  # in config.freeze: every parameter config.init_from provides
+
+
+def freeze_prefixes(config) -> str:
+  """config.freeze with the word 'loaded' replaced by the paths of the parameters that
+  config.init_from loads into this model (so that the layers a larger model adds train alone
+  first)."""
+  wanted = [p.strip() for p in config.freeze.split(',') if p.strip()]
+  if LOADED not in wanted:
+    return config.freeze
+  if not config.init_from:
+    raise WarmStartError(f"config.freeze: '{LOADED}' names the layers config.init_from loads, "
+                         'and config.init_from is not set')
+  name, size = config.model.name, config.model.img_size
+  module = models.build(name, config.model.width_divisor, img_size=size)
+  shapes = jax.eval_shape(lambda: models.init(module, name, jax.random.key(0)))
+  loaded = load_into(shapes, config.init_from, name, size, config.init_min_fraction).loaded
+  return ','.join([p for p in wanted if p != LOADED] + list(loaded))
+
+
 def frozen(tx: optax.GradientTransformation, prefixes: str) -> optax.GradientTransformation:
   """`tx` for every parameter but those whose path ('face_encoder_blocks_0_0/conv/kernel')
-  starts with one of the comma-separated `prefixes`, which it leaves unchanged (their updates
-  are zero; optax.multi_transform)."""
+  starts with one of the comma-separated `prefixes` (freeze_prefixes resolves 'loaded'), which
+  it leaves unchanged (their updates are zero; optax.multi_transform)."""
   wanted = [p.strip() for p in prefixes.split(',') if p.strip()]
   if not wanted:
     return tx

@@ -83,6 +83,25 @@ def test_an_hq_model_takes_every_layer_of_a_96_px_one(name, tmp_path):
   assert 'new' in merged.table and 'skipped' in merged.table
 
 
+def test_freeze_loaded_names_what_the_source_provides(tmp_path):
+  """config.freeze 'loaded' (a 192 px generator from a 96 px one): every parameter the warm
+  start takes is frozen, the added stages and the reshaped output layer are not."""
+  config = wav2lip.get_config('hq192_tiny')
+  config.freeze = 'loaded'
+  with pytest.raises(warm_start.WarmStartError, match='config.init_from is not set'):
+    warm_start.freeze_prefixes(config)
+  config.init_from = random_checkpoint(tmp_path / 'g96', 'wav2lip')
+  config.freeze = 'loaded, audio_encoder_0'
+  frozen = set(warm_start.freeze_prefixes(config).split(','))
+  module = models.build('wav2lip', config.model.width_divisor, img_size=192)
+  params = _flat(models.init(module, 'wav2lip', jax.random.key(0))['params'])
+  assert 'audio_encoder_0' in frozen and frozen - {'audio_encoder_0'} <= set(params)
+  trained = set(params) - frozen
+  assert trained and all(k.startswith(('face_encoder_blocks_1_', 'face_decoder_blocks_7_'))
+                         or k == 'output_block_0/conv/kernel' for k in trained)
+  assert 'face_encoder_blocks_2_0/conv/kernel' in frozen  # the 96 px block 1, moved down
+
+
 def test_sources_of_another_network_or_width_are_refused(tmp_path):
   module = models.build('wav2lip', 1)
   full = jax.eval_shape(lambda: models.init(module, 'wav2lip', jax.random.key(0)))
