@@ -214,7 +214,7 @@ def _first_input_row(layer: Layer, first_output_row: int) -> int:
   return max(0, s * first_output_row - p)
 
 
-def decoder_rows(img_size: int, rows_from: int) -> Tuple[Tuple[Tuple[int, ...], ...], int]:
+def decoder_rows(img_size: int, rows_from: int) -> Tuple[Tuple[int, ...], ...]:
   """The rows the generator's decoder computes when only output rows from `rows_from` on are
   wanted: the first input row of each decoder layer, by stage, then the output block's two.
   A stage's output and the skip joined to it are cut to the next stage's first row."""
