@@ -374,8 +374,10 @@ def test_concurrent_sessions_meet_their_frame_times(setup):
              if line.startswith('lipsync_generator_calls_total{')}
   print(f'{sessions} sessions: p95 frame lateness {p95 * 1000:.1f} ms; generator calls by '
         f'batch size {batches}')
-  # the sessions' faces went through shared calls; frames late by more than a frame or two
-  # are rare (this runs beside other tests on a busy machine)
+  # frames late by more than a frame or two are rare (this runs beside other tests on a busy
+  # machine). The calls are shared only when faces wait for one (a loaded device); that the
+  # scheduler then puts every waiting session's faces into one call is
+  # test_live_engine.py::test_sessions_share_generator_calls.
   faces = int(metrics.split('\nlipsync_faces_made_total ')[1].split()[0])
-  assert faces / sum(batches.values()) > 1.5  # faces of several sessions per call, on average
+  assert faces >= sessions * 50 and sum(batches.values()) <= faces
   assert p95 < 0.1

@@ -30,6 +30,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import threading
 import uuid
 from typing import Dict, List, Optional
 
@@ -94,6 +95,7 @@ class LiveServer:
     audio.MelStream().push(np.zeros(audio.N_FFT, np.float32))  # librosa's first call is slow
     self.metrics = Metrics(self.scheduler)
     self._avatars: Dict[str, avatars.Avatar] = {}
+    self._avatar_lock = threading.Lock()
     self._sessions: Dict[str, engine.Session] = {}
     self._peers = set()
     self._jobs: Dict[str, dict] = {}
@@ -143,17 +145,26 @@ class LiveServer:
                   if os.path.isfile(os.path.join(self.avatars_dir, n, avatars.META)))
 
   def avatar(self, name) -> avatars.Avatar:
+    """The avatar, loaded and its face features made on first use (thread-safe)."""
     if not isinstance(name, str) or name not in self.avatar_names():
       raise ClientError(f'unknown avatar {name!r}; known: {", ".join(self.avatar_names())}')
-    if name not in self._avatars:
-      self._avatars[name] = avatars.load(os.path.join(self.avatars_dir, name),
-                                         self.scheduler.img_size)
-    return self._avatars[name]
+    with self._avatar_lock:
+      if name not in self._avatars:
+        avatar = avatars.load(os.path.join(self.avatars_dir, name), self.scheduler.img_size)
+        self.scheduler.face_features(avatar)
+        self._avatars[name] = avatar
+      return self._avatars[name]
 
-  def open_session(self, avatar_name) -> tuple:
+  async def open_session(self, avatar_name) -> tuple:
+    """A new session; an avatar not yet used is prepared in a thread, so that the sessions
+    already playing keep their frame rate meanwhile."""
     if len(self._sessions) >= self.options.max_sessions:
       raise ClientError(f'the server is full ({self.options.max_sessions} sessions); try later')
-    session = engine.Session(self.avatar(avatar_name), self.scheduler, self.options.lookahead)
+    avatar = await asyncio.get_running_loop().run_in_executor(self._pool, self.avatar,
+                                                              avatar_name)
+    if len(self._sessions) >= self.options.max_sessions:  # filled meanwhile
+      raise ClientError(f'the server is full ({self.options.max_sessions} sessions); try later')
+    session = engine.Session(avatar, self.scheduler, self.options.lookahead)
     key = uuid.uuid4().hex
     self._sessions[key] = session
     self.metrics.sessions = len(self._sessions)
@@ -194,7 +205,7 @@ class LiveServer:
     body = await self._json(request)
     if body.get('type') != 'offer' or not isinstance(body.get('sdp'), str):
       raise ClientError('expected {"type": "offer", "sdp": ..., "avatar": NAME}')
-    key, session = self.open_session(body.get('avatar'))
+    key, session = await self.open_session(body.get('avatar'))
     pc = RTCPeerConnection()
     self._peers.add(pc)
     video, sound = _QueueTrack('video'), _QueueTrack('audio', size=16)
@@ -270,7 +281,7 @@ class LiveServer:
       rate = start.get('sample_rate', audio.SAMPLE_RATE)
       if not isinstance(rate, int) or not 8000 <= rate <= 192000:
         raise ClientError(f'sample_rate {rate!r}: expected a whole number of Hz, 8000..192000')
-      key, session = self.open_session(start.get('avatar'))
+      key, session = await self.open_session(start.get('avatar'))
       height, width = session.avatar.frames.shape[1:3]
       await ws.send_json({'type': 'ready', 'fps': session.fps, 'width': width, 'height': height,
                           'sample_rate': audio.SAMPLE_RATE})
