@@ -19,8 +19,9 @@ with larger budgets, then prints
 * how often the expert rates those results in sync, beside how often it rates the real clips
   (at both cuts);
 * with --warm_start, the same generator figures for generators of --img_size started from
-  the --compare_size one (config.init_from) and trained at the same budget, with the sync loss
-  gated as the reference gates it and on from the first step;
+  the --compare_size one (config.init_from) and trained at the same budget: with the sync loss
+  gated as the reference gates it, with it on from the first step, and in two stages (the
+  added stages alone for half the steps, config.freeze 'loaded', then everything);
 * with --compare_size, the same figures for models of that face size trained on the same
   corpus, and the mouths the two generators make compared (benchmarks/mouth_quality.py);
 * the wall time.
@@ -92,11 +93,13 @@ def lagged_r(measured: np.ndarray, truth: np.ndarray, lag: int) -> float:
 def size_figures(out: str, data_dir: str, settings, clips: list, detector,
                  warm_from: str = '') -> None:
   """Trains (or resumes) the expert and generator of settings.img_size in out and prints their
-  learning figures on the held-out clips; with warm_from (a generator's workdir), also two
+  learning figures on the held-out clips; with warm_from (a generator's workdir), also three
   generators of that size started from it, judged the same way: trained as the cold one
-  (out/warm_generator), and with the expert's sync loss on from the first step
+  (out/warm_generator); with the expert's sync loss on from the first step
   (out/warm_sync_generator: the source already learned sync, so the loss need not wait for the
-  eval sync loss to pass the threshold)."""
+  eval sync loss to pass the threshold); and in two stages, the sync loss on from the first
+  step: the added stages alone, every loaded layer frozen (out/warm_frozen_generator), then
+  everything from there (out/warm_staged_generator)."""
   size = settings.img_size
   expert_dir, generator_dir = demo.train_models(out, data_dir, settings)
   expert = convert.load_checkpoint(expert_dir, 'expert')

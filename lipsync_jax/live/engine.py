@@ -23,7 +23,7 @@ from lipsync_jax.live import avatar as avatars
 from lipsync_jax.live.scheduler import Scheduler
 
 LOOKAHEAD = 0.2  # seconds of an utterance buffered before it starts to play
-PLAN_AHEAD = 2  # at least, frames planned beyond the one being sent: their faces are made meanwhile
+PLAN_AHEAD = 2  # the fewest frames planned beyond the one being sent (Session.plan_ahead)
 MAX_LATE = 0.1  # seconds a frame may be late before a stream's clock moves
 MAX_QUEUED = 60.0  # seconds of speech a session may hold unplayed (back-pressure)
 

@@ -158,12 +158,15 @@ class LiveServer:
   async def open_session(self, avatar_name) -> tuple:
     """A new session; an avatar not yet used is prepared in a thread, so that the sessions
     already playing keep their frame rate meanwhile."""
-    if len(self._sessions) >= self.options.max_sessions:
-      raise ClientError(f'the server is full ({self.options.max_sessions} sessions); try later')
+    def check_room():
+      if len(self._sessions) >= self.options.max_sessions:
+        raise ClientError(f'the server is full ({self.options.max_sessions} sessions); try '
+                          'later')
+
+    check_room()
     avatar = await asyncio.get_running_loop().run_in_executor(self._pool, self.avatar,
                                                               avatar_name)
-    if len(self._sessions) >= self.options.max_sessions:  # filled meanwhile
-      raise ClientError(f'the server is full ({self.options.max_sessions} sessions); try later')
+    check_room()  # it may have filled meanwhile
     session = engine.Session(avatar, self.scheduler, self.options.lookahead)
     key = uuid.uuid4().hex
     self._sessions[key] = session
@@ -522,8 +525,8 @@ def main(argv=None) -> int:
     sizes = ', '.join(map(str, server.scheduler.batch_sizes))
     print(f'compiling the generator for batches of {sizes}', flush=True)
     server.scheduler.warm_up()
-    for name in server.avatar_names():  # sessions then start at once
-      features = server.scheduler.face_features(server.avatar(name))
+    for name in server.avatar_names():  # loaded with their face features: sessions start at once
+      features = server.scheduler.face_features(server.avatar(name))  # made by avatar()
       print(f'avatar {name}: {len(features.index)} frames, face features '
             f'{features.nbytes / 2 ** 20:.0f} MiB', flush=True)
     print(f'serving {len(server.avatar_names())} avatars on http://{args.host}:{args.port}/',
