@@ -176,7 +176,7 @@ def main():
       avatar = avatars.prepare(short, size, infer.Options())
       whole = generator(tmp, divisor, size)
       scheduler = Scheduler(whole)
-      scheduler.warm_up()
+      engine.warm_up(scheduler)
       print(f'{name}: generator faces/s, whole faces from crops -> the rows from '
             f'{scheduler.rows_from} on from the avatar\'s face features: '
             f'{generator_rates(whole, scheduler, avatar)}', flush=True)

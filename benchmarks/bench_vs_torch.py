@@ -8,8 +8,9 @@ The reference generator's layers are built here in PyTorch (Conv2d / ConvTranspo
 BatchNorm2d + ReLU blocks, residual adds, the encoder-decoder skips, as the original's model
 file lays them out, so its state_dict keys are the official checkpoint's) and loaded with the
 weights of our randomly initialised generator (speed does not depend on the values; the outputs
-are checked to agree). Ours runs as `infer` runs it: BatchNorm folded, uint8 crops in, masking
-on the device, jitted, in the dtype named; whole faces, and (as `infer` with its default
+are checked to agree). Ours runs as `infer` runs it (infer.inference_generator): BatchNorm
+folded, Winograd kernels on the CPU, uint8 crops in, masking on the device, jitted, in the
+dtype named; whole faces, and (as `infer` with its default
 feathered paste) only the face rows the paste reads. Torch runs as the reference's inference
 does: eval mode, no_grad, NCHW tensors prepared outside the timed region (which favours
 torch); on CUDA in channels_last, float32 (TF32 matmuls and convolutions allowed, as JAX's
@@ -31,7 +32,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lipsync_jax import allocator, convert, infer, layers, models  # noqa: E402
+from lipsync_jax import allocator, convert, infer, models  # noqa: E402
 
 
 def torch_generator(torch, width_divisor: int = 1):
@@ -136,25 +137,21 @@ def compare(device: str = 'cpu', batches=(1, 16, 128), rounds: int = 5,
     torch.backends.cudnn.benchmark = True
     reference = reference.to('cuda', memory_format=torch.channels_last)
   sync = torch.cuda.synchronize if cuda else (lambda: None)
-  params = jax.device_put(layers.fold_batchnorm(variables))
-  generate = jax.jit(infer.generate_faces, static_argnums=0)  # as infer.load_generator's
   log(f'jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} '
       f'({device}, {torch.get_num_threads()} threads), tcmalloc {allocator.active()}')
   rows = []
   for dtype in dtypes:
-    folded = models.build('wav2lip', width_divisor, folded_bn=True,
-                          dtype=None if dtype == 'float32' else jax.numpy.bfloat16)
+    generator = infer.inference_generator(variables, dtype, width_divisor)  # as infer loads it
     autocast = (torch.autocast('cuda' if cuda else 'cpu', dtype=torch.bfloat16)
                 if dtype == 'bfloat16' else None)
     for batch in batches:
       crops = rng.integers(0, 256, (batch, models.IMG_SIZE, models.IMG_SIZE, 3), np.uint8)
       mels = rng.uniform(-4, 4, (batch,) + models.MEL_SHAPE).astype(np.float32)
       crops_d, mels_d = jax.device_put(crops), jax.device_put(mels)
-      ours = functools.partial(lambda *a: jax.block_until_ready(generate(*a)), folded, params,
-                               mels_d, crops_d)
+      ours = functools.partial(lambda *a: jax.block_until_ready(generator(*a)), mels_d, crops_d)
       first_row = infer.feather_rows_from(models.IMG_SIZE)
-      ours_cut = functools.partial(lambda *a: jax.block_until_ready(generate(*a)),
-                                   folded.clone(rows_from=first_row), params, mels_d, crops_d)
+      ours_cut = functools.partial(lambda *a: jax.block_until_ready(generator.cut(first_row)(*a)),
+                                   mels_d, crops_d)
       faces = crops.astype(np.float32) / 255.0
       masked = faces.copy()
       masked[:, models.IMG_SIZE // 2:] = 0

@@ -38,7 +38,7 @@ from flax import linen as nn
 from tqdm import tqdm
 
 from lipsync_jax import audio, cli, convert, faces, models, video
-from lipsync_jax.layers import fold_batchnorm
+from lipsync_jax.layers import fold_batchnorm, winograd_params
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 VIDEO_EXTENSIONS = ('.mp4', '.mov', '.m4v', '.mkv')  # containers that take H.264 + AAC
@@ -195,13 +195,29 @@ class Generator(NamedTuple):
     return decode(self.module, self.params, mels, features)
 
 
-def load_generator(path: str, dtype: str) -> Generator:
-  """The generator of a .pth or orbax checkpoint, BatchNorm folded, at the checkpoint's size."""
+def load_generator(path: str, dtype: str, winograd: Optional[bool] = None) -> Generator:
+  """The generator of a .pth or orbax checkpoint for inference, at the checkpoint's size (see
+  inference_generator)."""
   module, variables = convert.load_checkpoint(path, 'wav2lip')
-  dtype = models.compute_dtype_for(dtype, jax.default_backend())
-  folded = models.build('wav2lip', module.width_divisor, dtype, folded_bn=True,
-                        img_size=module.img_size)
-  return Generator(folded, jax.device_put(fold_batchnorm(variables)))
+  return inference_generator(variables, dtype, module.width_divisor, module.img_size, winograd)
+
+
+def inference_generator(variables: dict, dtype: str, width_divisor: int = 1,
+                        img_size: int = models.IMG_SIZE, winograd: Optional[bool] = None
+                        ) -> Generator:
+  """A Generator of a wav2lip model's variables: BatchNorm folded, and with `winograd` (None: on
+  the CPU, where it is faster) the wide 3x3 convolutions in the Winograd form
+  (layers.winograd_conv: the same faces up to float rounding)."""
+  platform = jax.default_backend()
+  winograd = platform == 'cpu' if winograd is None else winograd
+  folded = models.build('wav2lip', width_divisor, models.compute_dtype_for(dtype, platform),
+                        folded_bn=True, img_size=img_size, winograd=winograd)
+  params = fold_batchnorm(variables)
+  if winograd:
+    shapes = jax.eval_shape(folded.init, jax.random.key(0),
+                            *models.example_inputs('wav2lip', img_size=img_size))
+    params = winograd_params(params, shapes)
+  return Generator(folded, jax.device_put(params))
 
 
 def load_speech(path: str):

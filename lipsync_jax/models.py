@@ -185,13 +185,14 @@ class _Net(nn.Module):
   folded_bn: bool = False
   conv_impl: str = 'cpu'  # or 'xla' (layers.conv_impl_for chooses by platform)
   img_size: int = IMG_SIZE  # larger sizes: see the module docstring
+  winograd: bool = False  # with folded_bn: Winograd kernels where they apply (layers.Conv)
 
   def scaled(self, layer: Layer) -> Layer:
     return layer._replace(features=max(layer.features // self.width_divisor, 4))
 
   def block(self, layer: Layer, name: str) -> ConvBlock:
     return ConvBlock(self.scaled(layer), self.folded_bn, self.dtype, self.precision,
-                     self.conv_impl, name=name)
+                     self.conv_impl, self.winograd, name=name)
 
   def check_faces(self, face: jax.Array, height: int) -> None:
     if face.shape[-3:-1] != (height, self.img_size):
@@ -349,18 +350,19 @@ MODELS = {'wav2lip': Wav2Lip, 'expert': SyncNet, 'quality_disc': QualityDiscrimi
 
 
 def build(name: str, width_divisor: int = 1, dtype=None, precision=None,
-          folded_bn: bool = False, conv_impl: str = 'auto', img_size: int = IMG_SIZE
-          ) -> nn.Module:
+          folded_bn: bool = False, conv_impl: str = 'auto', img_size: int = IMG_SIZE,
+          winograd: bool = False) -> nn.Module:
   """Builds a network by name ('wav2lip', 'expert', 'quality_disc') for img_size faces.
   conv_impl 'auto' picks the kernels for the default backend; pass the target's
-  (layers.conv_impl_for) when compiling for another platform."""
+  (layers.conv_impl_for) when compiling for another platform. `winograd` (with folded_bn, for
+  inference) takes the parameters `layers.winograd_params` makes."""
   if name not in MODELS:
     raise ValueError(f'unknown model {name!r}; expected one of {sorted(MODELS)}')
   size_strides(img_size)  # a clear error for a size the scaling rule cannot make
   return MODELS[name](width_divisor=width_divisor, dtype=dtype, precision=precision,
                       folded_bn=folded_bn,
                       conv_impl=conv_impl_for(conv_impl, jax.default_backend()),
-                      img_size=img_size)
+                      img_size=img_size, winograd=winograd)
 
 
 def example_inputs(name: str, n: int = 1, dtype=jnp.float32, img_size: int = IMG_SIZE) -> tuple:

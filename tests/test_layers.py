@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from lipsync_jax import models
+from lipsync_jax import infer, layers, models
 from lipsync_jax.layers import ConvTranspose, conv2d, fold_batchnorm
 
 torch = pytest.importorskip('torch')
@@ -96,6 +96,53 @@ def test_folded_batchnorm_matches_eval_mode():
   ref = jax.jit(module.apply)(variables, mel, face)
   out = jax.jit(folded.apply)(fold_batchnorm(variables), mel, face)
   np.testing.assert_allclose(out, ref, atol=2e-5)
+
+
+@pytest.mark.parametrize('tile', [2, 4])
+@pytest.mark.parametrize('shape', [(2, 8, 8, 5), (1, 7, 13, 3), (3, 1, 2, 4)])
+def test_winograd_convolution_equals_the_direct_one(tile, shape):
+  rng = np.random.default_rng(tile)
+  x, kernel = rng.standard_normal(shape), rng.standard_normal((3, 3, shape[-1], 6))
+  direct = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  with jax.enable_x64(True):  # exact arithmetic but for rounding: float64 agrees to 1e-12
+    ref = direct(x, kernel)
+    out = layers.winograd_conv(x, layers.winograd_kernel(jnp.asarray(kernel), tile))
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12 * float(np.abs(ref).max()))
+  x32, k32 = x.astype(np.float32), kernel.astype(np.float32)
+  out32 = layers.winograd_conv(x32, layers.winograd_kernel(jnp.asarray(k32), tile))
+  assert out32.dtype == np.float32 and out32.shape == ref.shape
+  np.testing.assert_allclose(out32, ref, rtol=0, atol=1e-5 * float(np.abs(ref).max()))
+
+
+def test_winograd_applies_to_wide_same_size_3x3_convolutions_only():
+  same = ((3, 3), (1, 1), (1, 1))
+  assert layers.winograd_tile(*same, 128, 24) == 4
+  assert layers.winograd_tile(*same, 512, 6) == 2  # a narrow picture: 2 x 2 tiles waste less
+  assert layers.winograd_tile(*same, 64, 96) == 0  # few channels: the transforms cost more
+  assert layers.winograd_tile((3, 3), (2, 2), (1, 1), 256, 24) == 0
+  assert layers.winograd_tile((3, 3), (1, 1), (0, 0), 256, 24) == 0
+  assert layers.winograd_tile((1, 1), (1, 1), (0, 0), 256, 24) == 0
+
+
+def test_winograd_generator_makes_the_same_faces():
+  module = models.build('wav2lip', width_divisor=2)
+  variables = models.init(module, 'wav2lip', jax.random.key(2))
+  rng = np.random.default_rng(2)
+  mel = rng.uniform(-4, 4, (2,) + models.MEL_SHAPE).astype(np.float32)
+  crops = rng.integers(0, 256, (2, 96, 96, 3), np.uint8)
+  direct = infer.inference_generator(variables, 'float32', 2, winograd=False)
+  fast = infer.inference_generator(variables, 'float32', 2, winograd=True)
+  kernels = [p for p, _ in jax.tree_util.tree_flatten_with_path(fast.params)[0]
+             if 'winograd_kernel' in jax.tree_util.keystr(p)]
+  # at half width, the residual layers of 128+ channels: the face encoder's last 3, the
+  # speech encoder's last, the decoder's first 7
+  assert len(kernels) == 11
+  # float rounding: 1e-4 of the [0, 1] range is 1/40 of a uint8 level
+  np.testing.assert_allclose(fast(mel, crops), direct(mel, crops), rtol=0, atol=1e-4)
+  cut = infer.feather_rows_from(96)
+  np.testing.assert_allclose(fast.cut(cut)(mel, crops), direct(mel, crops)[:, cut:], rtol=0,
+                             atol=1e-4)
 
 
 # (a convolution large enough for XLA to hand it to YNNPACK when allowed)

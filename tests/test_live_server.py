@@ -17,6 +17,7 @@ from aiohttp import web
 from conftest import FACE_MODEL, MEDIA, ffmpeg, random_checkpoint, require
 from lipsync_jax import audio, cli, infer
 from lipsync_jax.live import avatar as avatars
+from lipsync_jax.live import engine
 
 pytest.importorskip('aiortc', reason="the serve extra is not installed")
 from lipsync_jax.live import server as live  # noqa: E402
@@ -43,7 +44,7 @@ def running(setup, **options):
   """A LiveServer on a free port of 127.0.0.1, in its own thread; yields (base URL, server)."""
   server = live.LiveServer(setup['checkpoint'], setup['avatars'],
                            live.ServerOptions(port=0, **options))
-  server.scheduler.warm_up()
+  engine.warm_up(server.scheduler)
   loop = asyncio.new_event_loop()
   runner = web.AppRunner(server.app())
   loop.run_until_complete(runner.setup())

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import (jit, load_parity_weights, mels_to_nhwc, nchw_to_nhwc, parity, rel_l2,
                       windows_to_nhwc)
-from lipsync_jax import convert, models
+from lipsync_jax import convert, infer, models
 from lipsync_jax.losses import bce, cosine_similarity
 
 PRECISIONS = [pytest.param(np.float32, id='f32'), pytest.param(np.float64, id='f64')]
@@ -74,6 +74,21 @@ def test_generator(dtype, conv_impl):
     out_t, updates = train_apply(variables, mels, faces)
     assert rel_l2(np.moveaxis(out_t, -1, 1), io['f64/train_5d']) < _tol(dtype, 1e-4)
     _check_running_stats(updates, io, dtype, _tol(dtype, 1e-4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('dtype', PRECISIONS)
+def test_inference_generator_with_winograd_kernels(dtype):
+  """infer's generator on the CPU: BatchNorm folded, the wide 3x3 layers in Winograd form."""
+  io = parity('wav2lip_io')
+  with jax.enable_x64(dtype == np.float64):
+    _, variables = _model('wav2lip', dtype)
+    generator = infer.inference_generator(variables, np.dtype(dtype).name, winograd=True)
+    assert 'winograd_kernel' in str(jax.tree_util.tree_structure(generator.params))
+    out = jit(dtype, generator.module.apply)(
+        generator.params, mels_to_nhwc(io['in/mel_4d']).astype(dtype),
+        nchw_to_nhwc(io['in/face_4d']).astype(dtype))
+    assert rel_l2(np.moveaxis(out, -1, 1), io['f64/eval_4d']) < _tol(dtype, 1e-5)
 
 
 @pytest.mark.slow

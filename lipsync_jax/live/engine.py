@@ -334,6 +334,16 @@ class Session:
     self._planned.clear()
 
 
+def warm_up(scheduler: Scheduler) -> None:
+  """Everything a session's first frames would otherwise wait for: the generator compiled for
+  every batch size, and the streaming mel front end run once (its first STFT loads and builds
+  what later ones reuse, most of a second)."""
+  scheduler.warm_up()
+  mel = audio.MelStream()
+  mel.push(np.zeros(audio.SAMPLE_RATE // 10, np.float32))
+  mel.end()
+
+
 async def stream(session: Session, send, executor=None, on_frame=None) -> None:
   """Sends the session's frames at their times, for ever: `await send(output)` for each, then
   `on_frame(lateness, speech)`. A frame made late is sent at once; one later than MAX_LATE moves

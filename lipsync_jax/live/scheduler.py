@@ -1,9 +1,11 @@
 """One scheduler per device: the due faces of every live session go into one generator call.
 
-Sessions submit (mel window, face features) pairs and get a Future of the face. A single worker
+Sessions submit (mel window, face features) pairs and get a Future of the face. A worker
 thread takes what is waiting, oldest first, up to the largest batch size, pads it to the next of
 a few fixed sizes (so that steady state never compiles), runs the jitted generator and resolves
-the futures. A failed call fails only the futures of that batch; the thread goes on.
+the futures. Two workers run calls side by side: a face that comes in during a call starts at
+once rather than after it, and small calls, which leave the device's cores partly idle, overlap.
+A failed call fails only the futures of that batch; the workers go on.
 
 Two shortcuts leave every pasted pixel as `infer` makes it: the generator makes only the face
 rows that the feathered paste reads (infer.feather_rows_from), and the face encoder, whose
@@ -22,6 +24,7 @@ from lipsync_jax import audio, infer
 from lipsync_jax.live import avatar as avatars
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+WORKERS = 2  # generator calls in flight at once
 ENCODE_BATCH = 16  # avatar frames per face-encoder call
 
 
@@ -58,7 +61,8 @@ class Scheduler:
   """Batches faces for one generator; `stats` counts calls by padded batch size. The faces it
   makes hold the rows from `rows_from` on."""
 
-  def __init__(self, generator: infer.Generator, batch_sizes: Sequence[int] = BATCH_SIZES):
+  def __init__(self, generator: infer.Generator, batch_sizes: Sequence[int] = BATCH_SIZES,
+               workers: int = WORKERS):
     self.generator = generator.cut(infer.feather_rows_from(generator.img_size))
     self.batch_sizes = tuple(sorted(batch_sizes))
     self.stats: Dict[int, int] = collections.Counter()  # padded size -> calls
@@ -69,8 +73,10 @@ class Scheduler:
         collections.deque())
     self._wake = threading.Condition()
     self._closed = False
-    self._thread = threading.Thread(target=self._work, name='lipsync-scheduler', daemon=True)
-    self._thread.start()
+    self._threads = [threading.Thread(target=self._work, name=f'lipsync-scheduler-{k}',
+                                      daemon=True) for k in range(workers)]
+    for thread in self._threads:
+      thread.start()
 
   @property
   def img_size(self) -> int:
@@ -120,8 +126,9 @@ class Scheduler:
   def close(self) -> None:
     with self._wake:
       self._closed = True
-      self._wake.notify()
-    self._thread.join()
+      self._wake.notify_all()
+    for thread in self._threads:
+      thread.join()
     for _, _, future in self._waiting:
       future.cancel()
 
@@ -150,7 +157,8 @@ class Scheduler:
       for _, _, future in batch:  # only this batch's sessions see the failure
         future.set_exception(e)
       return
-    self.stats[size] += 1
-    self.faces_made += len(batch)
+    with self._wake:
+      self.stats[size] += 1
+      self.faces_made += len(batch)
     for k, (_, _, future) in enumerate(batch):
       future.set_result(faces[k])

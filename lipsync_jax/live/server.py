@@ -524,7 +524,7 @@ def main(argv=None) -> int:
     server = LiveServer(args.checkpoint, args.avatars, options, args.dtype)
     sizes = ', '.join(map(str, server.scheduler.batch_sizes))
     print(f'compiling the generator for batches of {sizes}', flush=True)
-    server.scheduler.warm_up()
+    engine.warm_up(server.scheduler)
     for name in server.avatar_names():  # loaded with their face features: sessions start at once
       features = server.scheduler.face_features(server.avatar(name))  # made by avatar()
       print(f'avatar {name}: {len(features.index)} frames, face features '
