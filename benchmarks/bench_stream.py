@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import jax
@@ -114,8 +115,9 @@ def drift(avatar, scheduler, minutes: float, speech: np.ndarray) -> int:
 
 
 def generator_rates(whole: infer.Generator, scheduler, avatar, batches=(1, 4, 8), repeats=8):
-  """Faces/s of the whole generator on crops, and of the scheduler's (only the rows the paste
-  reads, from the avatar's precomputed face features), per batch size, side by side."""
+  """Faces/s of the whole generator on crops, of the scheduler's generator (only the rows the
+  paste reads, from the avatar's precomputed face features), and of that one with as many calls
+  in flight as the scheduler has workers, per batch size, side by side."""
   rates = []
   features = scheduler.face_features(avatar)
   for n in batches:
@@ -132,8 +134,26 @@ def generator_rates(whole: infer.Generator, scheduler, avatar, batches=(1, 4, 8)
         jax.block_until_ready(call(*args))
         times.append(time.perf_counter() - began)
       pair.append(n / np.median(times))
-    rates.append(f'batch {n}: {pair[0]:.1f} -> {pair[1]:.1f}')
+    side_by_side = concurrent_rate(scheduler.generator.decode, (mels, stacked),
+                                   scheduler.workers, repeats)
+    rates.append(f'batch {n}: {pair[0]:.1f} -> {pair[1]:.1f} ({scheduler.workers} calls at '
+                 f'once: {side_by_side:.1f})')
   return '; '.join(rates)
+
+
+def concurrent_rate(call, args, threads: int, repeats: int) -> float:
+  """Faces/s of `threads` threads each making `repeats` calls at once."""
+  def work():
+    for _ in range(repeats):
+      jax.block_until_ready(call(*args))
+
+  workers = [threading.Thread(target=work) for _ in range(threads)]
+  began = time.perf_counter()
+  for worker in workers:
+    worker.start()
+  for worker in workers:
+    worker.join()
+  return threads * repeats * len(args[0]) / (time.perf_counter() - began)
 
 
 def interrupt_latency(avatar, scheduler, speech: np.ndarray, lookahead: float,
@@ -178,7 +198,8 @@ def main():
       scheduler = Scheduler(whole)
       engine.warm_up(scheduler)
       print(f'{name}: generator faces/s, whole faces from crops -> the rows from '
-            f'{scheduler.rows_from} on from the avatar\'s face features: '
+            f'{scheduler.rows_from} on from the avatar\'s face features (as the scheduler '
+            f'runs them): '
             f'{generator_rates(whole, scheduler, avatar)}', flush=True)
       sustained, first, underruns = 0, [], 0
       count = 1

@@ -11,7 +11,8 @@ weights of our randomly initialised generator (speed does not depend on the valu
 are checked to agree). Ours runs as `infer` runs it (infer.inference_generator): BatchNorm
 folded, Winograd kernels on the CPU, uint8 crops in, masking on the device, jitted, in the
 dtype named; whole faces, and (as `infer` with its default
-feathered paste) only the face rows the paste reads. Torch runs as the reference's inference
+feathered paste) only the face rows the paste reads; on the CPU also whole faces without the
+Winograd kernels. Torch runs as the reference's inference
 does: eval mode, no_grad, NCHW tensors prepared outside the timed region (which favours
 torch); on CUDA in channels_last, float32 (TF32 matmuls and convolutions allowed, as JAX's
 default precision) or under bfloat16 autocast. Timed runs alternate so that all see the same
@@ -142,6 +143,8 @@ def compare(device: str = 'cpu', batches=(1, 16, 128), rounds: int = 5,
   rows = []
   for dtype in dtypes:
     generator = infer.inference_generator(variables, dtype, width_divisor)  # as infer loads it
+    direct = (infer.inference_generator(variables, dtype, width_divisor, winograd=False)
+              if jax.default_backend() == 'cpu' else None)  # the CPU's Winograd path, off
     autocast = (torch.autocast('cuda' if cuda else 'cpu', dtype=torch.bfloat16)
                 if dtype == 'bfloat16' else None)
     for batch in batches:
@@ -152,6 +155,10 @@ def compare(device: str = 'cpu', batches=(1, 16, 128), rounds: int = 5,
       first_row = infer.feather_rows_from(models.IMG_SIZE)
       ours_cut = functools.partial(lambda *a: jax.block_until_ready(generator.cut(first_row)(*a)),
                                    mels_d, crops_d)
+      variants = {'ours': ours, 'ours_cut': ours_cut}
+      if direct is not None:
+        variants['ours_direct'] = functools.partial(
+            lambda *a: jax.block_until_ready(direct(*a)), mels_d, crops_d)
       faces = crops.astype(np.float32) / 255.0
       masked = faces.copy()
       masked[:, models.IMG_SIZE // 2:] = 0
@@ -176,21 +183,28 @@ def compare(device: str = 'cpu', batches=(1, 16, 128), rounds: int = 5,
       if error > AGREEMENT[dtype]:
         raise SystemExit(f'the two generators disagree ({dtype}, max |diff| {error:.2e}): not '
                          'the same net')
-      times = {'ours': [], 'ours_cut': [], 'torch': []}
+      times = {name: [] for name in list(variants) + ['torch']}
+      for call in variants.values():
+        call()  # compiled before the timed rounds
       for _ in range(rounds):
-        times['ours'].append(timed(ours))
-        times['ours_cut'].append(timed(ours_cut))
+        for name, call in variants.items():
+          times[name].append(timed(call))
         times['torch'].append(timed(theirs, sync))
       ours_s, cut_s, torch_s = (statistics.median(times[k]) for k in ('ours', 'ours_cut', 'torch'))
       rows.append(dict(device=device, dtype=dtype, batch=batch, ours_fps=batch / ours_s,
                        ours_cut_fps=batch / cut_s, torch_fps=batch / torch_s,
                        ratio=paired_ratio(times), cut_ratio=paired_ratio(times, 'ours_cut'),
                        max_diff=error))
+      without = ''
+      if direct is not None:
+        without = (f'; whole faces without Winograd kernels '
+                   f'{batch / statistics.median(times["ours_direct"]):.1f} frames/s '
+                   f'({paired_ratio(times, "ours_direct"):.2f}x)')
       log(f'{dtype:8} batch {batch:4}: ours {batch / ours_s:9.1f} frames/s (rows from '
           f'{first_row} on, as the feathered paste: {batch / cut_s:.1f}), torch '
           f'{batch / torch_s:9.1f} frames/s, ratio {paired_ratio(times):.2f}x '
           f'({paired_ratio(times, "ours_cut"):.2f}x)  (max |diff| {error:.1e}, {rounds} '
-          'alternated runs, medians)')
+          f'alternated runs, medians){without}')
   return rows
 
 

@@ -215,6 +215,8 @@ def test_webrtc_client_gets_video_and_audio(setup, tmp_path, monkeypatch):
     pc.addTrack(player.audio)
     pc.addTransceiver('video', direction='recvonly')
     control = pc.createDataChannel('control')
+    opened = asyncio.Event()
+    control.on('open', opened.set)
     received = {'video': [], 'audio': []}
     tasks = []
 
@@ -231,7 +233,9 @@ def test_webrtc_client_gets_video_and_audio(setup, tmp_path, monkeypatch):
           'sdp': pc.localDescription.sdp, 'type': 'offer', 'avatar': 'head'}) as reply:
         answer = await reply.json()
     await pc.setRemoteDescription(RTCSessionDescription(answer['sdp'], answer['type']))
-    await asyncio.sleep(2.5)
+    began = time.monotonic()
+    await asyncio.wait_for(opened.wait(), 2.5)
+    await asyncio.sleep(2.5 - (time.monotonic() - began))
     control.send('interrupt')  # mid-speech: video and audio stop together
     await asyncio.sleep(3.5)
     for receiver in pc.getReceivers():

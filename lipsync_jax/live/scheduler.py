@@ -83,6 +83,10 @@ class Scheduler:
     return self.generator.img_size
 
   @property
+  def workers(self) -> int:
+    return len(self._threads)
+
+  @property
   def max_batch(self) -> int:
     return self.batch_sizes[-1]
 
