@@ -205,13 +205,16 @@ def load_generator(path: str, dtype: str, winograd: Optional[bool] = None) -> Ge
 def inference_generator(variables: dict, dtype: str, width_divisor: int = 1,
                         img_size: int = models.IMG_SIZE, winograd: Optional[bool] = None
                         ) -> Generator:
-  """A Generator of a wav2lip model's variables: BatchNorm folded, and with `winograd` (None: on
-  the CPU, where it is faster) the wide 3x3 convolutions in the Winograd form
-  (layers.winograd_conv: the same faces up to float rounding)."""
+  """A Generator of a wav2lip model's variables: BatchNorm folded, and with `winograd` the wide
+  3x3 convolutions in the Winograd form (layers.winograd_conv: the same faces up to float
+  rounding). None: on the CPU, where it is faster, unless the compute dtype is bfloat16 (whose
+  rounding the Winograd transforms would magnify)."""
   platform = jax.default_backend()
-  winograd = platform == 'cpu' if winograd is None else winograd
-  folded = models.build('wav2lip', width_divisor, models.compute_dtype_for(dtype, platform),
-                        folded_bn=True, img_size=img_size, winograd=winograd)
+  compute = models.compute_dtype_for(dtype, platform)
+  if winograd is None:
+    winograd = platform == 'cpu' and compute != jnp.bfloat16
+  folded = models.build('wav2lip', width_divisor, compute, folded_bn=True, img_size=img_size,
+                        winograd=winograd)
   params = fold_batchnorm(variables)
   if winograd:
     shapes = jax.eval_shape(folded.init, jax.random.key(0),
