@@ -5,6 +5,7 @@ bad input is refused without harming the session."""
 import gc
 import json
 import pathlib
+import threading
 
 import cv2
 import numpy as np
@@ -190,6 +191,25 @@ def test_sessions_share_generator_calls(clip_avatar, scheduler):
   assert sum(scheduler.stats.values()) - calls < 3 * 25 / 2  # faces of several frames per call
   for s in sessions:
     s.close()
+
+
+def test_scheduler_workers_run_side_by_side_and_end_with_it(clip_avatar, scheduler):
+  made, _ = clip_avatar
+  before = set(threading.enumerate())
+  other = Scheduler(scheduler.generator, batch_sizes=(1, 4))
+  started = set(threading.enumerate()) - before
+  assert len(started) == other.workers == 2
+  features = other.face_features(made)
+  window = np.zeros((audio.N_MELS, audio.MEL_STEP, 1), np.float32)
+  futures = [other.submit(window, features.of(k)) for k in range(6)]
+  faces = [f.result(60) for f in futures]
+  assert other.faces_made == 6 and sum(other.stats.values()) >= 2
+  np.testing.assert_allclose(faces[0], np.asarray(other.generator.decode(
+      window[None], tuple(f[None] for f in features.of(0))))[0], atol=1e-5)
+  other.close()
+  assert not any(thread.is_alive() for thread in started)
+  with pytest.raises(RuntimeError, match='closed'):
+    other.submit(window, features.of(0))
 
 
 def test_bad_audio_is_refused_and_the_session_goes_on(clip_avatar, scheduler):
