@@ -95,16 +95,19 @@ async def run_sessions(avatar, scheduler, count: int, seconds: float, speech: np
 
 def drift(avatar, scheduler, minutes: float, speech: np.ndarray) -> int:
   """Samples between where frame k's audio sits in the speech and k * samples per frame, after
-  `minutes` of speech streamed in 20 ms chunks (the largest over the run)."""
+  `minutes` of speech streamed in 20 ms chunks, kept 10 s ahead of the frames (the largest over
+  the run)."""
   session = engine.Session(avatar, scheduler)
   total = int(minutes * 60 * audio.SAMPLE_RATE)
   long_speech = np.resize(speech, total)
-  for k in range(0, total, 320):
-    session.push_audio(long_speech[k:k + 320])
-  session.end_of_speech()
   frames = int(np.ceil(total / audio.SAMPLE_RATE * avatar.fps))
-  worst, played = 0, 0
+  worst, played, pushed = 0, 0, 0
   for _ in range(frames):
+    while pushed < min(total, played + 10 * audio.SAMPLE_RATE):
+      session.push_audio(long_speech[pushed:pushed + 320])
+      pushed += 320
+      if pushed >= total:
+        session.end_of_speech()
     output = session.next_output(plan_ahead=scheduler.max_batch)
     expected = long_speech[played:played + len(output.audio)]
     if len(expected) and not np.array_equal(output.audio[:len(expected)], expected):
