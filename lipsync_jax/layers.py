@@ -243,15 +243,12 @@ class Conv(nn.Module):
     kh, kw = pair(self.kernel_size)
     tile = self.winograd and winograd_tile((kh, kw), pair(self.strides), pair(self.padding),
                                            x.shape[-1], x.shape[2])
-    if tile:
-      kernel = self.param('winograd_kernel', self.kernel_init,
-                          (tile + 2, tile + 2, x.shape[-1], self.features))
-      bias = self.param('bias', nn.initializers.zeros, (self.features,))
-      x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-      return winograd_conv(x, kernel) + bias
-    kernel = self.param('kernel', self.kernel_init, (kh, kw, x.shape[-1], self.features))
+    name, (kh, kw) = ('winograd_kernel', (tile + 2,) * 2) if tile else ('kernel', (kh, kw))
+    kernel = self.param(name, self.kernel_init, (kh, kw, x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    if tile:
+      return winograd_conv(x, kernel) + bias
     padding = tuple((p, p) for p in pair(self.padding))
     _check_impl(self.conv_impl)
     conv = conv2d if self.conv_impl == 'cpu' else _plain_conv
