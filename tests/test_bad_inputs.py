@@ -25,6 +25,7 @@ from conftest import (FACE_MODEL, MEDIA, PARITY, ROOT, ffmpeg, load_parity_weigh
                       random_checkpoint, require, save_pth)
 from data_pipeline import curation, preprocess
 from lipsync_jax import audio, cli, convert, evaluate, infer, video
+from lipsync_jax.live import avatar as avatars
 
 TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
 
@@ -128,7 +129,7 @@ def _corpus(root, d):
 @dataclasses.dataclass
 class Case:
   id: str
-  cli: str  # infer | preprocess | convert | evaluate
+  cli: str  # infer | preprocess | convert | evaluate | avatar
   argv: List[str]  # {in}: the inputs folder, {out}: an empty output folder
   rc: int
   message: str  # expected in stderr (stdout too where the run succeeds)
@@ -142,6 +143,11 @@ def infer_cmd(*flags, face='{in}/face.mp4', audio_='{in}/speech.wav', ckpt='{in}
   """infer's argv with these inputs and extra flags."""
   return ['--checkpoint_path', ckpt, '--face', face, '--audio', audio_, '--outfile', out,
           '--quiet', *flags]
+
+
+def A(*flags, face='{in}/image.png', out='{out}/avatar'):
+  """avatar prepare's argv."""
+  return ['prepare', '--face', face, '--out', out, '--quiet', *flags]
 
 
 def P(*flags, root='{in}/corpus', out='{out}/pre'):
@@ -315,10 +321,22 @@ CASES = [
     Case('evaluate_expert_missing', 'evaluate',
          ['{in}/videos', '--judge', 'expert', '--checkpoint', '{in}/nope', '--quiet'], 1,
          'nope: no such checkpoint'),
+    # avatar prepare
+    Case('avatar_from_a_photo', 'avatar', A(), 0, '1 frames at 25 fps, 96 px faces'),
+    Case('avatar_face_missing', 'avatar', A(face='{in}/nope.mp4'), 1, 'nope.mp4: no such file'),
+    Case('avatar_face_corrupt_image', 'avatar', A(face='{in}/corrupt.png'), 1,
+         'corrupt.png: not a readable image'),
+    Case('avatar_out_is_the_face', 'avatar', A(out='{in}/image.png'), 1, 'same file as --face'),
+    Case('avatar_out_holds_other_files', 'avatar', A(out='{in}'), 1,
+         'holds other files (-x.wav, a_file, bad.onnx) and no avatar'),
+    Case('avatar_out_under_a_file', 'avatar', A(out='{in}/a_file/avatar'), 1, 'a_file: is a file'),
+    Case('avatar_img_size_not_a_model_size', 'avatar', A('--img_size', '100'), 1,
+         'img_size 100 is not 96 times'),
+    Case('avatar_fps_nan', 'avatar', A('--fps', 'nan'), 2, '--fps'),
 ]
 
 MAINS = {'infer': infer.main, 'preprocess': preprocess.main, 'convert': convert.main,
-         'evaluate': evaluate.main}
+         'evaluate': evaluate.main, 'avatar': avatars.main}
 
 
 def _snapshot(folder) -> dict:
@@ -368,6 +386,9 @@ def test_bad_input(case, inputs, tmp_path, capsys, monkeypatch):
     info = video.probe_video(str(out / 'result.mp4'))
     if case.id == 'face_rotated_phone_video':  # decoded upright (850x480 stored)
       assert (info.width, info.height) == (480, 850)
+  if case.cli == 'avatar':
+    assert os.listdir(out) == ['avatar']
+    assert len(avatars.load(str(out / 'avatar'), img_size=96)) == 1
 
 
 @pytest.mark.slow

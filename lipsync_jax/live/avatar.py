@@ -90,9 +90,21 @@ def prepare(face: str, img_size: int = models.IMG_SIZE,
                 float(source.fps))
 
 
+def check_destination(folder: str) -> None:
+  """Refuses a folder that holds other files and no avatar (e.g. the server's avatars folder
+  itself, where the avatar would be ignored); a new, empty or avatar folder is accepted."""
+  if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, META)):
+    others = [n for n in os.listdir(folder) if not n.startswith('.')]
+    if others:
+      raise AvatarError(f'{folder}: holds other files ({", ".join(sorted(others)[:3])}) and no '
+                        'avatar; give each avatar a folder of its own, e.g. '
+                        f'{os.path.join(folder, "NAME")}')
+
+
 def save(avatar: Avatar, folder: str) -> str:
   """Writes the avatar into `folder` (created; both files appear complete or not at all)."""
   folder = cli.as_path('folder', folder)
+  check_destination(folder)
   cli.ensure_folder(folder, 'avatar')
   encoded = [cv2.imencode('.png', f)[1] for f in avatar.frames]
   arrays = {'png': np.concatenate(encoded), 'png_lengths': np.array([len(e) for e in encoded]),
@@ -172,6 +184,7 @@ def main(argv=None) -> int:
 
   def body() -> int:
     cli.refuse_overwriting_inputs({'--out': args.out}, {'--face': args.face})
+    check_destination(args.out)  # before the detector runs
     options = infer.Options(fps=args.fps, pads=tuple(args.pads), nosmooth=args.nosmooth,
                             face_model=args.face_model)
     avatar = prepare(args.face, args.img_size, options, args.max_seconds, not args.quiet)
