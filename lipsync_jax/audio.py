@@ -7,6 +7,7 @@ centred with REFLECT padding as librosa 0.7 did), magnitude, slaney mel filterba
 """
 import functools
 import json
+import math
 import os
 import subprocess
 
@@ -199,6 +200,17 @@ def frames_covered(n_mel_frames: int) -> int:
   """Video frames (25 fps) whose 0.2 s mel window lies inside n_mel_frames (the preprocessing
   and training index maths)."""
   return max(0, int((n_mel_frames - MEL_STEP) / (MEL_FPS / TRAIN_FPS)))
+
+
+def to_int16(samples: np.ndarray) -> np.ndarray:
+  """float samples in [-1, 1] as int16 PCM (rounded, clipped)."""
+  return np.clip(np.rint(np.asarray(samples) * 32767), -32768, 32767).astype(np.int16)
+
+
+def frames_playing(n_samples: int, fps: float) -> int:
+  """Video frames at `fps` that n_samples of 16 kHz speech play over: one per 1/fps of audio,
+  the last one partly filled (inference's frame count)."""
+  return math.ceil(n_samples / SAMPLE_RATE * fps - 1e-6)
 
 
 def expert_window_start(frame: int) -> int:

@@ -248,8 +248,7 @@ def mel_windows(mel: np.ndarray, n_samples: int, fps: float, reference: bool) ->
   if reference:
     starts = audio.inference_chunk_starts(mel.shape[1], fps)
   else:
-    n_frames = math.ceil(n_samples / audio.SAMPLE_RATE * fps - 1e-6)
-    starts = audio.generator_frame_start(np.arange(n_frames), fps)
+    starts = audio.generator_frame_start(np.arange(audio.frames_playing(n_samples, fps)), fps)
     head = max(0, -int(starts[0]))
     tail = max(0, int(starts[-1]) + audio.MEL_STEP - mel.shape[1])
     mel = np.pad(mel, ((0, 0), (head, tail)), constant_values=SILENT_MEL)

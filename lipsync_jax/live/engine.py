@@ -25,11 +25,44 @@ from lipsync_jax.live.scheduler import Scheduler
 LOOKAHEAD = 0.2  # seconds of an utterance buffered before it starts to play
 PLAN_AHEAD = 2  # the fewest frames planned beyond the one being sent (Session.plan_ahead)
 MAX_LATE = 0.1  # seconds a frame may be late before a stream's clock moves
-MAX_QUEUED = 60.0  # seconds of speech a session may hold unplayed (back-pressure)
+MAX_QUEUED = 60.0  # seconds of frames a session may hold unplayed (back-pressure)
+MAX_UTTERANCES = 256  # utterances a session may hold unplayed
 
 
 class SessionError(cli.UserError, RuntimeError):
   """A session given input it cannot use (the message says what); the session is unharmed."""
+
+
+class _Rows:
+  """A growing array of rows (axis 0) that drops its oldest rows: appending costs what it
+  appends (amortised), however many rows it holds."""
+
+  def __init__(self, width: Optional[int] = None):
+    self._data = np.zeros((64,) if width is None else (64, width), np.float32)
+    self._start = self._end = 0
+    self.first = 0  # absolute index of the first row held
+
+  def __len__(self) -> int:
+    return self._end - self._start
+
+  def append(self, rows: np.ndarray) -> None:
+    if self._end + len(rows) > len(self._data):
+      held = self._data[self._start:self._end]
+      grown = np.zeros((max(2 * (len(held) + len(rows)), 64),) + self._data.shape[1:],
+                       np.float32)
+      grown[:len(held)] = held
+      self._data, self._start, self._end = grown, 0, len(held)
+    self._data[self._end:self._end + len(rows)] = rows
+    self._end += len(rows)
+
+  def rows(self, lo: int, hi: int) -> np.ndarray:
+    """Rows lo..hi (absolute indices, clipped to those held)."""
+    lo, hi = max(lo - self.first, 0), min(hi - self.first, len(self))
+    return self._data[self._start + lo:self._start + max(lo, hi)]
+
+  def drop_before(self, index: int) -> None:
+    drop = min(max(0, index - self.first), len(self))
+    self._start, self.first = self._start + drop, self.first + drop
 
 
 class SpeechWindows:
@@ -41,62 +74,59 @@ class SpeechWindows:
     self.samples = 0  # received so far
     self.ended = False
     self._mel = audio.MelStream()
-    self._columns = np.zeros((audio.N_MELS, 0), np.float32)
-    self._pcm = np.zeros(0, np.float32)
-    self._first_column = 0  # absolute index of _columns[:, 0]
-    self._first_sample = 0  # absolute index of _pcm[0]
+    self._columns = _Rows(audio.N_MELS)  # the mel frames, as rows
+    self._pcm = _Rows()
 
   def push(self, samples: np.ndarray) -> None:
-    self._pcm = np.concatenate([self._pcm, samples])
+    self._pcm.append(samples)
     self.samples += len(samples)
-    self._columns = np.concatenate([self._columns, self._mel.push(samples)], axis=1)
+    self._columns.append(self._mel.push(samples).T)
 
   def end(self) -> None:
     if not self.ended:
       self.ended = True
       if self.samples > audio.N_FFT // 2:
-        self._columns = np.concatenate([self._columns, self._mel.end()], axis=1)
+        self._columns.append(self._mel.end().T)
+
+  @property
+  def frames(self) -> int:
+    """Frames the samples received so far play for (infer's count once it has ended)."""
+    return audio.frames_playing(self.samples, self.fps)
 
   @property
   def n_frames(self) -> Optional[int]:
     """Frames of the whole utterance (infer's count), once it has ended."""
-    if not self.ended:
-      return None
-    return math.ceil(self.samples / audio.SAMPLE_RATE * self.fps - 1e-6)
+    return self.frames if self.ended else None
 
   def ready(self, i: int) -> bool:
     """Whether frame i's window and audio are complete."""
     if self.ended:
       return True
-    computed = self._first_column + self._columns.shape[1]
+    computed = self._columns.first + len(self._columns)
     return (audio.generator_frame_start(i, self.fps) + audio.MEL_STEP <= computed
             and self._sample_span(i)[1] <= self.samples)
 
   def window(self, i: int) -> np.ndarray:
     """(80, 16, 1) mel window of frame i (silence outside the utterance, as infer pads)."""
-    start = audio.generator_frame_start(i, self.fps) - self._first_column
-    out = np.full((audio.N_MELS, audio.MEL_STEP), infer.SILENT_MEL, np.float32)
-    lo, hi = max(start, 0), min(start + audio.MEL_STEP, self._columns.shape[1])
-    if hi > lo:
-      out[:, lo - start:hi - start] = self._columns[:, lo:hi]
-    return out[..., None]
+    start = audio.generator_frame_start(i, self.fps)
+    out = np.full((audio.MEL_STEP, audio.N_MELS), infer.SILENT_MEL, np.float32)
+    lo = max(start, self._columns.first)
+    held = self._columns.rows(lo, start + audio.MEL_STEP)
+    out[lo - start:lo - start + len(held)] = held
+    return out.T[..., None]
 
   def chunk(self, i: int) -> np.ndarray:
     """The float32 samples that play during frame i (zero-padded past the end)."""
     lo, hi = self._sample_span(i)
     out = np.zeros(hi - lo, np.float32)
-    part = self._pcm[lo - self._first_sample:hi - self._first_sample]
+    part = self._pcm.rows(lo, hi)
     out[:len(part)] = part
     return out
 
   def release(self, i: int) -> None:
     """Frames before i will not be asked for again: their samples and columns are dropped."""
-    column = max(0, audio.generator_frame_start(i, self.fps)) - self._first_column
-    if column > 0:
-      self._columns, self._first_column = self._columns[:, column:], self._first_column + column
-    sample = self._sample_span(i)[0] - self._first_sample
-    if sample > 0:
-      self._pcm, self._first_sample = self._pcm[sample:], self._first_sample + sample
+    self._columns.drop_before(audio.generator_frame_start(i, self.fps))
+    self._pcm.drop_before(self._sample_span(i)[0])
 
   def _sample_span(self, i: int):
     per_frame = audio.SAMPLE_RATE / self.fps
@@ -144,6 +174,7 @@ class Session:
     self._paste = infer.Paster('feather', truncate=False)
     self._lock = threading.Lock()
     self._utterances: Deque[SpeechWindows] = collections.deque()
+    self._frames_queued = 0  # frames of the utterances queued, the playing one's played too
     self._playing = False  # the first utterance has started
     self._next_in_utterance = 0
     self._resampler, self._rate = None, None
@@ -171,12 +202,14 @@ class Session:
       raise SessionError(f'sample rate {sample_rate}: expected 8000..192000 Hz')
     with self._lock:
       speech = self._open_utterance(sample_rate)
-      if sample_rate != audio.SAMPLE_RATE:
-        pcm = self._resampler.resample_chunk(pcm)
-      if self._queued_seconds() + len(pcm) / audio.SAMPLE_RATE > self.max_queued:
+      arriving = math.ceil(len(pcm) * audio.SAMPLE_RATE / sample_rate)  # samples at 16 kHz
+      added = audio.frames_playing(speech.samples + arriving, self.fps) - speech.frames
+      if (self._frames_unplayed() + added) / self.fps > self.max_queued:
         raise SessionError(f'more than {self.max_queued:g} s of speech queued; wait for it to '
                            'play (or interrupt)')
-      speech.push(pcm)
+      if sample_rate != audio.SAMPLE_RATE:
+        pcm = self._resampler.resample_chunk(pcm)
+      self._append(speech, pcm)
       self._submit_ready()
 
   def end_of_speech(self) -> None:
@@ -184,7 +217,7 @@ class Session:
     with self._lock:
       if self._utterances and not self._utterances[-1].ended:
         if self._resampler is not None:
-          self._utterances[-1].push(self._resampler.resample_chunk(
+          self._append(self._utterances[-1], self._resampler.resample_chunk(
               np.zeros(0, np.float32), last=True))
         self._utterances[-1].end()
         self._submit_ready()
@@ -195,12 +228,16 @@ class Session:
     avatar idle instead, so the session is idle from the next frame planned on."""
     with self._lock:
       self._utterances.clear()
+      self._frames_queued = 0
       self._playing, self._next_in_utterance = False, 0
       self._resampler, self._rate = None, None
       self._epoch += 1
 
   def _open_utterance(self, sample_rate: int) -> SpeechWindows:
     if not self._utterances or self._utterances[-1].ended:
+      if len(self._utterances) >= MAX_UTTERANCES:
+        raise SessionError(f'{MAX_UTTERANCES} utterances queued; wait for them to play (or '
+                           'interrupt)')
       self._utterances.append(SpeechWindows(self.fps))
     if self._rate is None:
       self._rate = sample_rate
@@ -211,9 +248,15 @@ class Session:
                          'send end_of_speech first')
     return self._utterances[-1]
 
-  def _queued_seconds(self) -> float:
-    played = self._next_in_utterance / self.fps if self._playing else 0.0
-    return sum(u.samples for u in self._utterances) / audio.SAMPLE_RATE - played
+  def _append(self, speech: SpeechWindows, pcm: np.ndarray) -> None:
+    before = speech.frames
+    speech.push(pcm)
+    self._frames_queued += speech.frames - before
+
+  def _frames_unplayed(self) -> int:
+    """Frames of queued speech not yet planned: each utterance counts whole frames, as it
+    plays them (a running total, so that pushing costs the same however much is queued)."""
+    return self._frames_queued - (self._next_in_utterance if self._playing else 0)
 
   @property
   def plan_ahead(self) -> int:
@@ -250,6 +293,7 @@ class Session:
       speech = self._utterances[0]
       if speech.ended and self._next_in_utterance >= speech.n_frames:
         self._utterances.popleft()  # finished (or empty)
+        self._frames_queued -= speech.n_frames
         self._playing, self._next_in_utterance = False, 0
         continue
       if not self._playing and not (speech.ended or

@@ -13,6 +13,7 @@ class Metrics:
     self.scheduler = scheduler
     self.sessions = 0
     self.failed_sessions = 0
+    self.unconnected_offers = 0
     self.frames = collections.Counter()  # 'speech' / 'idle' -> frames sent
     self._lateness = collections.deque(maxlen=WINDOW)
 
@@ -28,6 +29,9 @@ class Metrics:
         '# HELP lipsync_failed_sessions_total Sessions ended by an error of their own.',
         '# TYPE lipsync_failed_sessions_total counter',
         f'lipsync_failed_sessions_total {self.failed_sessions}',
+        '# HELP lipsync_unconnected_offers_total WebRTC sessions closed for not connecting in '
+        'time.', '# TYPE lipsync_unconnected_offers_total counter',
+        f'lipsync_unconnected_offers_total {self.unconnected_offers}',
         '# HELP lipsync_frames_sent_total Frames sent, lip-synced (speech) or the avatar idle.',
         '# TYPE lipsync_frames_sent_total counter']
     lines += [f'lipsync_frames_sent_total{{kind="{k}"}} {self.frames[k]}'
