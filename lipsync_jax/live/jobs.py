@@ -9,6 +9,7 @@ thread, the result kept for a while. Everything a client can send is bounded:
 - the inputs are removed when the job ends, a result after `ttl` seconds or when the results
   together pass `max_results` bytes (the oldest first), and the job's state then says so.
 """
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -21,6 +22,8 @@ import threading
 import time
 import uuid
 from typing import Dict, Optional
+
+from aiohttp.http_exceptions import HttpProcessingError
 
 from lipsync_jax import cli, infer
 from lipsync_jax.video import ffmpeg_input
@@ -85,6 +88,19 @@ def media_format(path: str, stream: str, allowed: Dict[str, str]) -> str:
   return allowed[name]
 
 
+async def _parts(reader):
+  """The parts of a multipart body; JobError for a malformed one (a NUL in a header, say)."""
+  while True:
+    try:
+      part = await reader.next()
+    except (HttpProcessingError, ValueError) as e:
+      raise JobError('a malformed multipart form '
+                     f'({getattr(e, "message", str(e)).strip()[:100]})') from None
+    if part is None:
+      return
+    yield part
+
+
 class Jobs:
   """The jobs of one server, run one at a time by `run(face, audio, outfile, on_frame)`."""
 
@@ -101,6 +117,9 @@ class Jobs:
 
   def active(self) -> int:
     return sum(j.state in ('uploading', 'queued', 'running') for j in self._jobs.values())
+
+  def counts(self) -> Dict[str, int]:
+    return dict(collections.Counter(j.state for j in list(self._jobs.values())))
 
   async def create(self, request, probe) -> str:
     """A job from a multipart request with the files `face` and `audio`; `probe(fn, *args)`
@@ -119,7 +138,7 @@ class Jobs:
       except (AssertionError, ValueError, KeyError):
         raise JobError('expected a multipart form with the files face and audio') from None
       files, budget = {}, self.max_upload
-      async for part in reader:
+      async for part in _parts(reader):
         if not hasattr(part, 'read_chunk'):
           raise JobError('expected a flat multipart form with the files face and audio')
         wanted = part.name in PARTS and part.name not in files
@@ -139,7 +158,10 @@ class Jobs:
         suffix = await probe(media_format, path, stream, allowed)
         files[name] = path[:-len('.upload')] + suffix
         os.rename(path, files[name])
-    except BaseException:  # refused, aborted or cancelled: nothing is kept
+    except ConnectionError:  # the client went away: nothing is kept, no reply to send
+      self._forget(key)
+      raise JobError('the upload was cut off') from None
+    except BaseException:  # refused or cancelled: nothing is kept
       self._forget(key)
       raise
     job.state = 'queued'
@@ -183,13 +205,14 @@ class Jobs:
     total = sum(j.size for j in done)
     for job in done:
       if now - job.ended > self.ttl:
-        self._expire(job, f'the result was removed {self.ttl:g} s after the job ended')
+        why = f'the result was removed {self.ttl:g} s after the job ended'
       elif total > self.max_results:
-        self._expire(job, 'the result was removed to keep the results within the server\'s '
-                     f'limit ({self.max_results / 2 ** 20:g} MB)')
+        why = ('the result was removed to keep the results within the server\'s limit '
+               f'({self.max_results / 2 ** 20:g} MB)')
       else:
         continue
       total -= job.size
+      self._expire(job, why)
     ended = sorted((k for k, j in self._jobs.items() if j.ended), key=lambda k:
                    self._jobs[k].ended)
     for key in ended[:max(0, len(ended) - MAX_RECORDS)]:

@@ -4,13 +4,14 @@ import collections
 import numpy as np
 
 WINDOW = 2000  # latest frames the lateness quantiles are taken over
+JOB_STATES = ('uploading', 'queued', 'running', 'done', 'failed', 'expired')
 
 
 class Metrics:
   """Counters and gauges of the sessions and of the scheduler they share."""
 
-  def __init__(self, scheduler):
-    self.scheduler = scheduler
+  def __init__(self, scheduler, jobs=None):
+    self.scheduler, self.jobs = scheduler, jobs
     self.sessions = 0
     self.failed_sessions = 0
     self.unconnected_offers = 0
@@ -53,4 +54,9 @@ class Metrics:
               for q in (0.5, 0.95, 0.99)]
     lines += [f'lipsync_frame_lateness_seconds_count {len(self._lateness)}',
               f'lipsync_frame_lateness_seconds_sum {float(np.sum(late)):.6f}']
+    if self.jobs is not None:
+      counts = self.jobs.counts()
+      lines += ['# HELP lipsync_jobs Offline jobs by state.', '# TYPE lipsync_jobs gauge']
+      lines += [f'lipsync_jobs{{state="{state}"}} {counts.get(state, 0)}'
+                for state in JOB_STATES]
     return '\n'.join(lines) + '\n'

@@ -116,10 +116,10 @@ class LiveServer:
     self.policy = security.Policy(self.token, not (remote or options.allow_remote_access),
                                   tuple(options.allow_origin))
     self.scheduler = Scheduler(infer.load_generator(checkpoint, dtype))
-    self.metrics = Metrics(self.scheduler)
     self.jobs = jobs.Jobs(jobs.run_infer(checkpoint), options.max_jobs,
                           int(options.max_upload_mb * 2 ** 20), options.job_ttl,
                           int(options.max_results_mb * 2 ** 20))
+    self.metrics = Metrics(self.scheduler, self.jobs)
     self._avatars: Dict[str, avatars.Avatar] = {}
     self._avatar_lock = threading.Lock()
     self._sessions: Dict[str, engine.Session] = {}
@@ -256,8 +256,11 @@ class LiveServer:
     sdp = body.get('sdp')
     if body.get('type') != 'offer' or not isinstance(sdp, str):
       raise ClientError('expected {"type": "offer", "sdp": ..., "avatar": NAME}')
-    if not any(line.startswith('m=audio ') for line in sdp.splitlines()):
+    media = {line.split()[0][2:] for line in sdp.splitlines() if line.startswith('m=')}
+    if 'audio' not in media:
       raise ClientError('the offer has no audio: the speech comes in as its first audio track')
+    if 'video' not in media:
+      raise ClientError('the offer receives no video: add a video transceiver (recvonly)')
     key, session = await self.open_session(body.get('avatar'))
     pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice_servers)))
     self._peers.add(pc)
@@ -612,10 +615,10 @@ def main(argv=None) -> int:
       features = server.scheduler.face_features(server.avatar(name))  # made by avatar()
       print(f'avatar {name}: {len(features.index)} frames, face features '
             f'{features.nbytes / 2 ** 20:.0f} MiB', flush=True)
-    print(f'serving {len(server.avatar_names())} avatars on '
-          f'{address(args.host, args.port, server.token)}', flush=True)
-    web.run_app(server.app(), host=args.host, port=args.port, print=None,
-                shutdown_timeout=SHUTDOWN_TIMEOUT)
+    serving = (f'serving {len(server.avatar_names())} avatars on '
+               f'{address(args.host, args.port, server.token)}')
+    web.run_app(server.app(), host=args.host, port=args.port,  # prints once it listens
+                print=lambda _: print(serving, flush=True), shutdown_timeout=SHUTDOWN_TIMEOUT)
     return 0
 
   return cli.run(body, 'lipsync_jax.live.server')
