@@ -231,3 +231,37 @@ def test_bad_audio_is_refused_and_the_session_goes_on(clip_avatar, scheduler):
   session.end_of_speech()
   assert any(session.next_output(plan_ahead=2).face is not None for _ in range(20))
   session.close()
+
+
+def test_queued_speech_is_counted_in_frames_and_utterances(clip_avatar, scheduler, monkeypatch):
+  """A one-sample utterance plays a whole frame, so it counts one; the utterances queued are
+  bounded too; the running total equals the sum over the queue as frames play."""
+  made, _ = clip_avatar
+  monkeypatch.setattr(engine, 'MAX_UTTERANCES', 40)
+  session = engine.Session(made, scheduler, max_queued=1.0)  # 25 frames
+  for _ in range(25):
+    session.push_audio(np.zeros(1, np.float32))
+    session.end_of_speech()
+  with pytest.raises(engine.SessionError, match='more than 1 s of speech queued'):
+    session.push_audio(np.zeros(1, np.float32))  # 25 samples queued, but 26 frames
+  session.interrupt()
+  session.max_queued = 60.0
+  for _ in range(40):
+    session.push_audio(np.zeros(1, np.float32))
+    session.end_of_speech()
+  with pytest.raises(engine.SessionError, match='40 utterances queued'):
+    session.push_audio(np.zeros(1, np.float32))
+  session.interrupt()
+
+  def unplayed_by_sum():  # what the running total replaces
+    played = session._next_in_utterance if session._playing else 0  # noqa: SLF001
+    return sum(u.frames for u in session._utterances) - played  # noqa: SLF001
+
+  rng, wav = np.random.default_rng(0), speech_wav()
+  for step in range(30):
+    session.push_audio(wav[:int(rng.integers(1, 3000))])
+    if step % 3 == 2:
+      session.end_of_speech()
+    session.next_output(plan_ahead=2)
+    assert session._frames_unplayed() == unplayed_by_sum()  # noqa: SLF001
+  session.close()

@@ -19,8 +19,10 @@ session with a message, never another's.
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import fractions
+import gc
 import json
 import os
 import pathlib
@@ -234,7 +236,8 @@ class LiveServer:
                         headers={'Referrer-Policy': 'no-referrer'})
 
   async def _avatar_names(self, _request):
-    return web.json_response({'avatars': self.avatar_names()})
+    names = await asyncio.get_running_loop().run_in_executor(self._input, self.avatar_names)
+    return web.json_response({'avatars': names})
 
   async def _metrics(self, _request):
     return web.Response(text=self.metrics.render(), content_type='text/plain')
@@ -309,7 +312,7 @@ class LiveServer:
         if message == 'interrupt':
           session.interrupt()
         elif message == 'end_of_speech':
-          session.end_of_speech()
+          asyncio.ensure_future(self.session_input(session.end_of_speech))
 
     @pc.on('track')
     def on_track(track):
@@ -400,7 +403,10 @@ class LiveServer:
                               'interrupt, stop)')
     except (ClientError, cli.UserError) as e:
       if not ws.closed:
-        await ws.send_json({'type': 'error', 'message': str(e)})
+        with contextlib.suppress(ConnectionError):
+          await ws.send_json({'type': 'error', 'message': str(e)})
+    except ConnectionError:
+      pass  # the client went away while the server wrote to it
     finally:
       self._websockets.discard(ws)
       if pump is not None:
@@ -615,6 +621,10 @@ def main(argv=None) -> int:
       features = server.scheduler.face_features(server.avatar(name))  # made by avatar()
       print(f'avatar {name}: {len(features.index)} frames, face features '
             f'{features.nbytes / 2 ** 20:.0f} MiB', flush=True)
+    # what start-up made (the model, jax, the avatars) stays: full garbage collections,
+    # which would walk it all, pausing the event loop for 100-300 ms, leave it out
+    gc.collect()
+    gc.freeze()
     serving = (f'serving {len(server.avatar_names())} avatars on '
                f'{address(args.host, args.port, server.token)}')
     web.run_app(server.app(), host=args.host, port=args.port,  # prints once it listens
