@@ -534,6 +534,7 @@ def start_server(folder: pathlib.Path, port: int, **flags) -> subprocess.Popen:
   (folder / 'tmp').mkdir(exist_ok=True)
   for line in proc.stdout:
     if line.startswith('serving'):
+      print(line.strip(), flush=True)  # its address, with the token
       return proc
   raise RuntimeError(f'the server did not start (exit {proc.wait()})')
 

@@ -7,6 +7,7 @@ bounded in frames and utterances; and, against a server in its own process, the 
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -186,11 +187,15 @@ def test_the_flood_and_sigterm_against_a_server_process(tmp_path):
   utterances (the report's 100,000 take the server about 35 s to read on 2 cores), then
   SIGTERM with a client connected."""
   require(MEDIA / 'face_photo.png')
+  with socket.socket() as probe:  # a free port
+    probe.bind(('127.0.0.1', 0))
+    port = probe.getsockname()[1]
   proc = subprocess.run([sys.executable, str(ROOT / 'tests' / 'live_attacks.py'), '--attacks',
-                         'token,flood', '--flood', '20000', '--port', '8767'],
+                         'token,flood', '--flood', '20000', '--port', str(port)],
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
   lines = [line for line in proc.stdout.splitlines() if line.startswith(('held', 'FAILED'))]
   print('\n'.join(lines))
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert f'serving 1 avatars on http://127.0.0.1:{port}/?token=attack-check\n' in proc.stdout
   assert [line.split()[1] for line in lines] == ['token:', 'flood:', 'shutdown:']
   assert proc.stdout.strip().endswith('3 of 3 held')
