@@ -52,7 +52,7 @@ from configs import expert as expert_config  # noqa: E402
 from configs import wav2lip as wav2lip_config  # noqa: E402
 from configs import wav2lip_gan as gan_config  # noqa: E402
 from configs.common import HQ_SIZES  # noqa: E402
-from lipsync_jax import infer, layers, models, summary, training  # noqa: E402
+from lipsync_jax import generator, layers, models, summary, training  # noqa: E402
 
 GIB = 2 ** 30
 # chip: (HBM bytes, peak bf16 FLOP/s, HBM bytes/s, inter-chip interconnect bytes/s over all
@@ -123,7 +123,7 @@ def lower_inference(per_chip: int, dtype: str, width_divisor: int, mesh: Mesh,
   n = per_chip * mesh.size
   mels = jax.ShapeDtypeStruct((n,) + models.MEL_SHAPE, jnp.float32, sharding=data)
   crops = jax.ShapeDtypeStruct((n, img_size, img_size, 3), jnp.uint8, sharding=data)
-  generate = jax.jit(lambda p, m, c: infer.generate_faces(folded, p, m, c))
+  generate = jax.jit(lambda p, m, c: generator.generate_faces(folded, p, m, c))
   return generate.lower(params, mels, crops)
 
 

@@ -3,7 +3,7 @@
     python benchmarks/bench_evaluate.py [--windows 20] [--rounds 5] [--clip_seconds 5.5]
 
 Both networks get the same random weights (syncnet_python's state-dict layout, converted with
-evaluate.variables_from_state_dict) and the same windows (5 frames of 224x224 BGR + 13x20 MFCC
+syncnet.variables_from_state_dict) and the same windows (5 frames of 224x224 BGR + 13x20 MFCC
 each); outputs are checked to agree. Timed runs alternate between the two so that both see the
 same machine load. Prints windows/s of each (embedding both streams, the evaluator's cost), the
 ratio, and the projected time to score the LRS2 test list (14,239 videos) at our rate for a
@@ -19,7 +19,7 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # a CPU comparison, even where li
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lipsync_jax import allocator, evaluate, models  # noqa: E402
+from lipsync_jax import allocator, lse, models, syncnet  # noqa: E402
 import bench_vs_torch  # noqa: E402  (benchmarks/, beside this file)
 
 LRS2_TEST_VIDEOS = 14239
@@ -40,13 +40,13 @@ def torch_syncnet(torch):
 
   def fc():
     return nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
-                         nn.Linear(512, evaluate.EMBEDDING))
+                         nn.Linear(512, syncnet.EMBEDDING))
 
   class S(nn.Module):
     def __init__(self):
       super().__init__()
-      self.netcnnlip = cnn(evaluate.LIP_CNN, nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, 3)
-      self.netcnnaud = cnn(evaluate.AUDIO_CNN, nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, 1)
+      self.netcnnlip = cnn(syncnet.LIP_CNN, nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, 3)
+      self.netcnnaud = cnn(syncnet.AUDIO_CNN, nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, 1)
       self.netfclip, self.netfcaud = fc(), fc()
 
     def forward(self, lips, mfccs):
@@ -76,9 +76,9 @@ def main():
         module.running_mean.uniform_(-0.1, 0.1)
         module.running_var.uniform_(0.5, 1.5)
   state = {k: v.numpy() for k, v in reference.state_dict().items()}
-  module = evaluate.SyncNetS()
+  module = syncnet.SyncNetS()
   # as load_syncnet
-  variables = jax.tree.map(jnp.asarray, evaluate.variables_from_state_dict(state))
+  variables = jax.tree.map(jnp.asarray, syncnet.variables_from_state_dict(state))
 
   n = args.windows
   frames = rng.integers(0, 256, (n + 4, 224, 224, 3), np.uint8)
@@ -89,7 +89,7 @@ def main():
   mfccs_t = torch.from_numpy(np.ascontiguousarray(mfccs.transpose(0, 3, 1, 2)))
 
   def ours():
-    lip, aud = evaluate.embed_windows(module, variables, windows, mfccs)
+    lip, aud = lse.embed_windows(module, variables, windows, mfccs)
     return np.asarray(lip), np.asarray(aud)
 
   def theirs():
@@ -111,7 +111,7 @@ def main():
   ours_s, torch_s = (statistics.median(times[k]) for k in ('ours', 'torch'))
   ratio = bench_vs_torch.paired_ratio(times)
   rate = n / ours_s
-  windows_per_video = args.clip_seconds * evaluate.FPS - models.WINDOW_FRAMES
+  windows_per_video = args.clip_seconds * lse.FPS - models.WINDOW_FRAMES
   hours = LRS2_TEST_VIDEOS * windows_per_video / rate / 3600
   print(f'jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), '
         f'{os.cpu_count()} cores, tcmalloc {allocator.active()}')

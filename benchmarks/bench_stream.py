@@ -29,7 +29,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from lipsync_jax import allocator, audio, checkpoint, infer, models  # noqa: E402
+from lipsync_jax import allocator, audio, checkpoint, generator, infer, models  # noqa: E402
 from lipsync_jax.live import avatar as avatars  # noqa: E402
 from lipsync_jax.live import engine  # noqa: E402
 from lipsync_jax.live.scheduler import Scheduler  # noqa: E402
@@ -38,12 +38,12 @@ MEDIA = os.path.join(os.path.dirname(ROOT), 'shared', 'media')
 CONFIGS = {'full96': (1, 96), 'tiny96': (8, 96), 'full192': (1, 192)}  # width divisor, size
 
 
-def generator(folder: str, divisor: int, size: int) -> infer.Generator:
+def generator(folder: str, divisor: int, size: int) -> generator.Generator:
   path = os.path.join(folder, f'g{divisor}_{size}')
   module = models.build('wav2lip', divisor, img_size=size)
   checkpoint.save_model(path, 'wav2lip', module,
                         models.init(module, 'wav2lip', jax.random.key(0)))
-  return infer.load_generator(path, 'float32')
+  return generator.load_generator(path, 'float32')
 
 
 async def feed(session: engine.Session, speech: np.ndarray, speak: float, pause: float,
@@ -117,7 +117,7 @@ def drift(avatar, scheduler, minutes: float, speech: np.ndarray) -> int:
   return abs(played - frames * int(audio.SAMPLE_RATE / avatar.fps)) + worst
 
 
-def generator_rates(whole: infer.Generator, scheduler, avatar, batches=(1, 4, 8), repeats=8):
+def generator_rates(whole: generator.Generator, scheduler, avatar, batches=(1, 4, 8), repeats=8):
   """Faces/s of the whole generator on crops, of the scheduler's generator (only the rows the
   paste reads, from the avatar's precomputed face features), and of that one with as many calls
   in flight as the scheduler has workers, per batch size, side by side."""

@@ -8,7 +8,7 @@ The reference generator's layers are built here in PyTorch (Conv2d / ConvTranspo
 BatchNorm2d + ReLU blocks, residual adds, the encoder-decoder skips, as the original's model
 file lays them out, so its state_dict keys are the official checkpoint's) and loaded with the
 weights of our randomly initialised generator (speed does not depend on the values; the outputs
-are checked to agree). Ours runs as `infer` runs it (infer.inference_generator): BatchNorm
+are checked to agree). Ours runs as `infer` runs it (generator.inference_generator): BatchNorm
 folded, Winograd kernels on the CPU, uint8 crops in, masking on the device, jitted, in the
 dtype named; whole faces, and (as `infer` with its default
 feathered paste) only the face rows the paste reads; on the CPU also whole faces without the
@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lipsync_jax import allocator, convert, infer, models  # noqa: E402
+from lipsync_jax import allocator, convert, generator, models, paste  # noqa: E402
 
 
 def torch_generator(torch, width_divisor: int = 1):
@@ -142,8 +142,8 @@ def compare(device: str = 'cpu', batches=(1, 16, 128), rounds: int = 5,
       f'({device}, {torch.get_num_threads()} threads), tcmalloc {allocator.active()}')
   rows = []
   for dtype in dtypes:
-    generator = infer.inference_generator(variables, dtype, width_divisor)  # as infer loads it
-    direct = (infer.inference_generator(variables, dtype, width_divisor, winograd=False)
+    made = generator.inference_generator(variables, dtype, width_divisor)  # as infer loads it
+    direct = (generator.inference_generator(variables, dtype, width_divisor, winograd=False)
               if jax.default_backend() == 'cpu' else None)  # the CPU's Winograd path, off
     autocast = (torch.autocast('cuda' if cuda else 'cpu', dtype=torch.bfloat16)
                 if dtype == 'bfloat16' else None)
@@ -151,9 +151,9 @@ def compare(device: str = 'cpu', batches=(1, 16, 128), rounds: int = 5,
       crops = rng.integers(0, 256, (batch, models.IMG_SIZE, models.IMG_SIZE, 3), np.uint8)
       mels = rng.uniform(-4, 4, (batch,) + models.MEL_SHAPE).astype(np.float32)
       crops_d, mels_d = jax.device_put(crops), jax.device_put(mels)
-      ours = functools.partial(lambda *a: jax.block_until_ready(generator(*a)), mels_d, crops_d)
-      first_row = infer.feather_rows_from(models.IMG_SIZE)
-      ours_cut = functools.partial(lambda *a: jax.block_until_ready(generator.cut(first_row)(*a)),
+      ours = functools.partial(lambda *a: jax.block_until_ready(made(*a)), mels_d, crops_d)
+      first_row = paste.feather_rows_from(models.IMG_SIZE)
+      ours_cut = functools.partial(lambda *a: jax.block_until_ready(made.cut(first_row)(*a)),
                                    mels_d, crops_d)
       variants = {'ours': ours, 'ours_cut': ours_cut}
       if direct is not None:

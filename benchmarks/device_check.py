@@ -58,7 +58,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from configs import expert as expert_config, wav2lip as wav2lip_config, wav2lip_gan  # noqa: E402
-from lipsync_jax import infer, layers, models, training  # noqa: E402
+from lipsync_jax import generator, infer, layers, models, training  # noqa: E402
 
 REFERENCE = os.path.join(ROOT, 'benchmarks', 'device_reference.npz')
 PEAK_FLOPS = 989e12  # dense bf16, H200 / H100 SXM datasheet
@@ -228,7 +228,7 @@ def generator_speed(args, report, budget) -> None:
   width = 'tiny' if args.smoke else 'full'
   variables = numpy_variables(models.build('wav2lip', WIDTHS[width]), 'wav2lip', 0)
   params = jax.device_put(layers.fold_batchnorm(variables))
-  generate = jax.jit(infer.generate_faces, static_argnums=0)
+  generate = jax.jit(generator.generate_faces, static_argnums=0)
   rng = np.random.default_rng(3)
   for dtype in ('bfloat16', 'float32'):
     for batch in args.batches:

@@ -3,7 +3,8 @@ what every field of every config may hold (`check`: train and summary check a co
 load it, before building anything)."""
 import ml_collections
 
-from lipsync_jax import cli, models
+from lipsync_jax import cli, models, settings
+from lipsync_jax.settings import Setting
 
 # Channel widths are divided by this for the `tiny` variants (fast tests, CPU demos).
 TINY_WIDTH_DIVISOR = 8
@@ -64,39 +65,39 @@ def base(model: str, variant: str = None) -> ml_collections.ConfigDict:
 _COUNT = 10 ** 12  # no upper bound worth stating for step counts and intervals
 # Every field of every training config (dotted paths), with the values it may hold.
 FIELDS = {
-    'model.name': cli.Field(str, choices=('expert', 'wav2lip')),
-    'model.width_divisor': cli.Field(int, 1, 64),
-    'model.img_size': cli.Field(int, models.IMG_SIZE, 2304),
-    'model.dtype': cli.Field(str, choices=('auto', 'float32', 'bfloat16')),
-    'model.conv_impl': cli.Field(str, choices=('auto', 'xla', 'cpu')),
-    'data.dir': cli.Field(str),
-    'data.workers': cli.Field(int, 0, 1024),
-    'data.seed': cli.Field(int, 0, 2 ** 31 - 1),
-    'data.min_offset': cli.Field(int, 1, 100),
-    'seed': cli.Field(int, 0, 2 ** 31 - 1),
-    'init_from': cli.Field(str),
-    'init_min_fraction': cli.Field(float, 0, 1),
-    'freeze': cli.Field(str),
-    'disc_init_from': cli.Field(str),
-    'learning_rate': cli.Field(float, 0, 1),
-    'lr_schedule': cli.Field(str, choices=('constant', 'cosine')),
-    'adam_b1': cli.Field(float, 0, 0.999999),
-    'adam_b2': cli.Field(float, 0, 0.999999),
-    'log_every': cli.Field(int, 1, _COUNT),
-    'checkpoint_every': cli.Field(int, 1, _COUNT),
-    'keep_checkpoints': cli.Field(int, 1, 10 ** 6),
-    'batch_size': cli.Field(int, 1, 2 ** 20),
-    'total_steps': cli.Field(int, 1, _COUNT),
-    'eval_every': cli.Field(int, 1, _COUNT),
-    'eval_batches': cli.Field(int, 1, _COUNT),
-    'expert_checkpoint': cli.Field(str),
-    'expert_train_mode': cli.Field(bool),
-    'syncnet_wt': cli.Field(float, 0, 1),
-    'syncnet_wt_after': cli.Field(float, 0, 1),
-    'sync_threshold': cli.Field(float, 0, 100),
-    'disc_wt': cli.Field(float, 0, 1),
-    'disc_learning_rate': cli.Field(float, 0, 1),
-    'eval_lse_clips': cli.Field(int, 0, 10 ** 6),
+    'model.name': Setting(str, choices=('expert', 'wav2lip')),
+    'model.width_divisor': Setting(int, 1, 64),
+    'model.img_size': Setting(int, models.IMG_SIZE, 2304),
+    'model.dtype': Setting(str, choices=('auto', 'float32', 'bfloat16')),
+    'model.conv_impl': Setting(str, choices=('auto', 'xla', 'cpu')),
+    'data.dir': Setting(str),
+    'data.workers': Setting(int, 0, 1024),
+    'data.seed': Setting(int, 0, 2 ** 31 - 1),
+    'data.min_offset': Setting(int, 1, 100),
+    'seed': Setting(int, 0, 2 ** 31 - 1),
+    'init_from': Setting(str),
+    'init_min_fraction': Setting(float, 0, 1),
+    'freeze': Setting(str),
+    'disc_init_from': Setting(str),
+    'learning_rate': Setting(float, 0, 1),
+    'lr_schedule': Setting(str, choices=('constant', 'cosine')),
+    'adam_b1': Setting(float, 0, 0.999999),
+    'adam_b2': Setting(float, 0, 0.999999),
+    'log_every': Setting(int, 1, _COUNT),
+    'checkpoint_every': Setting(int, 1, _COUNT),
+    'keep_checkpoints': Setting(int, 1, 10 ** 6),
+    'batch_size': Setting(int, 1, 2 ** 20),
+    'total_steps': Setting(int, 1, _COUNT),
+    'eval_every': Setting(int, 1, _COUNT),
+    'eval_batches': Setting(int, 1, _COUNT),
+    'expert_checkpoint': Setting(str),
+    'expert_train_mode': Setting(bool),
+    'syncnet_wt': Setting(float, 0, 1),
+    'syncnet_wt_after': Setting(float, 0, 1),
+    'sync_threshold': Setting(float, 0, 100),
+    'disc_wt': Setting(float, 0, 1),
+    'disc_learning_rate': Setting(float, 0, 1),
+    'eval_lse_clips': Setting(int, 0, 10 ** 6),
 }
 
 
@@ -104,11 +105,11 @@ class ConfigError(cli.UserError, ValueError):
   """A training config field of the wrong type or range, or one no config has."""
 
 
-def _flatten(config, prefix: str = '') -> dict:
+def flatten(config, prefix: str = '') -> dict:
   flat = {}
   for key, value in config.items():
     if isinstance(value, (ml_collections.ConfigDict, dict)):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
+      flat.update(flatten(value, f'{prefix}{key}.'))
     else:
       flat[prefix + key] = value
   return flat
@@ -117,13 +118,13 @@ def _flatten(config, prefix: str = '') -> dict:
 def check(config) -> None:
   """ConfigError naming the first field (config.<path>) that no config has, or whose value does
   not fit FIELDS, or a face size the models cannot make."""
-  flat = _flatten(config)
+  flat = flatten(config)
   unknown = sorted(set(flat) - set(FIELDS))
   if unknown:
     raise ConfigError(f'config.{unknown[0]}: no such field')
   present = {k: f for k, f in FIELDS.items() if k in flat}
-  cli.check_fields({f'config.{k}': flat[k] for k in present},
-                   {f'config.{k}': f for k, f in present.items()}, ConfigError)
+  settings.check_values({f'config.{k}': flat[k] for k in present},
+                        {f'config.{k}': f for k, f in present.items()}, ConfigError)
   try:
     models.size_strides(flat['model.img_size'])
   except ValueError as e:

@@ -22,7 +22,7 @@ from typing import Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from lipsync_jax import audio, cli, faces, models, tracks, video
+from lipsync_jax import audio, cli, faces, models, settings, tracks, video
 
 MIN_FRAMES = 16  # the reference skips clips with <= 15 frames
 # A record's audio runs this many frames past its last frame where the clip's audio goes on, so
@@ -30,32 +30,34 @@ MIN_FRAMES = 16  # the reference skips clips with <= 15 frames
 AUDIO_TAIL = math.ceil(audio.MEL_STEP / (audio.MEL_FPS / audio.TRAIN_FPS))
 
 
-# What each rule may be (preprocess's flags take the same ranges).
-CURATION_FIELDS = {
-    'split_shots': cli.Field(bool),
-    'min_seconds': cli.Field(float, 0, 3600),
-    'max_seconds': cli.Field(float, MIN_FRAMES / audio.TRAIN_FPS, 3600),
-    'min_face': cli.Field(float, 0, 10_000),
-    'min_sharpness': cli.Field(float, 0, 1e6),
-    'min_score': cli.Field(float, 0, 1),
-    'face_size': cli.Field(int, models.IMG_SIZE, 2048),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class Curation:
   """The rules, each a preprocess flag; the defaults suit LRS2-style data (broadcast video,
   faces of 100-200 px, clips of 1-10 s)."""
-  split_shots: bool = True
-  min_seconds: float = MIN_FRAMES / audio.TRAIN_FPS  # the shortest track and record kept
-  max_seconds: float = 10.0  # longer tracks are cut into pieces no longer than this
-  min_face: float = 64.0  # pixels, mean side of the detector's box over the track
-  min_sharpness: float = 50.0  # median Laplacian variance of the track's grey crops at 96x96
-  min_score: float = 0.8  # the detector's median confidence: hands, posters, profiles score lower
-  face_size: int = models.IMG_SIZE  # the side of the stored crops (the largest model's size)
+  split_shots: bool = settings.setting(
+      True, 'cut clips at shot boundaries (content changes), so that no record spans a cut')
+  min_seconds: float = settings.setting(
+      MIN_FRAMES / audio.TRAIN_FPS, "shortest face track, and record, kept; never under 16 "
+      "frames, the reference's minimum", low=0, high=3600)
+  max_seconds: float = settings.setting(
+      10.0, 'longer tracks are cut into equal records no longer than this',
+      low=MIN_FRAMES / audio.TRAIN_FPS, high=3600)
+  min_face: float = settings.setting(
+      64.0, "tracks whose face (the detector's box, mean side) is smaller are dropped: upscaled "
+      'crops teach blur', low=0, high=10_000, metavar='PIXELS')
+  min_sharpness: float = settings.setting(
+      50.0, 'tracks whose crops, at 96x96, are blurrier are dropped (median variance of the '
+      'Laplacian; 0 keeps all)', low=0, high=1e6)
+  min_score: float = settings.setting(
+      0.8, 'tracks whose detections the detector is less sure of (median score) are dropped: '
+      'hands, posters, profiles', low=0, high=1, flag_name='min_face_score')
+  face_size: int = settings.setting(
+      models.IMG_SIZE, 'side of the stored face crops: the face size of the largest model the '
+      'dataset is to train (96: the reference; 192, 288: the HQ configs). Smaller models read '
+      'them downscaled', low=models.IMG_SIZE, high=2048, metavar='PIXELS')
 
   def __post_init__(self):
-    cli.check_fields(dataclasses.asdict(self), CURATION_FIELDS)
+    settings.check(self)
     if self.min_seconds > self.max_seconds:
       raise cli.UserError(f'min_seconds {self.min_seconds:g} is above max_seconds '
                           f'{self.max_seconds:g}')

@@ -33,6 +33,7 @@ and records below --min_sync_conf are dropped. The local runner caches the measu
 import argparse
 import collections
 import contextlib
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -50,10 +51,63 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from data_pipeline import curation, records, sync
-from lipsync_jax import cli, evaluate, faces, paths
+from lipsync_jax import cli, faces, lse, paths, settings
 
 RUNNERS = ('local', 'DirectRunner', 'DataflowRunner', 'FlinkRunner', 'SparkRunner',
            'PortableRunner')
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessOptions:
+  """Every setting of a preprocessing run but its two folders; the CLI flags of the same names
+  (the curation rules' flags are Curation's). Checked on creation (UserError naming it)."""
+  filelists: Optional[str] = settings.setting(
+      None, 'folder with train.txt/val.txt/test.txt (default: a hash split)', kind=str,
+      optional=True)
+  workers: Optional[int] = settings.setting(
+      None, 'clips processed in parallel (default: the number of cores)', kind=int, low=1,
+      high=1024, optional=True)
+  face_model: Optional[str] = settings.setting(
+      None, 'YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, else the packaged '
+      'one)', kind=str, optional=True)
+  sync_judge: Optional[str] = settings.setting(
+      None, "measure each record's audio-video offset and confidence with this judge: "
+      "joonson's syncnet_v2.model (the record's whole frames at 224x224; download it "
+      'yourself) or a Wav2Lip expert (a training workdir, an orbax checkpoint or '
+      "lipsync_expert.pth; the record's crops, at its size). Recorded as sync_offset / "
+      'sync_conf', kind=str, optional=True, metavar='MODEL')
+  sync_correct: bool = settings.setting(
+      False, 'shift each record by its measured offset so audio and video are in sync (whole '
+      'frames; needs --sync_judge)')
+  min_sync_conf: Optional[float] = settings.setting(
+      None, 'drop records whose sync confidence (LSE-C) is below this (default: '
+      + ', '.join(f'{v:g} for {k}' for k, v in sync.DEFAULT_MIN_CONF.items())
+      + ' judges; 0 keeps every record; needs --sync_judge)', kind=float, low=0, high=100,
+      optional=True)
+  vshift: int = settings.setting(lse.VSHIFT, 'offsets searched, in frames either way', low=1,
+                                 high=100)
+  runner: Optional[str] = settings.setting(
+      None, "an Apache Beam runner (pip install 'lipsync_jax[beam]'): DirectRunner runs "
+      '--workers processes here, the others run the same pipeline at scale; options this '
+      "command does not know (the runner's own, e.g. --project, --region, --temp_location for "
+      'Dataflow, --flink_master, --spark_master_url) are passed to Beam. Or local: a process '
+      'pool here, resumable clip by clip, no Beam needed (default: DirectRunner where Beam is '
+      'installed, else local; local for a gs:// --out)', kind=str, choices=RUNNERS,
+      optional=True)
+  beam_args: Tuple[str, ...] = settings.setting((), "the Beam runner's own options", kind=str,
+                                                repeated=True, flag=False)
+  rules: curation.Curation = curation.Curation()
+
+  def __post_init__(self):
+    for name in ('filelists', 'face_model', 'sync_judge'):
+      object.__setattr__(self, name, cli.as_path(name, getattr(self, name), optional=True))
+    if not isinstance(self.rules, curation.Curation):
+      raise cli.UserError(f'rules: expected a curation.Curation, got '
+                          f'{type(self.rules).__name__}')
+    object.__setattr__(self, 'beam_args', tuple(self.beam_args))
+    settings.check(self)
+    if (self.sync_correct or self.min_sync_conf is not None) and not self.sync_judge:
+      raise cli.UserError('sync_correct and min_sync_conf need a sync_judge')
 
 _detector = None
 
@@ -201,10 +255,6 @@ def find_clips(data_root):
   return clips
 
 
-def _rule_type(name: str):
-  return curation.CURATION_FIELDS[name].flag_type()
-
-
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m data_pipeline.preprocess',
                                    description=__doc__.split('\n\n')[0])
@@ -214,68 +264,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                       'URL (the gcs extra; --runner local): clips are cached and the dataset '
                       'written under $LIPSYNC_JAX_CACHE or ~/.cache/lipsync_jax/preprocess, then '
                       'uploaded')
-  parser.add_argument('--filelists', default=None,
-                      help='folder with train.txt/val.txt/test.txt (default: hash split)')
-  parser.add_argument('--workers', type=cli.int_in(1, 1024), default=os.cpu_count(),
-                      help='clips processed in parallel (default: the number of cores)')
-  parser.add_argument('--face_model', default=None,
-                      help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, '
-                      'else the packaged one)')
-  rules = curation.Curation()
-  group = parser.add_argument_group(
+  settings.add_flags(parser, PreprocessOptions)
+  settings.add_flags(parser.add_argument_group(
       'curation', 'which face tracks become records (data_pipeline/curation.py); the defaults '
-      'suit LRS2-style data')
-  group.add_argument('--split_shots', action=argparse.BooleanOptionalAction,
-                     default=rules.split_shots, help='cut clips at shot boundaries (content '
-                     'changes), so that no record spans a cut (default: on)')
-  group.add_argument('--min_seconds', type=_rule_type('min_seconds'), default=rules.min_seconds,
-                     help='shortest face track, and record, kept; never under 16 frames, the '
-                     "reference's minimum (default: %(default).2f)")
-  group.add_argument('--max_seconds', type=_rule_type('max_seconds'), default=rules.max_seconds,
-                     help='longer tracks are cut into equal records no longer than this '
-                     '(default: %(default)g)')
-  group.add_argument('--min_face', type=_rule_type('min_face'), default=rules.min_face,
-                     metavar='PIXELS',
-                     help="tracks whose face (the detector's box, mean side) is smaller are "
-                     'dropped: upscaled crops teach blur (default: %(default)g)')
-  group.add_argument('--min_sharpness', type=_rule_type('min_sharpness'),
-                     default=rules.min_sharpness,
-                     help='tracks whose crops, at 96x96, are blurrier are dropped (median '
-                     'variance of the Laplacian; 0 keeps all) (default: %(default)g)')
-  group.add_argument('--min_face_score', type=_rule_type('min_score'), default=rules.min_score,
-                     help="tracks whose detections the detector is less sure of (median score) "
-                     'are dropped: hands, posters, profiles (default: %(default)g)')
-  group.add_argument('--face_size', type=_rule_type('face_size'),
-                     default=rules.face_size, metavar='PIXELS',
-                     help='side of the stored face crops: the face size of the largest model '
-                     'the dataset is to train (96: the reference; 192, 288: the HQ configs). '
-                     'Smaller models read them downscaled (default: %(default)s)')
-  group.add_argument('--sync_judge', default=None, metavar='MODEL',
-                     help="measure each record's audio-video offset and confidence with this "
-                     "judge: joonson's syncnet_v2.model (the record's whole frames at 224x224; "
-                     'download it yourself) or a Wav2Lip expert (a training workdir, an orbax '
-                     "checkpoint or lipsync_expert.pth; the record's crops, at its size). "
-                     'Recorded as sync_offset / sync_conf')
-  group.add_argument('--sync_correct', action='store_true',
-                     help='shift each record by its measured offset so audio and video are in '
-                     'sync (whole frames; needs --sync_judge)')
-  group.add_argument('--min_sync_conf', type=cli.float_in(0, 100), default=None,
-                     help='drop records whose sync confidence (LSE-C) is below this (default: '
-                     + ', '.join(f'{v:g} for {k}' for k, v in sync.DEFAULT_MIN_CONF.items())
-                     + ' judges; 0 keeps every record; needs --sync_judge)')
-  group.add_argument('--vshift', type=cli.int_in(1, 100), default=evaluate.VSHIFT,
-                     help='offsets searched, in frames either way (default: %(default)s)')
-  parser.add_argument('--runner', choices=RUNNERS, default=None,
-                      help="an Apache Beam runner (pip install 'lipsync_jax[beam]'): "
-                      'DirectRunner runs --workers processes here, the others run the same '
-                      "pipeline at scale; options this command does not know (the runner's "
-                      'own, e.g. --project, --region, --temp_location for Dataflow, '
-                      '--flink_master, --spark_master_url) are passed to Beam. Or local: a '
-                      'process pool here, resumable clip by clip, no Beam needed '
-                      '(default: DirectRunner where Beam is installed, else local; local for a '
-                      'gs:// --out)')
+      'suit LRS2-style data'), curation.Curation)
   args, beam_args = parser.parse_known_args(argv)
-  args.runner = args.runner or default_runner(args.out)
+  args.runner, args.beam_args = args.runner or default_runner(args.out), beam_args
   if beam_args and args.runner == 'local':
     parser.error(f'unrecognized arguments: {" ".join(beam_args)} (runner options need a Beam '
                  '--runner)')
@@ -286,15 +280,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     close = difflib.get_close_matches(unknown[0].split('=')[0], ours, n=1)
     parser.error(f'unrecognized arguments: {" ".join(unknown)} (neither this command\'s nor '
                  'an Apache Beam option' + (f'; did you mean {close[0]}?)' if close else ')'))
-  if not args.sync_judge and (args.sync_correct or args.min_sync_conf is not None):
-    parser.error('--sync_correct and --min_sync_conf need --sync_judge')
-  if args.min_seconds > args.max_seconds:
-    parser.error(f'--min_seconds {args.min_seconds:g} is above --max_seconds '
-                 f'{args.max_seconds:g}')
-  args.rules = curation.Curation(args.split_shots, args.min_seconds, args.max_seconds,
-                                 args.min_face, args.min_sharpness, args.min_face_score,
-                                 args.face_size)
-  args.beam_args = beam_args
+  try:
+    args.options = settings.from_args(PreprocessOptions, args, beam_args=tuple(beam_args),
+                                      rules=settings.from_args(curation.Curation, args))
+  except cli.UserError as e:
+    parser.error(str(e))
   return args
 
 
@@ -333,26 +323,25 @@ def process_clips(todo, data_root: str, cache_of: dict, workers: int, model: str
   return skipped
 
 
-def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
-               workers: Optional[int] = None, face_model: Optional[str] = None,
-               sync_judge: Optional[str] = None, sync_correct: bool = False,
-               min_sync_conf: Optional[float] = None, vshift: int = evaluate.VSHIFT,
-               runner: Optional[str] = None, beam_args: Sequence[str] = (),
-               rules: curation.Curation = curation.Curation()) -> str:
+def preprocess(data_root: str, out: str, options: Optional[PreprocessOptions] = None) -> str:
   """Preprocesses every clip under data_root (<speaker>/<clip>.mp4) into a TFDS dataset under
-  `out`; returns the dataset folder the trainer's config.data.dir takes. `rules` pick the face
-  tracks that become records (data_pipeline.curation). With `sync_judge` (a syncnet_v2.model
-  or an expert checkpoint) offsets are measured, recorded, removed (`sync_correct`) and unsure
-  records dropped (`min_sync_conf`, default by judge). `runner`: 'local' (a process pool,
-  resumable), or a Beam runner ('DirectRunner', 'DataflowRunner', ...; `beam_args` its
-  options: data_pipeline/beam_pipeline.py); default: DirectRunner where Beam is installed."""
+  `out`; returns the dataset folder the trainer's config.data.dir takes. `options.rules` pick
+  the face tracks that become records (data_pipeline.curation). With `options.sync_judge` (a
+  syncnet_v2.model or an expert checkpoint) offsets are measured, recorded, removed
+  (`sync_correct`) and unsure records dropped (`min_sync_conf`, default by judge).
+  `options.runner`: 'local' (a process pool, resumable), or a Beam runner ('DirectRunner',
+  'DataflowRunner', ...; `beam_args` its options: data_pipeline/beam_pipeline.py); default:
+  DirectRunner where Beam is installed."""
   data_root, out = cli.as_path('data_root', data_root), cli.as_path('out', out)
-  filelists = cli.as_path('filelists', filelists, optional=True)
-  face_model = cli.as_path('face_model', face_model, optional=True)
-  sync_judge = cli.as_path('sync_judge', sync_judge, optional=True)
-  if not isinstance(rules, curation.Curation):
-    raise cli.UserError(f'rules: expected a curation.Curation, got {type(rules).__name__}')
-  runner = runner or default_runner(out)
+  options = PreprocessOptions() if options is None else options
+  if not isinstance(options, PreprocessOptions):
+    raise cli.UserError(f'options: expected a preprocess.PreprocessOptions, got '
+                        f'{type(options).__name__}')
+  filelists, face_model, sync_judge = options.filelists, options.face_model, options.sync_judge
+  sync_correct, min_sync_conf, vshift = (options.sync_correct, options.min_sync_conf,
+                                         options.vshift)
+  workers, rules, beam_args = options.workers, options.rules, options.beam_args
+  runner = options.runner or default_runner(out)
   local_out = out
   if paths.is_url(out):
     if runner != 'local':
@@ -371,8 +360,6 @@ def preprocess(data_root: str, out: str, filelists: Optional[str] = None,
   if filelists and not os.path.isdir(filelists):
     raise cli.UserError(f'{filelists}: no such folder (--filelists)')
   model = faces.resolve_model(face_model)
-  if (sync_correct or min_sync_conf is not None) and not sync_judge:
-    raise cli.UserError('sync_correct / min_sync_conf need a sync_judge')
   judge = sync.load_judge(sync_judge, vshift) if sync_judge else None
   if judge:
     min_sync_conf = sync.DEFAULT_MIN_CONF[judge.kind] if min_sync_conf is None else min_sync_conf
@@ -450,9 +437,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
 
   def body() -> int:
-    preprocess(args.data_root, args.out, args.filelists, args.workers, args.face_model,
-               args.sync_judge, args.sync_correct, args.min_sync_conf, args.vshift, args.runner,
-               args.beam_args, args.rules)
+    preprocess(args.data_root, args.out, args.options)
     return 0
 
   return cli.run(body, 'data_pipeline.preprocess')

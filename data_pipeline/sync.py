@@ -19,7 +19,7 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 
 from data_pipeline import curation, loaders
-from lipsync_jax import audio, cli, convert, evaluate
+from lipsync_jax import audio, cli, convert, lse, syncnet
 
 # LatentSync's cut for syncnet_v2's confidence. An expert's confidence (LSE-C of cosine
 # distances) scales with how far it was trained, so no one cut suits every expert: by default
@@ -31,10 +31,10 @@ DEFAULT_MIN_CONF = {'syncnet': 3.0, 'expert': 0.0}
 class Judge:
   kind: str  # 'syncnet' | 'expert'
   key: str  # identifies the judge and its settings: a cached measurement is reused only if equal
-  measure: Callable[[str, dict], dict]  # (source video, record) -> evaluate.summarize
+  measure: Callable[[str, dict], dict]  # (source video, record) -> lse.summarize
 
 
-def load_judge(path: str, vshift: int = evaluate.VSHIFT) -> Judge:
+def load_judge(path: str, vshift: int = lse.VSHIFT) -> Judge:
   """A syncnet_python SyncNet .model/.pth, else a Wav2Lip expert checkpoint (file or folder)."""
   if not os.path.exists(path):
     raise cli.UserError(f'{path}: no such sync judge (--sync_judge)')
@@ -42,24 +42,24 @@ def load_judge(path: str, vshift: int = evaluate.VSHIFT) -> Judge:
       k.startswith('netcnnaud') for k in convert.read_state_dict(path))
   key = f'{os.path.abspath(path)}@{os.path.getmtime(path)}:vshift={vshift}'
   if is_syncnet:
-    syncnet = evaluate.load_syncnet(path)
+    judge = syncnet.load_syncnet(path)
 
     def measure(video_path, record):
       start, end = record['span']  # the record's frames of the source, and their audio
       try:
         samples = audio.load_pcm16(video_path)
       except audio.AudioError as e:
-        raise evaluate.EvaluatorError(str(e)) from None
-      return evaluate.score_frames(
-          evaluate.video_frames(video_path)[start:end],
-          samples[start * audio.SAMPLES_PER_FRAME:end * audio.SAMPLES_PER_FRAME], syncnet, vshift)
+        raise syncnet.EvaluatorError(str(e)) from None
+      return lse.score_frames(
+          lse.video_frames(video_path)[start:end],
+          samples[start * audio.SAMPLES_PER_FRAME:end * audio.SAMPLES_PER_FRAME], judge, vshift)
 
     return Judge('syncnet', 'syncnet:' + key, measure)
   expert = convert.load_checkpoint(path, 'expert')
 
   def measure_with_expert(_, clip):
     crops = loaders.decode_frames(clip['frames'], expert[0].img_size)
-    return evaluate.expert_scores(crops, clip['has_face'], clip['mel'], expert, vshift)
+    return lse.expert_scores(crops, clip['has_face'], clip['mel'], expert, vshift)
 
   return Judge('expert', 'expert:' + key, measure_with_expert)
 
@@ -93,7 +93,7 @@ def judge_record(judge: Judge, video_path: str, record: dict, correct_offset: bo
   """(the record with its measurement, corrected if asked, '') or (None, why it is dropped)."""
   try:
     measured = measure_clip(judge, video_path, record, result_path)
-  except (evaluate.EvaluatorError, audio.AudioError) as e:
+  except (syncnet.EvaluatorError, audio.AudioError) as e:
     return None, f'sync not measured: {e}'
   if measured['conf'] < min_conf:
     return None, f'sync confidence {measured["conf"]:.3f} < {min_conf:g}'

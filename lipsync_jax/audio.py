@@ -13,6 +13,7 @@ import subprocess
 
 import librosa
 import numpy as np
+import scipy.fft
 import scipy.signal
 
 from lipsync_jax import cli
@@ -207,6 +208,43 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
   return np.clip(np.rint(np.asarray(samples) * 32767), -32768, 32767).astype(np.int16)
 
 
+SILENT_MEL = -MAX_ABS  # the normalised mel of silence
+SILENCE_PEAK = 10 ** (-60 / 20)  # audio whose loudest sample is below -60 dBFS has no speech
+
+
+def load_speech(path: str):
+  """(waveform, mel) of speech to lip-sync; silent or too short audio is refused."""
+  wav = load_audio(path)
+  if float(np.max(np.abs(wav))) < SILENCE_PEAK:
+    raise AudioError(f'{path}: the audio is silent (peak below -60 dBFS); no speech to '
+                     'lip-sync')
+  mel = melspectrogram(wav)
+  if mel.shape[1] < MEL_STEP:
+    raise AudioError(f'{path}: the audio lasts {len(wav) / SAMPLE_RATE:.3f} s; at least 0.2 s '
+                     '(one 16-frame mel window) is needed')
+  return wav, mel
+
+
+def mel_windows(mel: np.ndarray, n_samples: int, fps: float, reference: bool) -> np.ndarray:
+  """(n_frames, 80, 16, 1): the generator's mel window of each output frame.
+
+  Reference: start = int(i * 80/fps) while the window fits, plus one last window on the final 16
+  mel frames (so the video ends up to 0.2 s before the audio). Default: the convention the
+  generator was trained with (generator_frame_start, one frame earlier; the reference's
+  inference shows each mouth one frame early), one frame per 1/fps of audio rounded up, and
+  silence before the start and past the end of the mel, so the video covers the whole audio.
+  """
+  if reference:
+    starts = inference_chunk_starts(mel.shape[1], fps)
+  else:
+    starts = generator_frame_start(np.arange(frames_playing(n_samples, fps)), fps)
+    head = max(0, -int(starts[0]))
+    tail = max(0, int(starts[-1]) + MEL_STEP - mel.shape[1])
+    mel = np.pad(mel, ((0, 0), (head, tail)), constant_values=SILENT_MEL)
+    starts = starts + head
+  return np.stack([mel[:, s:s + MEL_STEP] for s in starts])[..., None]
+
+
 def frames_playing(n_samples: int, fps: float) -> int:
   """Video frames at `fps` that n_samples of 16 kHz speech play over: one per 1/fps of audio,
   the last one partly filled (inference's frame count)."""
@@ -224,3 +262,50 @@ def generator_frame_start(frame, fps: float = TRAIN_FPS):
   0 (callers pad with silence). Accepts an int or an integer array."""
   start = np.floor(MEL_FPS * ((np.asarray(frame) - 1) / fps)).astype(np.int64)
   return int(start) if start.ndim == 0 else start
+
+
+# -- MFCC: python_speech_features.mfcc(int16 samples, 16000) with its defaults ---------------------
+def _hz_to_mel(hz):
+  return 2595 * np.log10(1 + hz / 700.0)
+
+
+def _mel_to_hz(mel):
+  return 700 * (10 ** (mel / 2595.0) - 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _filterbank(n_filters: int = 26, n_fft: int = 512, rate: int = SAMPLE_RATE
+                ) -> np.ndarray:
+  """(n_filters, n_fft // 2 + 1) triangles on FFT bins floor((n_fft + 1) hz / rate), 0..rate/2."""
+  bins = np.floor((n_fft + 1) * _mel_to_hz(np.linspace(_hz_to_mel(0), _hz_to_mel(rate / 2),
+                                                       n_filters + 2)) / rate)
+  bank = np.zeros((n_filters, n_fft // 2 + 1))
+  for j in range(n_filters):
+    lo, mid, hi = bins[j:j + 3]
+    for i in range(int(lo), int(mid)):
+      bank[j, i] = (i - lo) / (mid - lo)
+    for i in range(int(mid), int(hi)):
+      bank[j, i] = (hi - i) / (hi - mid)
+  return bank
+
+
+def mfcc(samples: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
+  """(13, n_frames) float64: 25 ms rectangular frames every 10 ms (the last zero-padded),
+  pre-emphasis 0.97, 512-point power spectrum, 26 mel filters, log (floored at float eps), DCT-II
+  (orthonormal), lifter 22, coefficient 0 replaced by the log frame energy."""
+  signal = np.asarray(samples, np.float64)
+  signal = np.append(signal[0], signal[1:] - 0.97 * signal[:-1])
+  frame_len, step = int(round(0.025 * rate)), int(round(0.01 * rate))
+  n = 1 if len(signal) <= frame_len else 1 + int(np.ceil((len(signal) - frame_len) / step))
+  padded = np.concatenate([signal, np.zeros((n - 1) * step + frame_len - len(signal))])
+  frames = padded[np.arange(frame_len)[None, :] + step * np.arange(n)[:, None]]
+  power = np.square(np.abs(np.fft.rfft(frames, 512))) / 512
+  eps = np.finfo(float).eps
+  energy = power.sum(axis=1)
+  energy = np.where(energy == 0, eps, energy)
+  bands = power @ _filterbank(rate=rate).T
+  bands = np.where(bands == 0, eps, bands)
+  cepstra = scipy.fft.dct(np.log(bands), type=2, axis=1, norm='ortho')[:, :13]
+  cepstra *= 1 + 11 * np.sin(np.pi * np.arange(13) / 22)
+  cepstra[:, 0] = np.log(energy)
+  return cepstra.T

@@ -13,15 +13,13 @@ The guarantees (README, "What happens when things go wrong"):
 """
 import argparse
 import contextlib
-import math
-import numbers
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import threading
-from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 EXIT_ERROR = 1
 
@@ -429,30 +427,6 @@ def staged_outputs() -> Iterator[Callable[[str], str]]:
 
 
 # -- flag values (argparse `type=` callables: argparse names the flag in its message) ------------
-def _ranged(convert: Callable, noun: str, low, high) -> Callable[[str], object]:
-  """A `type=` callable: `convert(text)`, finite and within low..high."""
-  def parse(text: str):
-    try:
-      value = convert(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f'{text!r} is not {noun}') from None
-    if not math.isfinite(value):
-      raise argparse.ArgumentTypeError(f'{text} is not finite')
-    if not low <= value <= high:
-      raise argparse.ArgumentTypeError(f'{text} is outside {low:g}..{high:g}')
-    return value
-  parse.__name__ = noun.split()[-1]  # argparse's 'invalid <name> value' wording
-  return parse
-
-
-def int_in(low: int, high: int) -> Callable[[str], int]:
-  return _ranged(int, 'an integer', low, high)
-
-
-def float_in(low: float, high: float) -> Callable[[str], float]:
-  return _ranged(float, 'a number', low, high)
-
-
 def output_file(extensions: Sequence[str]) -> Callable[[str], str]:
   """A file to be written: not empty, not a folder, ending in one of `extensions`."""
   def parse(text: str) -> str:
@@ -464,68 +438,3 @@ def output_file(extensions: Sequence[str]) -> Callable[[str], str]:
     return text
   parse.__name__ = 'file name'
   return parse
-
-
-# -- settings of the Python API and configs (checked on creation, each named) --------------------
-class Field(NamedTuple):
-  """What one setting may hold: `kind` (int, float, bool or str) within low..high or among
-  `choices`; `length` n: a sequence of n such values; `optional`: None is allowed too."""
-  kind: type
-  low: Optional[float] = None
-  high: Optional[float] = None
-  choices: Optional[Sequence] = None
-  length: Optional[int] = None
-  optional: bool = False
-
-  def flag_type(self) -> Callable[[str], Any]:
-    """The argparse `type=` of a flag holding this field (int_in / float_in)."""
-    return (int_in if self.kind is int else float_in)(self.low, self.high)
-
-
-def _number(x) -> str:
-  return str(x) if isinstance(x, numbers.Integral) or float(x).is_integer() and abs(x) < 1e15 \
-      else f'{x:g}'
-
-
-def _value_problem(value, field: Field) -> Optional[str]:
-  kinds = {int: 'an integer', float: 'a number', bool: 'True or False', str: 'a string'}
-  if field.kind is int:
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-  elif field.kind is float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-  else:
-    ok = isinstance(value, field.kind)
-  if not ok:
-    return f'{value!r} is not {kinds.get(field.kind, field.kind.__name__)}'
-  if field.choices is not None and value not in field.choices:
-    return f'{value!r} is not one of {", ".join(map(repr, field.choices))}'
-  if field.kind in (int, float):
-    if not math.isfinite(value):
-      return f'{value} is not finite'
-    if (field.low is not None and value < field.low) or (
-        field.high is not None and value > field.high):
-      return f'{_number(value)} is outside {_number(field.low)}..{_number(field.high)}'
-  return None
-
-
-def field_problem(name: str, value, field: Field) -> Optional[str]:
-  """'name: what is wrong' with a value of `field`, or None."""
-  if value is None and field.optional:
-    return None
-  if field.length is not None:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or (
-        len(value) != field.length):
-      return f'{name}: {value!r} is not a sequence of {field.length} values'
-    problems = [_value_problem(v, field) for v in value]
-    problem = next((p for p in problems if p), None)
-  else:
-    problem = _value_problem(value, field)
-  return f'{name}: {problem}' if problem else None
-
-
-def check_fields(values: Dict[str, Any], fields: Dict[str, Field], error=None) -> None:
-  """Raises `error` (UserError by default) naming the first field whose value does not fit."""
-  for name, field in fields.items():
-    problem = field_problem(name, values[name], field)
-    if problem:
-      raise (error or UserError)(problem)

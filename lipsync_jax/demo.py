@@ -33,7 +33,7 @@ import numpy as np
 from configs import expert as expert_config
 from configs import wav2lip as wav2lip_config
 from data_pipeline import curation, preprocess, records, synthetic
-from lipsync_jax import audio, cli, convert, evaluate, faces, infer, logs, models, train, video
+from lipsync_jax import audio, cli, convert, faces, infer, logs, lse, models, source, train, video
 
 NEW_SENTENCE = ('please open the window we will meet again soon after lunch and music plays '
                 'loudly while children dance')
@@ -117,9 +117,9 @@ def build_corpus(out: str, settings: Settings) -> str:
   data_dir = records.dataset_folder(pre)
   if not os.path.isdir(data_dir):
     stage(f'2/5 preprocessing (faces, {size} px crops, mels -> ArrayRecord)')
-    data_dir = preprocess.preprocess(raw, pre, raw, face_model=settings.face_model,
-                                     runner='local',
-                                     rules=curation.Curation(face_size=size))
+    data_dir = preprocess.preprocess(raw, pre, preprocess.PreprocessOptions(
+        filelists=raw, face_model=settings.face_model, runner='local',
+        rules=curation.Curation(face_size=size)))
   return data_dir
 
 
@@ -229,7 +229,7 @@ def mouth_darkness(crops: np.ndarray) -> np.ndarray:
 def expert_window_cosines(crops: np.ndarray, speech: str, expert: tuple) -> np.ndarray:
   """The expert's ((module, variables) from convert.load_checkpoint) cosine for each of a
   video's 5-frame windows against the speech, at the training index maths."""
-  _, aud, vid = evaluate.expert_embeddings(
+  _, aud, vid = lse.expert_embeddings(
       crops, audio.melspectrogram(audio.load_audio(speech)), expert)
   return np.sum(aud * vid, axis=-1)
 
@@ -245,7 +245,7 @@ def write_side_by_side(face: str, result: str, speech: str, out_path: str) -> No
   info = video.probe_video(result)
 
   def looped():
-    if face.lower().endswith(infer.IMAGE_EXTENSIONS):
+    if face.lower().endswith(source.IMAGE_EXTENSIONS):
       yield from itertools.repeat(cv2.imread(face, cv2.IMREAD_COLOR))
     while True:
       empty = True
@@ -327,7 +327,7 @@ def run(out: str, settings: Optional[Settings] = None) -> dict:
       'expert: input clip windows rated in sync with their own audio':
           f'{expert_in_sync_rate(input_crops, face, expert):.1%}',
   }
-  judged = evaluate.score_with_expert(result, expert, detector=detector)
+  judged = lse.score_with_expert(result, expert, detector=detector)
   figures['result: LSE-D / LSE-C / offset judged by the expert (python -m lipsync_jax.evaluate '
           '--judge expert)'] = (f'{judged["lse_d"]:.3f} / {judged["lse_c"]:.3f} / '
                                 f'{judged["offset"]:+d} frames')

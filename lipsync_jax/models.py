@@ -190,7 +190,8 @@ class _Net(nn.Module):
   def scaled(self, layer: Layer) -> Layer:
     return layer._replace(features=max(layer.features // self.width_divisor, 4))
 
-  def block(self, layer: Layer, name: str) -> ConvBlock:
+  def block(self, layer: Layer, name: Optional[str] = None) -> ConvBlock:
+    """A block of `layer` (named by its attribute when made in setup)."""
     return ConvBlock(self.scaled(layer), self.folded_bn, self.dtype, self.precision,
                      self.conv_impl, self.winograd, name=name)
 
@@ -239,55 +240,71 @@ def skip_rows(img_size: int, rows_from: int) -> Tuple[int, ...]:
 class Wav2Lip(_Net):
   """Generator: identity encoder + speech encoder + face decoder with skips, sigmoid output.
 
-  For inference two shortcuts leave the output exact: `rows_from` > 0 computes only output rows
-  from there on (the decoder's layers work on the rows those depend on; the output has
-  img_size - rows_from rows), and the face encoder's features, which depend on the face alone,
-  can be computed once (`mel` None returns them, cut to the rows the decoder reads) and passed
-  as `face_features` in place of the face.
+  `__call__(mel, face)` makes faces (training and whole faces); inference may split it in two
+  exact steps, `encode_face(face)` (the identity encoder's features, which depend on the face
+  alone, so an avatar's are made once) and `decode(mel, features)`. With `rows_from` > 0 only
+  output rows from there on are computed (the decoder's layers work on the rows those depend
+  on; the output has img_size - rows_from rows, and the features are cut to the rows read).
   """
   rows_from: int = 0
 
-  @nn.compact
-  def __call__(self, mel, face, train: bool = False, face_features=None):
-    if face_features is None:
-      self.check_faces(face, self.img_size)
-    windowed = face is not None and face.ndim == 5
+  def setup(self):
+    # Flax names list members `<attribute>_<i>[_<j>]`: the reference's parameter names
+    block = lambda layer: self.block(layer)  # noqa: E731
+    self.face_encoder_blocks = [[block(layer) for layer in stage]
+                                for stage in generator_face_encoder_for(self.img_size)]
+    self.audio_encoder = [block(layer) for layer in GENERATOR_AUDIO_ENCODER]
+    self.face_decoder_blocks = [[block(layer) for layer in stage]
+                                for stage in generator_face_decoder_for(self.img_size)]
+    self.output_block = [block(GENERATOR_OUTPUT),
+                         Conv(3, 1, kernel_init=nn.initializers.lecun_normal(),
+                              dtype=self.dtype, precision=self.precision,
+                              conv_impl=self.conv_impl)]
+
+  def __call__(self, mel, face, train: bool = False):
+    """Faces for (N, 80, 16, 1) mels and (N, S, S, 6) faces, or a window of them (B, T, ...)."""
+    windowed = face.ndim == 5
     if windowed:
       batch = face.shape[0]
       mel, face = fold_time(mel), fold_time(face)
-    if face_features is None:
-      face_features = self.encode_face(face, train)
-    if mel is None:
-      return face_features
-    x = self.sequence(mel, GENERATOR_AUDIO_ENCODER, 'audio_encoder', train)
+    out = self.decode(mel, self.encode_face(face, train), train)
+    return unfold_time(out, batch) if windowed else out
+
+  def encode_face(self, face, train: bool = False):
+    """The face encoder's outputs for (N, S, S, 6) faces, each from the first row the decoder
+    reads: what `decode` takes in place of the faces."""
+    self.check_faces(face, self.img_size)
+    features = []
+    for i, (blocks, first) in enumerate(zip(self.face_encoder_blocks,
+                                            skip_rows(self.img_size, self.rows_from))):
+      for layer in blocks:
+        face = layer(face, train)
+      self.sow('intermediates', f'face_enc_{i}', face)
+      features.append(face[:, first:])
+    return tuple(features)
+
+  def decode(self, mel, face_features, train: bool = False):
+    """The faces (rows from rows_from on) for mels and the features `encode_face` made."""
+    x = mel
+    for layer in self.audio_encoder:
+      x = layer(x, train)
     self.sow('intermediates', 'audio_emb', x)
     skips = list(face_features)
     firsts = decoder_rows(self.img_size, self.rows_from)
     top = 0  # the absolute row of x[:, 0]
-    for i, layers in enumerate(generator_face_decoder_for(self.img_size)):
-      for j, layer in enumerate(layers):
+    for i, (blocks, stage) in enumerate(zip(self.face_decoder_blocks,
+                                            generator_face_decoder_for(self.img_size))):
+      for j, (layer, spec) in enumerate(zip(blocks, stage)):
         x, top = x[:, firsts[i][j] - top:], firsts[i][j]
-        x = self.block(layer, f'face_decoder_blocks_{i}_{j}')(x, train)
-        top = top * pair(layer.stride)[0] if layer.transpose else top
+        x = layer(x, train)
+        top = top * pair(spec.stride)[0] if spec.transpose else top
       self.sow('intermediates', f'face_dec_{i}', x)
       x, top = x[:, firsts[i + 1][0] - top:], firsts[i + 1][0]  # the skip's rows
       x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
-    x = self.block(GENERATOR_OUTPUT, 'output_block_0')(x, train)
+    x = self.output_block[0](x, train)
     x = x[:, firsts[-1][1] - top:]
-    x = Conv(3, 1, kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
-             precision=self.precision, conv_impl=self.conv_impl, name='output_block_1')(x)
-    out = nn.sigmoid(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
-    return unfold_time(out, batch) if windowed else out
-
-  def encode_face(self, face, train: bool):
-    """The face encoder's outputs, each from the first row the decoder reads."""
-    features = []
-    for i, (layers, first) in enumerate(zip(generator_face_encoder_for(self.img_size),
-                                            skip_rows(self.img_size, self.rows_from))):
-      face = self.sequence(face, layers, f'face_encoder_blocks_{i}', train)
-      self.sow('intermediates', f'face_enc_{i}', face)
-      features.append(face[:, first:])
-    return tuple(features)
+    x = self.output_block[1](x)
+    return nn.sigmoid(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
 
 
 class SyncNet(_Net):

@@ -42,7 +42,7 @@ from ml_collections import config_flags
 
 from configs import common
 from data_pipeline import loaders, records
-from lipsync_jax import checkpoint, cli, convert, evaluate, logs, paths, warm_start
+from lipsync_jax import checkpoint, cli, convert, logs, lse, paths, warm_start
 from lipsync_jax.training import TrainingError, make_training, no_health
 
 
@@ -244,7 +244,7 @@ class Run:
     return jax.tree.map(_local_copy, self.expert_variables)  # frozen: copied once
 
   def lse_of_val_clips(self, n: int) -> dict:
-    """LSE-D / LSE-C judged by the expert (lipsync_jax.evaluate.score_generated) of the first n
+    """LSE-D / LSE-C judged by the expert (lipsync_jax.lse.score_generated) of the first n
     val clips re-generated whole with the current generator."""
     variables = jax.tree.map(_local_copy, {'params': self.state.params,
                                            'batch_stats': self.state.batch_stats})
@@ -254,11 +254,11 @@ class Run:
     for i in range(min(n, len(source))):
       record = source[i]
       try:
-        scores.append(evaluate.score_generated(self.model, variables,
-                                               loaders.decode_frames(record['frames'],
-                                                                     self.model.img_size),
-                                               record['has_face'], record['mel'], expert))
-      except evaluate.EvaluatorError:  # too short, or no face in any window
+        scores.append(lse.score_generated(self.model, variables,
+                                          loaders.decode_frames(record['frames'],
+                                                                self.model.img_size),
+                                          record['has_face'], record['mel'], expert))
+      except lse.EvaluatorError:  # too short, or no face in any window
         continue
     if not scores:
       return {}
@@ -383,16 +383,16 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
       metrics = run.train_step(batch if batch is not None else run.next_batch())
       step += 1
       preempted = preemption.reached(step)
-      evaluate = step % config.eval_every == 0 or step == end
+      eval_due = step % config.eval_every == 0 or step == end
       save = step % config.checkpoint_every == 0 or step == end or preempted
       # Put the next batch on the devices while this step runs, except before a save: the
       # checkpointed data iterator must not be one batch ahead of the model.
       batch = None if save else run.next_batch()
-      if evaluate or save or step % config.log_every == 0:
+      if eval_due or save or step % config.log_every == 0:
         run.check_health()
         metrics = jax.device_get(metrics)
       eval_metrics = None
-      if step % config.eval_every == 0 or step == end:
+      if eval_due:
         eval_metrics, samples = run.evaluate()
         if (run.kind == 'generator' and run.syncnet_wt == config.syncnet_wt
             and eval_metrics['eval_sync'] < config.sync_threshold):

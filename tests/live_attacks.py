@@ -345,7 +345,7 @@ async def uploads(target: Target) -> Outcome:
 async def job_counts(http, target: Target) -> dict:
   """{state: jobs} from /metrics."""
   text = (await status_of(http, 'GET', target.url + '/metrics', headers=target.headers()))[1]
-  return {line.split('"')[1]: int(line.split()[-1]) for line in text.splitlines()
+  return {line.split('"')[1]: int(float(line.split()[-1])) for line in text.splitlines()
           if line.startswith('lipsync_jobs{')}
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from configs import common, expert, wav2lip_gan
+from configs import common, expert, wav2lip, wav2lip_gan
 from conftest import ROOT
 from lipsync_jax import train
 
@@ -98,6 +98,17 @@ def test_gs_workdir_without_the_gcs_extra_says_which_extra(tmp_path):
   assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
   assert "gs://bucket/run: gs:// paths need the gcs extra: pip install 'lipsync_jax[gcs]'" in (
       proc.stderr)
+
+
+def test_fields_and_the_configs_agree():
+  """configs/common.py: FIELDS lists every field of every config, and nothing else."""
+  seen = set()
+  for module in (expert, wav2lip, wav2lip_gan):
+    for variant in (None, 'tiny', 'hq192', 'hq288_tiny'):
+      fields = set(common.flatten(module.get_config(variant)))
+      assert fields <= set(common.FIELDS), sorted(fields - set(common.FIELDS))
+      seen |= fields
+  assert seen == set(common.FIELDS), sorted(set(common.FIELDS) - seen)
 
 
 def test_configs_of_every_variant_pass_and_the_api_checks_too(tmp_path):

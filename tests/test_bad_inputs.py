@@ -24,7 +24,7 @@ import scipy.io.wavfile
 from conftest import (FACE_MODEL, MEDIA, PARITY, ROOT, ffmpeg, load_parity_weights,
                       random_checkpoint, require, save_pth)
 from data_pipeline import curation, preprocess
-from lipsync_jax import audio, cli, convert, evaluate, infer, video
+from lipsync_jax import audio, cli, convert, evaluate, infer, lse, video
 from lipsync_jax.live import avatar as avatars
 
 TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
@@ -543,10 +543,10 @@ def test_evaluate_reports_appear_together_or_not_at_all(tmp_path, monkeypatch):
 @pytest.mark.parametrize('call', [
     lambda d: preprocess.preprocess(None, str(d / 'out')),
     lambda d: preprocess.preprocess(str(d), 3),
-    lambda d: preprocess.preprocess(str(d), str(d / 'out'), filelists=b'lists'),
-    lambda d: preprocess.preprocess(str(d), str(d / 'out'), rules={'min_face': 10}),
-    lambda d: evaluate.score_video(None, syncnet=None),
-    lambda d: evaluate.score_with_expert(7, expert=None),
+    lambda d: preprocess.PreprocessOptions(filelists=b'lists'),
+    lambda d: preprocess.PreprocessOptions(rules={'min_face': 10}),
+    lambda d: lse.score_video(None, syncnet=None),
+    lambda d: lse.score_with_expert(7, expert=None),
     lambda d: convert.convert(None, str(d / 'converted')),
 ], ids=['preprocess_root_none', 'preprocess_out_int', 'preprocess_filelists_bytes',
         'preprocess_rules_dict', 'score_video_none', 'score_with_expert_int', 'convert_none'])

@@ -79,4 +79,5 @@ def test_runner_options_need_a_beam_runner_and_beam(tmp_path, monkeypatch, capsy
   monkeypatch.setitem(sys.modules, 'data_pipeline.beam_pipeline', None)  # as if not installed
   monkeypatch.delattr(data_pipeline, 'beam_pipeline', raising=False)
   with pytest.raises(cli.UserError, match=r"needs Apache Beam: pip install 'lipsync_jax\[beam\]'"):
-    preprocess.preprocess(str(tmp_path / 'raw'), str(tmp_path / 'out'), runner='DirectRunner')
+    preprocess.preprocess(str(tmp_path / 'raw'), str(tmp_path / 'out'),
+                          preprocess.PreprocessOptions(runner='DirectRunner'))

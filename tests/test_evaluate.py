@@ -14,7 +14,7 @@ import pytest
 
 from conftest import (FACE_MODEL, MEDIA, PARITY, concat_clips, ffmpeg, random_checkpoint,
                       require, save_pth)
-from lipsync_jax import audio, convert, demo, evaluate, faces, tracks
+from lipsync_jax import audio, convert, demo, evaluate, faces, lse, syncnet, tracks
 
 LSE = PARITY / 'lse'
 
@@ -43,7 +43,7 @@ def rel(a, b):
 
 
 def test_mfcc_is_python_speech_features(io):
-  ours = evaluate.mfcc(io['audio_int16'])
+  ours = audio.mfcc(io['audio_int16'])
   assert ours.shape == io['mfcc'].shape == (13, 199)
   assert rel(ours, io['mfcc']) < 1e-12
 
@@ -58,7 +58,7 @@ def test_max_pool_is_torchs(window, strides, padding):
   expected = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1,) + window + (1,),
                                    (1,) + strides + (1,),
                                    [(0, 0)] + [(p, p) for p in padding] + [(0, 0)])
-  ours = evaluate.max_pool(x, window, strides, padding)
+  ours = syncnet.max_pool(x, window, strides, padding)
   assert ours.shape == expected.shape
   np.testing.assert_array_equal(ours, expected)
 
@@ -71,11 +71,11 @@ def test_embeddings_match_the_original(io, state_dict, tmp_path, dtype, tol):
   suffix = 'f32' if dtype == np.float32 else 'f64'
   n = 45 if dtype == np.float32 else 4  # XLA:CPU's float64 3-D convolutions are slow
   with jax.enable_x64(dtype == np.float64):
-    module, variables = evaluate.load_syncnet(path, jnp.dtype(dtype))
+    module, variables = syncnet.load_syncnet(path, jnp.dtype(dtype))
     windows = io['frames_bgr_224'][np.arange(n)[:, None] + np.arange(5)]
     lipfeat = module.apply(variables, windows[:20].astype(dtype), method='forward_lipfeat')
     assert rel(lipfeat, io[f'lipfeat_{suffix}'][:n]) < tol
-    lip, aud = evaluate.embeddings(io['frames_bgr_224'][:n + 5], io['audio_int16'],
+    lip, aud = lse.embeddings(io['frames_bgr_224'][:n + 5], io['audio_int16'],
                                    (module, variables), batch=n)
   assert lip.shape == aud.shape == (n, 1024)
   assert rel(lip, io[f'lip_emb_{suffix}'][:n]) < tol and rel(aud, io[f'aud_emb_{suffix}'][:n]) < tol
@@ -84,10 +84,10 @@ def test_embeddings_match_the_original(io, state_dict, tmp_path, dtype, tol):
 @pytest.mark.parametrize('suffix,tol', [('f32', 1e-6), ('f64', 1e-12)])
 def test_scoring_matches_the_original(io, suffix, tol):
   """calc_pdist and the summary on the original's own embeddings (64-bit arithmetic here)."""
-  dists = evaluate.shifted_distances(io[f'lip_emb_{suffix}'].astype(np.float64),
+  dists = lse.shifted_distances(io[f'lip_emb_{suffix}'].astype(np.float64),
                                      io[f'aud_emb_{suffix}'].astype(np.float64))
   assert rel(dists, io[f'dists_{suffix}']) < tol
-  scores = evaluate.summarize(dists)
+  scores = lse.summarize(dists)
   assert rel(scores['mean_dists'], io[f'mdist_{suffix}']) < tol
   assert scores['lse_d'] == pytest.approx(float(io[f'lse_d_{suffix}']), rel=tol)
   assert scores['lse_c'] == pytest.approx(float(io[f'lse_c_{suffix}']), rel=100 * tol)
@@ -98,8 +98,8 @@ def test_scoring_matches_the_original(io, suffix, tol):
 
 @pytest.mark.slow
 def test_score_frames_end_to_end_float32(io, syncnet_pth):
-  scores = evaluate.score_frames(io['frames_bgr_224'], io['audio_int16'],
-                                 evaluate.load_syncnet(syncnet_pth))
+  scores = lse.score_frames(io['frames_bgr_224'], io['audio_int16'],
+                                 syncnet.load_syncnet(syncnet_pth))
   assert scores['dists'].shape == (45, 31)
   assert rel(scores['dists'], io['dists_f32']) < 1e-4
   assert scores['lse_d'] == pytest.approx(float(io['lse_d_f32']), rel=1e-4)
@@ -110,23 +110,23 @@ def test_score_frames_end_to_end_float32(io, syncnet_pth):
 def test_syncnet_files_are_checked(state_dict, tmp_path):
   pytest.importorskip('torch')
   zipped = save_pth(tmp_path / 'zip.model', state_dict, legacy=False)
-  module, variables = evaluate.load_syncnet(zipped)
+  module, variables = syncnet.load_syncnet(zipped)
   assert variables['params']['lip']['cnn_0']['kernel'].shape == (5, 7, 7, 3, 96)
   assert variables['params']['aud']['fc_3']['kernel'].shape == (512, 1024)
   partial = save_pth(tmp_path / 'partial.model',
                      {k: v for k, v in state_dict.items() if not k.startswith('netfcaud.3')},
                      legacy=True)
   with pytest.raises(evaluate.EvaluatorError, match="partial.model: missing 'netfcaud.3"):
-    evaluate.load_syncnet(partial)
+    syncnet.load_syncnet(partial)
   other = save_pth(tmp_path / 'other.pth', {'conv.weight': np.zeros((2, 2), np.float32)},
                    legacy=True)
   with pytest.raises(evaluate.EvaluatorError, match='not a syncnet_python SyncNet'):
-    evaluate.load_syncnet(other)
+    syncnet.load_syncnet(other)
   with pytest.raises(evaluate.EvaluatorError, match=r'\(T, 224, 224, 3\)'):
-    evaluate.score_frames(np.zeros((10, 96, 96, 3), np.uint8), np.zeros(6400, np.int16),
+    lse.score_frames(np.zeros((10, 96, 96, 3), np.uint8), np.zeros(6400, np.int16),
                           (module, variables))
   with pytest.raises(evaluate.EvaluatorError, match='at least 6 frames'):
-    evaluate.score_frames(np.zeros((5, 224, 224, 3), np.uint8), np.zeros(3200, np.int16),
+    lse.score_frames(np.zeros((5, 224, 224, 3), np.uint8), np.zeros(3200, np.int16),
                           (module, variables))
 
 
@@ -151,9 +151,9 @@ def test_cli_scores_a_folder_and_reports_bad_videos(syncnet_pth, tmp_path, capsy
                                                           'd_corrupt.mp4']
   assert rows[0]['lse_d'] > 0 and len(rows[0]['mean_dists']) == 31 and rows[2]['error']
   # the 25 fps clip scored by the CLI equals score_frames on its frames and samples
-  syncnet = evaluate.load_syncnet(syncnet_pth)
-  direct = evaluate.score_frames(evaluate.video_frames(str(videos / 'a.mp4')),
-                                 audio.load_pcm16(str(videos / 'a.mp4')), syncnet)
+  judge = syncnet.load_syncnet(syncnet_pth)
+  direct = lse.score_frames(lse.video_frames(str(videos / 'a.mp4')),
+                            audio.load_pcm16(str(videos / 'a.mp4')), judge)
   assert rows[0]['lse_d'] == pytest.approx(direct['lse_d'], rel=1e-6)
   with open(out / 'scores.csv') as f:
     assert len(list(csv.DictReader(f))) == 4
@@ -170,8 +170,8 @@ def test_our_expert_as_the_judge(tmp_path, capsys):
   expert_dir = random_checkpoint(tmp_path / 'expert', 'expert')
   expert = convert.load_checkpoint(expert_dir, 'expert')
   detector = faces.FaceDetector(str(require(FACE_MODEL)))
-  scores = evaluate.score_with_expert(str(clip), expert, detector=detector)
-  crops, has_face = evaluate.expert_crops(str(clip), detector)
+  scores = lse.score_with_expert(str(clip), expert, detector=detector)
+  crops, has_face = lse.expert_crops(str(clip), detector)
   assert has_face.all() and scores['dists'].shape == (len(crops) - 4, 31)
   cosines = demo.expert_window_cosines(crops, str(clip), expert)
   np.testing.assert_allclose(scores['dists'][:, 15], 1 - cosines, atol=1e-5)
@@ -200,7 +200,7 @@ def test_tracks_protocol_scores_each_face_track(syncnet_pth, tmp_path, capsys, m
   per track, scored by score_frames on that track's crops and audio; the faceless video fails
   on its line."""
   scored = []
-  score_frames = evaluate.score_frames
+  score_frames = lse.score_frames
   monkeypatch.setattr(evaluate, 'score_frames', lambda frames, samples, *a: scored.append(
       (frames, samples)) or score_frames(frames, samples, *a))
   cut, blank = tmp_path / 'cut.mp4', tmp_path / 'blank.mp4'

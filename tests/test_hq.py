@@ -12,8 +12,9 @@ import pytest
 from configs import expert, wav2lip, wav2lip_gan
 from conftest import FACE_MODEL, MEDIA, ROOT, require, run_module
 from data_pipeline import loaders, records
-from lipsync_jax import (audio, checkpoint, convert, faces, infer, models, summary, train,
-                         training, video)
+from lipsync_jax import (audio, checkpoint, convert, faces, generator, infer, models, summary,
+                         train, training, video)
+from lipsync_jax.source import Stages
 
 
 def _shapes(name, size, divisor=8):
@@ -131,14 +132,14 @@ def test_hq_training_checkpoint_and_inference(hq_dataset, tmp_path, monkeypatch)
   monkeypatch.setenv('LIPSYNC_JAX_FACE_MODEL', str(require(FACE_MODEL)))
   clip, speech = (str(require(MEDIA / name)) for name in ('talking_head_512_25fps.mp4',
                                                            'speech_en_16k_stereo.wav'))
-  generator = infer.load_generator(str(tmp_path / 'generator'), 'auto')
-  assert generator.img_size == 192
-  options, stages = infer.Options(paste='hard', nosmooth=True), infer.Stages()
-  wav, mel = infer.load_speech(speech)
-  source = infer.open_face(clip, options, stages)
-  windows = infer.mel_windows(mel, len(wav), source.fps, options.reference)[:12]
+  loaded = generator.load_generator(str(tmp_path / 'generator'), 'auto')
+  assert loaded.img_size == 192
+  options, stages = infer.Options(paste='hard', nosmooth=True), Stages()
+  wav, mel = audio.load_speech(speech)
+  face_source = infer.open_source(clip, options, stages)
+  windows = audio.mel_windows(mel, len(wav), face_source.fps, options.reference)[:12]
   detector = faces.FaceDetector()
-  made = infer.lipsync_frames(clip, options, generator, detector, stages, windows, source)
+  made = infer.lipsync_frames(clip, options, loaded, detector, stages, windows, face_source)
   for got, frame in zip(made, video.read_frames(clip)):
     x1, y1, x2, y2 = faces.pad_box(detector.detect(frame), faces.PADS, frame.shape)
     changed = np.any(got != frame, axis=-1)

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import (FACE_MODEL, MEDIA, ROOT, ffmpeg, load_parity_weights, parity,
                       random_checkpoint, require, save_pth)
-from lipsync_jax import audio, convert, faces, infer, models, video
+from lipsync_jax import audio, convert, faces, generator, infer, models, paste, settings, video
+from lipsync_jax.source import Stages
 from lipsync_jax.layers import fold_batchnorm
 
 TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
@@ -51,14 +52,14 @@ def args_for(checkpoint_path, face, audio_path, outfile, *flags):
 
 def pipeline_frames(args):
   """The frames `lipsync` would encode, without encoding them."""
-  stages, options = infer.Stages(), infer.options_from_args(args)
-  wav, mel = infer.load_speech(args.audio)
-  source = infer.open_face(args.face, options, stages)
-  generate = infer.load_generator(args.checkpoint_path, options.dtype)
-  windows = infer.mel_windows(mel, len(wav), source.fps, options.reference)
+  stages, options = Stages(), settings.from_args(infer.Options, args)
+  wav, mel = audio.load_speech(args.audio)
+  face_source = infer.open_source(args.face, options, stages)
+  generate = generator.load_generator(args.checkpoint_path, options.dtype)
+  windows = audio.mel_windows(mel, len(wav), face_source.fps, options.reference)
   detector = faces.FaceDetector() if options.detect else None
   return list(infer.lipsync_frames(args.face, options, generate, detector, stages, windows,
-                                   source))
+                                   face_source))
 
 
 # -- the reference, exactly ----------------------------------------------------------------------
@@ -200,7 +201,7 @@ def test_hard_paste_changes_only_the_face_box(tiny_checkpoint, tmp_path):
 
 def test_feathered_paste_blends_into_the_frame(tiny_checkpoint, tmp_path):
   """The feathered mask leaves the box edges and the upper face as they were."""
-  paster = infer.Paster('feather', truncate=False)
+  paster = paste.Paster('feather', truncate=False)
   frame = np.full((200, 200, 3), 100, np.uint8)
   out = paster(frame, np.array([50, 40, 150, 160]), np.ones((96, 96, 3), np.float32))
   assert (out[40:160, 50:150] >= 100).all() and out[130, 100].min() > 240
@@ -219,11 +220,11 @@ def test_cut_generator_and_cached_features_make_the_same_faces(size, conv_impl):
   rng = np.random.default_rng(0)
   variables['batch_stats'] = jax.tree.map(lambda v: v + rng.uniform(0, 0.5, v.shape),
                                           variables['batch_stats'])  # non-trivial folding
-  whole = infer.Generator(models.build('wav2lip', 8, folded_bn=True, img_size=size,
+  whole = generator.Generator(models.build('wav2lip', 8, folded_bn=True, img_size=size,
                                        conv_impl=conv_impl), fold_batchnorm(variables))
   mels = rng.normal(size=(3, 80, 16, 1)).astype(np.float32)
   crops = rng.integers(0, 256, (3, size, size, 3), np.uint8)
-  first = infer.feather_rows_from(size)
+  first = paste.feather_rows_from(size)
   cut = whole.cut(first)
   faces_ = np.asarray(whole(mels, crops))
   assert cut.rows_from == first and first >= size // 3
@@ -238,34 +239,34 @@ def test_cut_generator_and_cached_features_make_the_same_faces(size, conv_impl):
 
 
 def test_feathered_paste_reads_no_face_row_above_the_cut():
-  paster = infer.Paster('feather', truncate=False)
+  paster = paste.Paster('feather', truncate=False)
   rng = np.random.default_rng(1)
   frame = rng.integers(0, 256, (500, 500, 3), np.uint8)
   for size in (96, 192, 288):
-    first = infer.feather_rows_from(size)
+    first = paste.feather_rows_from(size)
     face = rng.uniform(size=(size, size, 3)).astype(np.float32)
     for h in list(range(20, 481, 23)) + [size, min(2 * size - 1, 480)]:
       box = np.array([7, 9, 7 + max(8, h * 3 // 4), 9 + h])
       np.testing.assert_array_equal(paster(frame, box, face[first:]), paster(frame, box, face),
                                     err_msg=f'{size} px face in a box {h} rows high')
   with pytest.raises(ValueError, match='cannot be pasted hard'):
-    infer.Paster('hard', truncate=False)(frame, box, face[first:])
+    paste.Paster('hard', truncate=False)(frame, box, face[first:])
   with pytest.raises(ValueError, match='without its top'):
     paster(frame, box, face[first + 1:])
 
 
 def test_windows_cover_the_audio():
   mel = np.random.default_rng(0).uniform(-3, 3, (80, 241)).astype(np.float32)  # 3.0 s
-  assert len(infer.mel_windows(mel, 48000, 25, reference=True)) == 72  # the reference: 2.88 s
-  windows = infer.mel_windows(mel, 48000, 25, reference=False)
+  assert len(audio.mel_windows(mel, 48000, 25, reference=True)) == 72  # the reference: 2.88 s
+  windows = audio.mel_windows(mel, 48000, 25, reference=False)
   assert windows.shape == (75, 80, 16, 1)
   # frame 74's window starts at floor(3.2 * 73) = 233: mel frames 241.. (past the end) are silence
   np.testing.assert_array_equal(windows[-1, :, :8, 0], mel[:, 233:])
-  assert (windows[-1, :, 8:] == infer.SILENT_MEL).all()
+  assert (windows[-1, :, 8:] == audio.SILENT_MEL).all()
   # frame 0's window starts at floor(-3.2) = -4: four frames of silence, then the mel
-  assert (windows[0, :, :4] == infer.SILENT_MEL).all()
+  assert (windows[0, :, :4] == audio.SILENT_MEL).all()
   np.testing.assert_array_equal(windows[0, :, 4:, 0], mel[:, :12])
-  assert len(infer.mel_windows(mel, 48000, 30, reference=False)) == 90
+  assert len(audio.mel_windows(mel, 48000, 30, reference=False)) == 90
 
 
 def test_default_windows_use_the_training_convention():
@@ -274,7 +275,7 @@ def test_default_windows_use_the_training_convention():
   io = parity('mel_io')
   frames = int(io['train/perframe_frame'].max()) + 1
   mel = np.random.default_rng(1).uniform(-3, 3, (80, (frames + 5) * 16 // 5)).astype(np.float32)
-  windows = infer.mel_windows(mel, frames * 640, 25, reference=False)
+  windows = audio.mel_windows(mel, frames * 640, 25, reference=False)
   assert len(windows) == frames
   for frame, start in zip(io['train/perframe_frame'], io['train/perframe_start']):
     np.testing.assert_array_equal(windows[frame, ..., 0], mel[:, start:start + 16])
@@ -413,7 +414,7 @@ def test_python_api(tiny_checkpoint, media, tmp_path):
   assert result.frames_with_face == 25 and result.fps == pytest.approx(25)
   assert {'decode', 'detect', 'generate', 'paste', 'encode'} <= set(result.stages)
   assert result.seconds >= sum(result.stages[s] for s in ('generate', 'paste', 'encode'))
-  assert lipsync_jax.Options() == infer.options_from_args(infer.parse_args(
+  assert lipsync_jax.Options() == settings.from_args(infer.Options, infer.parse_args(
       _common('c', 'f', 'a', 'o.mp4')))  # one set of defaults
   with pytest.raises(lipsync_jax.InferenceError, match='box: 5 1 0 9 is not a box'):
     lipsync_jax.Options(box=(5, 1, 0, 9))

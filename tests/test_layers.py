@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from lipsync_jax import infer, layers, models
+from lipsync_jax import generator, layers, models, paste
 from lipsync_jax.layers import ConvTranspose, conv2d, fold_batchnorm
 
 torch = pytest.importorskip('torch')
@@ -131,8 +131,8 @@ def test_winograd_generator_makes_the_same_faces():
   rng = np.random.default_rng(2)
   mel = rng.uniform(-4, 4, (2,) + models.MEL_SHAPE).astype(np.float32)
   crops = rng.integers(0, 256, (2, 96, 96, 3), np.uint8)
-  direct = infer.inference_generator(variables, 'float32', 2, winograd=False)
-  fast = infer.inference_generator(variables, 'float32', 2, winograd=True)
+  direct = generator.inference_generator(variables, 'float32', 2, winograd=False)
+  fast = generator.inference_generator(variables, 'float32', 2, winograd=True)
   kernels = [p for p, _ in jax.tree_util.tree_flatten_with_path(fast.params)[0]
              if 'winograd_kernel' in jax.tree_util.keystr(p)]
   # at half width, the residual layers of 128+ channels: the face encoder's last 3, the
@@ -140,7 +140,7 @@ def test_winograd_generator_makes_the_same_faces():
   assert len(kernels) == 11
   # float rounding: 1e-4 of the [0, 1] range is 1/40 of a uint8 level
   np.testing.assert_allclose(fast(mel, crops), direct(mel, crops), rtol=0, atol=1e-4)
-  cut = infer.feather_rows_from(96)
+  cut = paste.feather_rows_from(96)
   np.testing.assert_allclose(fast.cut(cut)(mel, crops), direct(mel, crops)[:, cut:], rtol=0,
                              atol=1e-4)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import FACE_MODEL, MEDIA, ffmpeg, random_checkpoint, require
-from lipsync_jax import audio, infer
+from lipsync_jax import audio, generator, infer, paste
 from lipsync_jax.live import avatar as avatars
 from lipsync_jax.live import engine
 from lipsync_jax.live.scheduler import Scheduler
@@ -51,7 +51,7 @@ def clip_avatar(tmp_path_factory):
 @pytest.fixture(scope='module')
 def scheduler(tmp_path_factory):
   path = random_checkpoint(tmp_path_factory.mktemp('gen') / 'ckpt', 'wav2lip')
-  made = Scheduler(infer.load_generator(path, 'float32'), batch_sizes=(1, 4, 16))
+  made = Scheduler(generator.load_generator(path, 'float32'), batch_sizes=(1, 4, 16))
   yield made
   made.close()
 
@@ -107,7 +107,7 @@ def test_session_faces_equal_infer_faces(clip_avatar, scheduler, chunking):
   for part in chunks(wav, CHUNKINGS[chunking], seed=1):
     session.push_audio(part)
   session.end_of_speech()
-  windows = infer.mel_windows(audio.melspectrogram(wav), len(wav), made.fps, reference=False)
+  windows = audio.mel_windows(audio.melspectrogram(wav), len(wav), made.fps, reference=False)
   outputs = engine.render(session, len(windows) + 3)
   assert [o.face is None for o in outputs] == [False] * len(windows) + [True] * 3
   crops = made.crops[np.arange(len(windows)) % len(made)]
@@ -120,10 +120,10 @@ def test_session_faces_equal_infer_faces(clip_avatar, scheduler, chunking):
   assert expected.shape[1] == 96 - scheduler.rows_from
   # the frames are infer's: its whole faces pasted (the rows not generated are never read)
   whole = scheduler.generator.cut(0)
-  paste = infer.Paster('feather', truncate=False)
+  pasting = paste.Paster('feather', truncate=False)
   for k in range(0, len(windows), 7):
     face = np.asarray(whole(windows[k:k + 1], crops[k:k + 1]))[0]
-    frame = paste(made.frames[k % len(made)], made.boxes[k % len(made)], face)
+    frame = pasting(made.frames[k % len(made)], made.boxes[k % len(made)], face)
     assert np.abs(outputs[k].frame.astype(int) - frame).max() <= 1
   # the audio that plays with the frames is the speech, frame by frame, then silence
   played = np.concatenate([o.audio for o in outputs])

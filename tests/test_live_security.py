@@ -22,6 +22,7 @@ pytest.importorskip('aiortc', reason="the serve extra is not installed")
 from lipsync_jax import cli  # noqa: E402
 from lipsync_jax.live import jobs, security  # noqa: E402
 from lipsync_jax.live import server as live  # noqa: E402
+from lipsync_jax.live.transports import webrtc  # noqa: E402
 from test_live_server import _get, running, setup  # noqa: E402,F401 (setup: module fixture)
 
 pytestmark = pytest.mark.slow  # a real server and real time
@@ -104,12 +105,12 @@ def test_origins_and_hosts_that_are_allowed(setup):  # noqa: F811
 def test_no_stun_server_unless_configured(setup, monkeypatch):  # noqa: F811
   configurations = []
 
-  class Recorded(live.RTCPeerConnection):
+  class Recorded(webrtc.RTCPeerConnection):
     def __init__(self, configuration=None):
       configurations.append(configuration)
       super().__init__(configuration)
 
-  monkeypatch.setattr(live, 'RTCPeerConnection', Recorded)
+  monkeypatch.setattr(webrtc, 'RTCPeerConnection', Recorded)
 
   async def offer(url):
     pc = live_attacks.quiet_peer()
@@ -125,13 +126,13 @@ def test_no_stun_server_unless_configured(setup, monkeypatch):  # noqa: F811
   with running(setup) as (url, _):
     assert asyncio.run(offer(url))[0] == 200
   assert configurations[0] is not None and configurations[0].iceServers == []
-  stun = live.ice_server('stun:stun.example.org:3478')
-  turn = live.ice_server('turn:me:pa:ss@turn.example.org:3478?transport=udp')
+  stun = webrtc.ice_server('stun:stun.example.org:3478')
+  turn = webrtc.ice_server('turn:me:pa:ss@turn.example.org:3478?transport=udp')
   assert (stun.urls, stun.username) == ('stun:stun.example.org:3478', None)
   assert (turn.urls, turn.username, turn.credential) == (
       'turn:turn.example.org:3478?transport=udp', 'me', 'pa:ss')
   with pytest.raises(cli.UserError, match='expected stun:HOST:PORT'):
-    live.ice_server('http://stun.example.org')
+    webrtc.ice_server('http://stun.example.org')
 
 
 def test_inputs_go_when_the_job_ends_and_results_expire(setup):  # noqa: F811

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import (jit, load_parity_weights, mels_to_nhwc, nchw_to_nhwc, parity, rel_l2,
                       windows_to_nhwc)
-from lipsync_jax import convert, infer, models
+from lipsync_jax import convert, generator, models
 from lipsync_jax.losses import bce, cosine_similarity
 
 PRECISIONS = [pytest.param(np.float32, id='f32'), pytest.param(np.float64, id='f64')]
@@ -83,10 +83,10 @@ def test_inference_generator_with_winograd_kernels(dtype):
   io = parity('wav2lip_io')
   with jax.enable_x64(dtype == np.float64):
     _, variables = _model('wav2lip', dtype)
-    generator = infer.inference_generator(variables, np.dtype(dtype).name, winograd=True)
-    assert 'winograd_kernel' in str(jax.tree_util.tree_structure(generator.params))
-    out = jit(dtype, generator.module.apply)(
-        generator.params, mels_to_nhwc(io['in/mel_4d']).astype(dtype),
+    made = generator.inference_generator(variables, np.dtype(dtype).name, winograd=True)
+    assert 'winograd_kernel' in str(jax.tree_util.tree_structure(made.params))
+    out = jit(dtype, made.module.apply)(
+        made.params, mels_to_nhwc(io['in/mel_4d']).astype(dtype),
         nchw_to_nhwc(io['in/face_4d']).astype(dtype))
     assert rel_l2(np.moveaxis(out, -1, 1), io['f64/eval_4d']) < _tol(dtype, 1e-5)
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import FACE_MODEL, PARITY, read_records, require, run_module, save_pth
 from data_pipeline import loaders, preprocess, records, sync
-from lipsync_jax import audio, cli, convert, evaluate, training
+from lipsync_jax import audio, cli, convert, lse, training
 
 OFFSETS = (-3, -2, -1, 0, 1, 2, 3)
 
@@ -57,7 +57,7 @@ def test_offsets_are_recovered_removed_and_recorded(judge, offset_corpus, tmp_pa
     assert r['sync_corrected'] and float(r['sync_conf']) > 0.02  # a clear minimum
     assert len(r['frames']) <= audio.frames_covered(r['mel'].shape[1])
     # judged again, the corrected clip is in sync (within the judge's +-1 frame)
-    again = evaluate.expert_scores(loaders.decode_frames(r['frames']), r['has_face'], r['mel'],
+    again = lse.expert_scores(loaders.decode_frames(r['frames']), r['has_face'], r['mel'],
                                    expert)
     assert abs(again['offset']) <= 1, (clip, k, again['offset'])
 
@@ -70,9 +70,9 @@ def test_offsets_are_recovered_removed_and_recorded(judge, offset_corpus, tmp_pa
 
   # a rerun reuses the measurements; a confidence bar above every clip drops them all, by name
   with pytest.raises(cli.UserError, match='none of the 9 clips'):
-    preprocess.preprocess(str(root), str(tmp_path / 'pre'), str(root),
-                          face_model=str(require(FACE_MODEL)), sync_judge=judge, runner='local',
-                          min_sync_conf=5.0)
+    preprocess.preprocess(str(root), str(tmp_path / 'pre'), preprocess.PreprocessOptions(
+        filelists=str(root), face_model=str(require(FACE_MODEL)), sync_judge=judge,
+        runner='local', min_sync_conf=5.0))
 
 
 def test_correct_shifts_by_whole_frames():

@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from lipsync_jax import cli, faces, infer, models
+from lipsync_jax import boxes, cli, faces, infer, models, settings
+from lipsync_jax.source import Stages
 
 FORMAT = 'lipsync_jax.avatar'
 VERSION = 1
@@ -66,13 +67,14 @@ def prepare(face: str, img_size: int = models.IMG_SIZE,
     models.size_strides(img_size)
   except ValueError as e:
     raise AvatarError(f'img_size: {e}') from None
-  source = infer.open_face(face, options, infer.Stages())
+  source = infer.open_source(face, options, Stages())
   limit = max(1, int(round(max_seconds * source.fps)))
   detector = faces.FaceDetector(options.face_model)
-  pairs = infer.detected(source.open(), face, options, detector, infer.Stages())
-  if options.detect and not options.nosmooth:
+  pairs = boxes.detected(source.open(), face, detector, options.pads,
+                         options.face_det_batch_size, Stages())
+  if not options.nosmooth:
     pairs = faces.smooth_stream(pairs)
-  frames, boxes = [], []
+  frames, found = [], []
   for i, (frame, box) in enumerate(tqdm(pairs, unit='frame', desc='avatar', disable=not progress)):
     if box is None:
       raise AvatarError(f'{face}: no face in frame {i} ({i / source.fps:.2f} s); an avatar '
@@ -81,12 +83,12 @@ def prepare(face: str, img_size: int = models.IMG_SIZE,
       raise AvatarError(f'{face}: longer than {max_seconds:g} s; an avatar loops a short clip '
                         '(trim it)')
     frames.append(frame)
-    boxes.append(np.asarray(box, np.int64))
+    found.append(np.asarray(box, np.int64))
   if not frames:
     raise AvatarError(f'{face}: no frames')
-  crops = [faces.crop(f, b, img_size, cv2.INTER_AREA) for f, b in zip(frames, boxes)]
+  crops = [faces.crop(f, b, img_size, cv2.INTER_AREA) for f, b in zip(frames, found)]
   order = ping_pong(len(frames))
-  return Avatar(np.stack(frames)[order], np.stack(boxes)[order], np.stack(crops)[order],
+  return Avatar(np.stack(frames)[order], np.stack(found)[order], np.stack(crops)[order],
                 float(source.fps))
 
 
@@ -168,25 +170,17 @@ def main(argv=None) -> int:
   parser.add_argument('--img_size', type=int, default=models.IMG_SIZE,
                       help='face size of the model it will be used with: 96 (the reference), '
                       '192 or 288 (default: %(default)s)')
-  parser.add_argument('--fps', type=cli.float_in(1, 240), default=infer.Options.fps,
-                      help='frame rate of a photo avatar (default: %(default)s)')
-  parser.add_argument('--pads', type=int, nargs=4, default=faces.PADS,
-                      metavar=('TOP', 'BOTTOM', 'LEFT', 'RIGHT'),
-                      help='padding around the detected face, as infer (default: %(default)s)')
-  parser.add_argument('--nosmooth', action='store_true', help='do not smooth the face boxes')
-  parser.add_argument('--max_seconds', type=cli.float_in(0.04, 600), default=MAX_SECONDS,
+  # infer's flags for what the face pipeline does, as infer does it
+  settings.add_flags(parser, infer.Options, only=('fps', 'pads', 'nosmooth', 'face_model'))
+  parser.add_argument('--max_seconds', type=settings.float_in(0.04, 600), default=MAX_SECONDS,
                       help='longest clip accepted (default: %(default)s)')
-  parser.add_argument('--face_model', default=None,
-                      help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, else '
-                      'the packaged one)')
   parser.add_argument('--quiet', action='store_true', help='no progress bar')
-  args = top.parse_args(argv)
+  args = settings.parse_checked(top, infer.Options, argv, infer.InferenceError)
 
   def body() -> int:
     cli.refuse_overwriting_inputs({'--out': args.out}, {'--face': args.face})
     check_destination(args.out)  # before the detector runs
-    options = infer.Options(fps=args.fps, pads=tuple(args.pads), nosmooth=args.nosmooth,
-                            face_model=args.face_model)
+    options = settings.from_args(infer.Options, args)
     avatar = prepare(args.face, args.img_size, options, args.max_seconds, not args.quiet)
     save(avatar, args.out)
     print(f'wrote {args.out}: {len(avatar)} frames at {avatar.fps:g} fps, {avatar.img_size} px '

@@ -18,15 +18,17 @@ from typing import Deque, List, Optional
 import numpy as np
 import soxr
 
-from lipsync_jax import audio, cli, infer
+from lipsync_jax import audio, cli
 from lipsync_jax.live import avatar as avatars
 from lipsync_jax.live.scheduler import Scheduler
+from lipsync_jax.paste import Paster
 
 LOOKAHEAD = 0.2  # seconds of an utterance buffered before it starts to play
 PLAN_AHEAD = 2  # the fewest frames planned beyond the one being sent (Session.plan_ahead)
 MAX_LATE = 0.1  # seconds a frame may be late before a stream's clock moves
 MAX_QUEUED = 60.0  # seconds of frames a session may hold unplayed (back-pressure)
 MAX_UTTERANCES = 256  # utterances a session may hold unplayed
+MIN_RATE, MAX_RATE = 8000, 192000  # Hz of the speech a session takes
 
 
 class SessionError(cli.UserError, RuntimeError):
@@ -67,7 +69,7 @@ class _Rows:
 
 class SpeechWindows:
   """One utterance: its samples (16 kHz) and the mel windows of its frames as they become
-  computable; window i equals infer.mel_windows of the whole utterance, row i."""
+  computable; window i equals audio.mel_windows of the whole utterance, row i."""
 
   def __init__(self, fps: float):
     self.fps = fps
@@ -109,7 +111,7 @@ class SpeechWindows:
   def window(self, i: int) -> np.ndarray:
     """(80, 16, 1) mel window of frame i (silence outside the utterance, as infer pads)."""
     start = audio.generator_frame_start(i, self.fps)
-    out = np.full((audio.MEL_STEP, audio.N_MELS), infer.SILENT_MEL, np.float32)
+    out = np.full((audio.MEL_STEP, audio.N_MELS), audio.SILENT_MEL, np.float32)
     lo = max(start, self._columns.first)
     held = self._columns.rows(lo, start + audio.MEL_STEP)
     out[lo - start:lo - start + len(held)] = held
@@ -171,7 +173,7 @@ class Session:
     self.fps = avatar.fps
     self.lookahead, self.max_queued = lookahead, max_queued
     self._features = scheduler.face_features(avatar)
-    self._paste = infer.Paster('feather', truncate=False)
+    self._paste = Paster('feather', truncate=False)
     self._lock = threading.Lock()
     self._utterances: Deque[SpeechWindows] = collections.deque()
     self._frames_queued = 0  # frames of the utterances queued, the playing one's played too
@@ -198,8 +200,8 @@ class Session:
       raise SessionError(f'audio of type {pcm.dtype}: expected int16 or float samples')
     if not np.isfinite(pcm).all():
       raise SessionError('the audio holds NaN or infinite samples')
-    if not 8000 <= sample_rate <= 192000:
-      raise SessionError(f'sample rate {sample_rate}: expected 8000..192000 Hz')
+    if not MIN_RATE <= sample_rate <= MAX_RATE:
+      raise SessionError(f'sample rate {sample_rate}: expected {MIN_RATE}..{MAX_RATE} Hz')
     with self._lock:
       speech = self._open_utterance(sample_rate)
       arriving = math.ceil(len(pcm) * audio.SAMPLE_RATE / sample_rate)  # samples at 16 kHz

@@ -8,7 +8,7 @@ once rather than after it, and small calls, which leave the device's cores partl
 A failed call fails only the futures of that batch; the workers go on.
 
 Two shortcuts leave every pasted pixel as `infer` makes it: the generator makes only the face
-rows that the feathered paste reads (infer.feather_rows_from), and the face encoder, whose
+rows that the feathered paste reads (feather_rows_from), and the face encoder, whose
 output depends on the avatar frame alone, runs once per distinct frame of an avatar
 (`face_features`), so each live frame costs the speech encoder and the decoder.
 """
@@ -20,8 +20,10 @@ from typing import Deque, Dict, Sequence, Tuple
 
 import numpy as np
 
-from lipsync_jax import audio, infer
+from lipsync_jax import audio
+from lipsync_jax.generator import Generator
 from lipsync_jax.live import avatar as avatars
+from lipsync_jax.paste import feather_rows_from
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 WORKERS = 2  # generator calls in flight at once
@@ -32,7 +34,7 @@ class AvatarFeatures:
   """The face encoder's features of every frame of an avatar, one copy per distinct crop (a
   ping-pong loop shows most frames twice)."""
 
-  def __init__(self, generator: infer.Generator, crops: np.ndarray):
+  def __init__(self, generator: Generator, crops: np.ndarray):
     distinct: Dict[bytes, int] = {}  # crop -> its row in the arrays
     firsts, index = [], []
     for i, crop in enumerate(crops):
@@ -61,9 +63,9 @@ class Scheduler:
   """Batches faces for one generator; `stats` counts calls by padded batch size. The faces it
   makes hold the rows from `rows_from` on."""
 
-  def __init__(self, generator: infer.Generator, batch_sizes: Sequence[int] = BATCH_SIZES,
+  def __init__(self, generator: Generator, batch_sizes: Sequence[int] = BATCH_SIZES,
                workers: int = WORKERS):
-    self.generator = generator.cut(infer.feather_rows_from(generator.img_size))
+    self.generator = generator.cut(feather_rows_from(generator.img_size))
     self.batch_sizes = tuple(sorted(batch_sizes))
     self.stats: Dict[int, int] = collections.Counter()  # padded size -> calls
     self.faces_made = 0
