@@ -52,7 +52,7 @@ from configs import expert as expert_config  # noqa: E402
 from configs import wav2lip as wav2lip_config  # noqa: E402
 from configs import wav2lip_gan as gan_config  # noqa: E402
 from configs.common import HQ_SIZES  # noqa: E402
-from lipsync_jax import generator, layers, models, summary, training  # noqa: E402
+from lipsync_jax import generator, layers, models, sizes, training  # noqa: E402
 
 GIB = 2 ** 30
 # chip: (HBM bytes, peak bf16 FLOP/s, HBM bytes/s, inter-chip interconnect bytes/s over all
@@ -133,7 +133,7 @@ def analytic_flops(job: str, per_chip: int, width_divisor: int,
   x 3 for the backward pass of a training step (PaLM-style MFU accounting)."""
   def forward(name):
     module = models.build(name, width_divisor, img_size=img_size)
-    return sum(summary.flops_per_block(module, name).values())
+    return sum(sizes.flops_per_block(module, name).values())
   if job == 'infer':
     return per_chip * forward('wav2lip')
   if job == 'expert':

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lipsync_jax import allocator, models, steps, summary  # noqa: E402
+from lipsync_jax import allocator, models, sizes, steps  # noqa: E402
 from lipsync_jax.layers import fold_batchnorm  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def bench_matmul(generator_gflop, repeats, n=2048):
 def gflop_per_frame(name):
   module = models.build(name)
   variables = jax.eval_shape(lambda: models.init(module, name, jax.random.key(0)))
-  return summary.summarize(module, name, variables)[2]
+  return sizes.summarize(module, name, variables)[2]
 
 
 def bench_generator(gflop, batches, repeats):

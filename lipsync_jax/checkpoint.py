@@ -5,10 +5,6 @@ model name, width divisor, face size, ...) and `variables` (the main model's par
 batch_stats). Training adds its own items (optimizer state, data iterator, ...) beside them, so
 `load_model` reads a converted .pth and a training run alike.
 """
-import inspect
-import logging
-import os
-import sys
 from typing import Optional, Tuple
 
 import jax
@@ -20,41 +16,6 @@ from lipsync_jax import cli, models, paths
 
 class CheckpointError(cli.UserError, RuntimeError):
   """A checkpoint that is missing, incomplete or not what was asked for."""
-
-
-def _drop_stray_restore_errors() -> None:
-  """After a failed restore, reads orbax still had in flight finish on tensorstore's threads:
-  they call into the event loop orbax has already closed, or their coroutines are collected with
-  the read's own error (the one the restore already raised). Python would print each as a stray
-  traceback around our message. Exactly those are dropped (installed before any restore: they
-  can come while the error is still being raised)."""
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    value, source = unraisable.exc_value, unraisable.object
-    closed_loop = isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
-    orbax_read = (inspect.iscoroutine(source)
-                  and f'{os.sep}orbax{os.sep}' in source.cr_code.co_filename)
-    if not (closed_loop or orbax_read):
-      previous(unraisable)
-
-  sys.unraisablehook = hook
-  logging.getLogger('asyncio').addFilter(_not_an_orbax_task)
-
-
-_RESTORE_READERS = ('orbax', 'tensorstore', 'ocdbt')
-
-
-def _not_an_orbax_task(record: logging.LogRecord) -> bool:
-  """asyncio's log of a collected task, future or gathering future whose error nobody read:
-  for orbax's and tensorstore's reads, the error the failed restore already raised."""
-  message = str(record.msg)
-  first_line = message.split('\n', 1)[0]
-  return not (first_line.endswith('exception was never retrieved')
-              and any(name in message.lower() for name in _RESTORE_READERS))
-
-
-_drop_stray_restore_errors()
 
 
 def restore_failed(message: str, error: Exception) -> CheckpointError:

@@ -21,6 +21,8 @@ import tempfile
 import threading
 from typing import Callable, Dict, Iterator, Optional, Sequence
 
+from lipsync_jax import runtime
+
 EXIT_ERROR = 1
 
 
@@ -208,6 +210,7 @@ def run(body: Callable[[], int], prog: str,
   """
   global _depth
   _depth += 1
+  runtime.configure()
   try:
     with signals_raise(signums):
       try:

@@ -17,7 +17,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from lipsync_jax import checkpoint, cli, models, paths, summary, torch_pickle
+from lipsync_jax import checkpoint, cli, models, paths, runtime, sizes, torch_pickle
 
 
 class ConversionError(cli.UserError, ValueError):
@@ -150,6 +150,7 @@ def load_checkpoint(path: str, expect: str) -> Tuple[nn.Module, dict]:
   """The `expect` model from an official .pth (converted on the fly), an orbax checkpoint
   directory, or a training workdir (its latest checkpoint); any other model is an error. A file
   is read as a PyTorch checkpoint whatever its name (.pth, .PTH, .pth.tar, .pt)."""
+  runtime.configure()
   if not paths.exists(path):
     raise checkpoint.CheckpointError(f'{path}: no such checkpoint file or directory')
   if paths.isfile(path):
@@ -179,6 +180,7 @@ def nonfinite_leaf(variables: dict) -> Optional[str]:
 def convert(checkpoint_path: str, out_dir: str) -> str:
   """Converts an official .pth into the orbax checkpoint directory `out_dir`, written whole or
   not at all; returns the summary to print."""
+  runtime.configure()
   checkpoint_path = cli.as_path('checkpoint_path', checkpoint_path)
   out_dir = cli.as_path('out_dir', out_dir)
   cli.refuse_overwriting_inputs({'out_dir': out_dir}, {'checkpoint': checkpoint_path})
@@ -190,7 +192,7 @@ def convert(checkpoint_path: str, out_dir: str) -> str:
   name, module, variables = load_official(checkpoint_path)
   with cli.atomic_output(out_dir, directory=True) as tmp:
     checkpoint.save_model(tmp, name, module, variables)
-  return (summary.summarize(module, name, variables)[0]
+  return (sizes.summarize(module, name, variables)[0]
           + f'\nwrote {name} checkpoint to {os.path.abspath(out_dir)}')
 
 

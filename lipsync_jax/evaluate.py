@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 import numpy as np
 from tqdm import tqdm
 
-from lipsync_jax import cli, convert, faces, infer, logs, lse, settings, syncnet
+from lipsync_jax import cli, convert, faces, infer, logs, lse, runtime, settings, syncnet
 from lipsync_jax.syncnet import EvaluatorError  # lipsync_jax.evaluate.EvaluatorError
 
 
@@ -188,6 +188,7 @@ def evaluate_videos(videos_or_dirs: List[str], options: Options = Options()) -> 
   means, and writes the reports `options` asks for; returns a row per video (a track per row
   with --protocol tracks): lse_d, lse_c, offset, mean_dists, or `error` for a video that could
   not be scored (the rest are still scored). Bad options or inputs raise EvaluatorError."""
+  runtime.configure()
   problem = judge_problem(options)
   if problem:
     raise EvaluatorError(problem)

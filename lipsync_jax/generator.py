@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from lipsync_jax import convert, models
+from lipsync_jax import convert, models, runtime
 from lipsync_jax.layers import fold_batchnorm, winograd_params
 
 
@@ -84,6 +84,7 @@ class Generator(NamedTuple):
 def load_generator(path: str, dtype: str, winograd: Optional[bool] = None) -> Generator:
   """The generator of a .pth or orbax checkpoint for inference, at the checkpoint's size (see
   inference_generator)."""
+  runtime.configure()
   module, variables = convert.load_checkpoint(path, 'wav2lip')
   return inference_generator(variables, dtype, module.width_divisor, module.img_size, winograd)
 
@@ -95,6 +96,7 @@ def inference_generator(variables: dict, dtype: str, width_divisor: int = 1,
   3x3 convolutions in the Winograd form (layers.winograd_conv: the same faces up to float
   rounding). None: on the CPU, where it is faster, unless the compute dtype is bfloat16 (whose
   rounding the Winograd transforms would magnify)."""
+  runtime.configure()
   platform = jax.default_backend()
   compute = models.compute_dtype_for(dtype, platform)
   if winograd is None:

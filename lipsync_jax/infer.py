@@ -15,7 +15,7 @@ generation. `--reference` reproduces the reference's pipeline exactly.
 The pieces are libraries of their own (lipsync_jax.source, boxes, generator, paste, pipeline);
 this module holds the run's options, its composition of the pipeline and the command line.
 """
-from lipsync_jax import allocator
+from lipsync_jax import allocator, runtime
 
 if __name__ == '__main__':
   allocator.use_tcmalloc()  # before the heavy imports: re-runs this command under tcmalloc
@@ -191,6 +191,7 @@ def lipsync(face: str, audio_path: str, checkpoint: str, outfile: str,
   cli.UserError) naming the file and the problem. `on_frame(done, total)` follows each frame
   written.
   """
+  runtime.configure()
   face, audio_path = cli.as_path('face', face), cli.as_path('audio_path', audio_path)
   checkpoint, outfile = cli.as_path('checkpoint', checkpoint), cli.as_path('outfile', outfile)
   options = as_options(options)

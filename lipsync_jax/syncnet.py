@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from lipsync_jax import cli, convert, models
+from lipsync_jax import cli, convert, models, runtime
 from lipsync_jax.layers import BatchNorm
 
 INPUT_SIZE = 224  # the lip stream's frames
@@ -186,6 +186,7 @@ def weights_problem(variables: dict, expected: dict) -> Optional[str]:
 def load_syncnet(path: str, dtype=jnp.float32) -> Tuple[SyncNetS, dict]:
   """(module, variables) of joonson's syncnet_v2.model (or any .pth of the same network), read
   without torch; anything else is refused naming the file."""
+  runtime.configure()
   state_dict = convert.read_state_dict(path)
   try:
     variables = variables_from_state_dict(state_dict)

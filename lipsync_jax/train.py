@@ -42,7 +42,7 @@ from ml_collections import config_flags
 
 from configs import common
 from data_pipeline import loaders, records
-from lipsync_jax import checkpoint, cli, convert, logs, lse, paths, warm_start
+from lipsync_jax import checkpoint, cli, convert, logs, lse, paths, runtime, warm_start
 from lipsync_jax.training import TrainingError, make_training, no_health
 
 
@@ -63,10 +63,6 @@ def maybe_initialize_distributed() -> None:
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     flags.FLAGS.experimental_orbax_use_distributed_barrier = True
-
-
-def make_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), ('data',))
 
 
 def global_batch(local: dict, sharding: NamedSharding) -> dict:
@@ -139,7 +135,7 @@ class Run:
     # Fail fast (before any compilation) on a missing or unreadable expert.
     expert_divisor, expert_variables = (load_expert(config) if self.kind == 'generator'
                                         else (None, None))
-    self.mesh = make_mesh()
+    self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
     self.data_sharding = NamedSharding(self.mesh, P('data'))
     self.replicated = NamedSharding(self.mesh, P())
     n_dev = jax.device_count()
@@ -358,6 +354,7 @@ def train(config, workdir: str, stop_after: int = None) -> dict:
   In steady state the loop never waits on the device: steps are dispatched asynchronously,
   the next batch is put on the devices while the current step runs, and metrics (with the
   non-finite-loss check) are read every log_every steps and before every checkpoint."""
+  runtime.configure()
   common.check(config)
   workdir = cli.as_path('workdir', workdir)
   maybe_initialize_distributed()
@@ -425,12 +422,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
-  if not config.data.dir:
-    print('error: set --config.data.dir to a dataset written by data_pipeline.preprocess',
-          file=sys.stderr)
-    sys.exit(cli.EXIT_ERROR)
 
   def body() -> int:
+    if not config.data.dir:
+      raise cli.UserError('set --config.data.dir to a dataset written by data_pipeline.preprocess')
     cli.enable_compilation_cache(_COMPILATION_CACHE.value)
     train(config, _WORKDIR.value)
     return 0

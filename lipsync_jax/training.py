@@ -11,7 +11,6 @@ import optax
 from lipsync_jax import cli, layers, losses, models, steps, warm_start
 
 
-
 class TrainingError(cli.UserError, RuntimeError):
   """A run that cannot start or go on (config, expert, data, a non-finite loss)."""
 
@@ -107,8 +106,6 @@ def make_training(config, platform: str, expert_divisor: Optional[int] = None) -
     return {'l1': jnp.mean(jnp.abs(generated - batch['gt'])), 'sync': sync}, generated
 
   return Training(kind, model, expert, init, train_step, evaluate)
-
-
 
 
 def to_float(batch: dict) -> dict:

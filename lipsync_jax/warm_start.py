@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from lipsync_jax import cli, convert, models, summary
+from lipsync_jax import cli, convert, models, sizes
 
 
 class WarmStartError(cli.UserError, ValueError):
@@ -40,7 +40,7 @@ def merge(model: dict, source: dict) -> Tuple[dict, List[Tuple[str, str, str, in
   flat, found = traverse_util.flatten_dict(model), traverse_util.flatten_dict(source)
   merged, rows = {}, []
   for path, leaf in flat.items():
-    block, name = summary.block_of(path[1]), '/'.join(path)
+    block, name = sizes.block_of(path[1]), '/'.join(path)
     other = found.get(path)
     if other is None:
       merged[path], status = leaf, 'new'

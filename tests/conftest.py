@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from data_pipeline import records
-from lipsync_jax import checkpoint, models
+from lipsync_jax import checkpoint, models, runtime
+
+runtime.configure()  # the test session is an entry point, as every command is
 
 # One XLA compilation cache for the session, shared with the subprocesses tests start: many
 # tests compile the same tiny train steps, and a cache hit takes seconds instead of ~30 s.
@@ -141,7 +143,7 @@ def parity(name: str):
   return np.load(require(PARITY / f'{name}.npz'))
 
 
-# lipsync_jax chooses XLA's own CPU convolutions (lipsync_jax/__init__.py), which run float64, used
+# lipsync_jax chooses XLA's own CPU convolutions (lipsync_jax/runtime.py), which run float64, used
 # only by the parity checks, several times slower than YNNPACK's; those checks compile with these.
 _FLOAT64_CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': (
     'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT')}

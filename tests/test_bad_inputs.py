@@ -30,7 +30,6 @@ from lipsync_jax.live import avatar as avatars
 TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
 
 
-
 class _Evil:
   def __reduce__(self):
     return os.system, ('touch pwned',)

@@ -30,7 +30,6 @@ def state_dict():
   return {k: z[k] for k in z.files}
 
 
-
 @pytest.fixture(scope='module')
 def syncnet_pth(state_dict, tmp_path_factory):
   pytest.importorskip('torch')

@@ -12,7 +12,7 @@ import pytest
 from configs import expert, wav2lip, wav2lip_gan
 from conftest import FACE_MODEL, MEDIA, ROOT, require, run_module
 from data_pipeline import loaders, records
-from lipsync_jax import (audio, checkpoint, convert, faces, generator, infer, models, summary,
+from lipsync_jax import (audio, checkpoint, convert, faces, generator, infer, models, sizes,
                          train, training, video)
 from lipsync_jax.source import Stages
 
@@ -62,7 +62,7 @@ def test_hq_config_variants_and_summary():
   rows = {tuple(line.split()[:2]) for line in out.splitlines() if line.startswith('  ')}
   for name in models.MODELS:
     assert {(name, '96'), (name, '192'), (name, '288')} <= rows
-  table = summary.sizes_table((96, 192))
+  table = sizes.sizes_table((96, 192))
   gflop = {tuple(r.split()[:2]): float(r.split()[-1]) for r in table.splitlines()[1:]}
   assert gflop[('wav2lip', '192')] > gflop[('wav2lip', '96')]
 

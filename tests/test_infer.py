@@ -20,7 +20,6 @@ from lipsync_jax.layers import fold_batchnorm
 TALKING_HEAD = MEDIA / 'talking_head_512_25fps.mp4'
 
 
-
 def stream_info(path, kind):
   out = subprocess.run(['ffprobe', '-v', 'error', '-select_streams', kind, '-show_entries',
                         'stream=width,height,r_frame_rate,duration,nb_frames', '-of', 'json',
@@ -344,6 +343,20 @@ def test_bad_input_fails_cleanly(tiny_checkpoint, media, tmp_path, capsys, case,
   assert message in capsys.readouterr().err
   assert not out.exists()
   assert not out.parent.is_dir() or os.listdir(out.parent) == []  # no partial output
+
+
+def test_a_face_lost_after_the_first_batch_names_the_file(tiny_checkpoint, media, tmp_path,
+                                                          capsys):
+  """--on_missing_face abort on a video whose face is gone from frame 20 on, past the first
+  batch of 8: the error names the video (and the frame), as it does for frame 0."""
+  clip = tmp_path / 'leaves.mp4'
+  ffmpeg('-i', media / 'mute.mp4', '-vf', "drawbox=enable='gte(n,20)':c=black:t=fill",
+         '-c:v', 'libx264', '-pix_fmt', 'yuv420p', clip)
+  out = tmp_path / 'out' / 'result.mp4'
+  assert infer.main(_common(tiny_checkpoint, clip, media / 'speech.wav', out) + [
+      '--on_missing_face', 'abort', '--wav2lip_batch_size', '8']) == 1
+  assert f'{clip}: no face in frame 20 (0.80 s)' in capsys.readouterr().err
+  assert not out.exists()
 
 
 @pytest.mark.parametrize('name', ['odd.mkv', 'gray.mkv', 'vfr.mp4'])

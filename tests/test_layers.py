@@ -147,7 +147,8 @@ def test_winograd_generator_makes_the_same_faces():
 
 # (a convolution large enough for XLA to hand it to YNNPACK when allowed)
 _CONV_HLO = ('import jax, jax.numpy as jnp\n'
-             'import lipsync_jax\n'
+             'from lipsync_jax import runtime\n'
+             'runtime.configure()\n'
              'x, w = jnp.ones((2, 48, 48, 32)), jnp.ones((3, 3, 32, 32))\n'
              'conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(\n'
              '    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))\n'

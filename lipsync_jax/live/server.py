@@ -31,7 +31,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from aiohttp import WSCloseCode, web
 
-from lipsync_jax import cli, settings
+from lipsync_jax import cli, runtime, settings
 from lipsync_jax.generator import load_generator
 from lipsync_jax.live import avatar as avatars
 from lipsync_jax.live import engine, jobs, security
@@ -103,6 +103,7 @@ class LiveServer:
   def __init__(self, checkpoint: str, avatars_dir: str,
                options: Optional[ServerOptions] = None, dtype: str = 'auto',
                transports: Sequence = TRANSPORTS):
+    runtime.configure()
     options = ServerOptions() if options is None else options
     if not os.path.isdir(avatars_dir):
       raise cli.UserError(f'{avatars_dir}: no such folder (--avatars)')
