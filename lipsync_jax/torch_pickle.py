@@ -169,10 +169,13 @@ def load(path: str) -> Any:
 
 
 def find_state_dict(checkpoint: Any) -> Dict[str, np.ndarray]:
-  """The model weights of a loaded checkpoint: a bare state dict or the 'state_dict' entry
-  (the released files also carry 'optimizer', 'global_step', ...: ignored)."""
-  if isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict):
-    checkpoint = checkpoint['state_dict']
+  """The model weights of a loaded checkpoint: a bare state dict, or its 'state_dict' entry
+  (Wav2Lip's released files also carry 'optimizer', 'global_step', ...: ignored), or its
+  'params_ema' (else 'params') entry (BasicSR's, as GFPGAN releases them)."""
+  for key in ('state_dict', 'params_ema', 'params'):
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+      checkpoint = checkpoint[key]
+      break
   if not isinstance(checkpoint, dict) or not checkpoint:
     raise ValueError('no state dict found (expected a dict of tensors or a dict with '
                      "'state_dict')")
