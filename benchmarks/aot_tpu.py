@@ -53,6 +53,8 @@ from configs import wav2lip as wav2lip_config  # noqa: E402
 from configs import wav2lip_gan as gan_config  # noqa: E402
 from configs.common import HQ_SIZES  # noqa: E402
 from lipsync_jax import generator, layers, models, sizes, training  # noqa: E402
+from lipsync_jax import runtime  # noqa: E402
+runtime.configure()  # a command: the process state entry points set (lipsync_jax/runtime.py)
 
 GIB = 2 ** 30
 # chip: (HBM bytes, peak bf16 FLOP/s, HBM bytes/s, inter-chip interconnect bytes/s over all

@@ -20,6 +20,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lipsync_jax import allocator, lse, models, syncnet  # noqa: E402
+from lipsync_jax import runtime  # noqa: E402
+runtime.configure()  # a command: the process state entry points set (lipsync_jax/runtime.py)
 import bench_vs_torch  # noqa: E402  (benchmarks/, beside this file)
 
 LRS2_TEST_VIDEOS = 14239

@@ -19,6 +19,8 @@ import jax
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from lipsync_jax import allocator, checkpoint, infer, models  # noqa: E402
+from lipsync_jax import runtime  # noqa: E402
+runtime.configure()  # a command: the process state entry points set (lipsync_jax/runtime.py)
 
 MEDIA = os.path.join(os.path.dirname(ROOT), 'shared', 'media')
 

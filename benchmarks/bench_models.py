@@ -22,6 +22,8 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lipsync_jax import allocator, models, sizes, steps  # noqa: E402
 from lipsync_jax.layers import fold_batchnorm  # noqa: E402
+from lipsync_jax import runtime  # noqa: E402
+runtime.configure()  # a command: the process state entry points set (lipsync_jax/runtime.py)
 
 
 def timed(fn, *args, repeats):

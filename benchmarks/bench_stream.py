@@ -29,21 +29,24 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from lipsync_jax import allocator, audio, checkpoint, generator, infer, models  # noqa: E402
+from lipsync_jax import allocator, audio, checkpoint, infer, models  # noqa: E402
+from lipsync_jax.generator import Generator, load_generator  # noqa: E402
 from lipsync_jax.live import avatar as avatars  # noqa: E402
 from lipsync_jax.live import engine  # noqa: E402
 from lipsync_jax.live.scheduler import Scheduler  # noqa: E402
+from lipsync_jax import runtime  # noqa: E402
+runtime.configure()  # a command: the process state entry points set (lipsync_jax/runtime.py)
 
 MEDIA = os.path.join(os.path.dirname(ROOT), 'shared', 'media')
 CONFIGS = {'full96': (1, 96), 'tiny96': (8, 96), 'full192': (1, 192)}  # width divisor, size
 
 
-def generator(folder: str, divisor: int, size: int) -> generator.Generator:
+def random_generator(folder: str, divisor: int, size: int) -> Generator:
   path = os.path.join(folder, f'g{divisor}_{size}')
   module = models.build('wav2lip', divisor, img_size=size)
   checkpoint.save_model(path, 'wav2lip', module,
                         models.init(module, 'wav2lip', jax.random.key(0)))
-  return generator.load_generator(path, 'float32')
+  return load_generator(path, 'float32')
 
 
 async def feed(session: engine.Session, speech: np.ndarray, speak: float, pause: float,
@@ -117,7 +120,7 @@ def drift(avatar, scheduler, minutes: float, speech: np.ndarray) -> int:
   return abs(played - frames * int(audio.SAMPLE_RATE / avatar.fps)) + worst
 
 
-def generator_rates(whole: generator.Generator, scheduler, avatar, batches=(1, 4, 8), repeats=8):
+def generator_rates(whole: Generator, scheduler, avatar, batches=(1, 4, 8), repeats=8):
   """Faces/s of the whole generator on crops, of the scheduler's generator (only the rows the
   paste reads, from the avatar's precomputed face features), and of that one with as many calls
   in flight as the scheduler has workers, per batch size, side by side."""
@@ -197,7 +200,7 @@ def main():
     for name in args.configs:
       divisor, size = CONFIGS[name]
       avatar = avatars.prepare(short, size, infer.Options())
-      whole = generator(tmp, divisor, size)
+      whole = random_generator(tmp, divisor, size)
       scheduler = Scheduler(whole)
       engine.warm_up(scheduler)
       print(f'{name}: generator faces/s, whole faces from crops -> the rows from '

@@ -22,6 +22,8 @@ sys.path.insert(0, ROOT)
 from configs import expert, wav2lip, wav2lip_gan  # noqa: E402
 from data_pipeline import preprocess, records, synthetic  # noqa: E402
 from lipsync_jax import allocator, checkpoint, models, train  # noqa: E402
+from lipsync_jax import runtime  # noqa: E402
+runtime.configure()  # a command: the process state entry points set (lipsync_jax/runtime.py)
 
 CONFIGS = {'expert': expert, 'wav2lip': wav2lip, 'wav2lip_gan': wav2lip_gan}
 

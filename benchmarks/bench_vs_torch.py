@@ -34,6 +34,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lipsync_jax import allocator, convert, generator, models, paste  # noqa: E402
+from lipsync_jax import runtime  # noqa: E402
+runtime.configure()  # a command: the process state entry points set (lipsync_jax/runtime.py)
 
 
 def torch_generator(torch, width_divisor: int = 1):

@@ -59,6 +59,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from configs import expert as expert_config, wav2lip as wav2lip_config, wav2lip_gan  # noqa: E402
 from lipsync_jax import generator, infer, layers, models, training  # noqa: E402
+from lipsync_jax import runtime  # noqa: E402
+runtime.configure()  # a command: the process state entry points set (lipsync_jax/runtime.py)
 
 REFERENCE = os.path.join(ROOT, 'benchmarks', 'device_reference.npz')
 PEAK_FLOPS = 989e12  # dense bf16, H200 / H100 SXM datasheet

@@ -39,6 +39,8 @@ from data_pipeline import loaders, synthetic  # noqa: E402
 from benchmarks import mouth_quality as quality  # noqa: E402
 from lipsync_jax import (allocator, audio, convert, demo, faces, infer, losses,  # noqa: E402
                          training)
+from lipsync_jax import runtime  # noqa: E402
+runtime.configure()  # a command: the process state entry points set (lipsync_jax/runtime.py)
 
 
 SPEECH_MEL = -2.5  # a mel window whose mean is above this (silence is -4) holds speech

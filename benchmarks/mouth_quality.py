@@ -17,6 +17,8 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 from lipsync_jax import faces, infer, video
+from lipsync_jax import runtime  # noqa: E402
+runtime.configure()  # a command: the process state entry points set (lipsync_jax/runtime.py)
 
 
 def sharpness(images: np.ndarray) -> float:

@@ -12,7 +12,7 @@ nothing is downloaded; an explicit path or $LIPSYNC_JAX_FACE_MODEL overrides it.
 import collections
 import os
 import pathlib
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -81,8 +81,8 @@ class FaceDetector:
     best = found[np.argmax((found[:, 2] - found[:, 0]) * (found[:, 3] - found[:, 1]))]
     return (best[:4], best[4:14].reshape(5, 2)) if with_landmarks else best[:4]
 
-  def detect_batch(self, frames: Sequence[np.ndarray]) -> List[Optional[np.ndarray]]:
-    return [self.detect(f) for f in frames]
+  def detect_batch(self, frames: Sequence[np.ndarray], with_landmarks: bool = False) -> list:
+    return [self.detect(f, with_landmarks) for f in frames]
 
 
 def _smoothed(box, window: list):

@@ -82,7 +82,8 @@ class _ModulatedConv(nn.Module):
   def __call__(self, x, style):
     channels = x.shape[-1]
     scale = nn.Dense(channels, dtype=self.dtype, name='modulation')(style)  # (N, C)
-    weight = self.param('weight', nn.initializers.normal(1 / math.sqrt(channels * self.kernel ** 2)),
+    spread = 1 / math.sqrt(channels * self.kernel ** 2)
+    weight = self.param('weight', nn.initializers.normal(spread),
                         (self.kernel, self.kernel, channels, self.features))
     if self.upsample:
       x = up2(x)

@@ -15,7 +15,7 @@ generation. `--reference` reproduces the reference's pipeline exactly.
 The pieces are libraries of their own (lipsync_jax.source, boxes, generator, paste, pipeline);
 this module holds the run's options, its composition of the pipeline and the command line.
 """
-from lipsync_jax import allocator, runtime
+from lipsync_jax import allocator
 
 if __name__ == '__main__':
   allocator.use_tcmalloc()  # before the heavy imports: re-runs this command under tcmalloc
@@ -30,7 +30,7 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 import cv2
 from tqdm import tqdm
 
-from lipsync_jax import audio, boxes, cli, faces, pipeline, settings, video
+from lipsync_jax import audio, boxes, cli, faces, pipeline, restore, runtime, settings, video
 from lipsync_jax.generator import load_generator
 from lipsync_jax.paste import Paster, feather_rows_from
 from lipsync_jax.source import InferenceError, Stages, Transform, open_face
@@ -86,10 +86,20 @@ class Options:
   face_model: Optional[str] = settings.setting(
       None, 'YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, else the packaged '
       'one)', kind=str, optional=True)
+  restore_model: Optional[str] = settings.setting(
+      None, 'HD output: restore the lip-synced faces with this GFPGAN v1.3 / v1.4 checkpoint '
+      '(GFPGANv1.4.pth; not shipped, docs/hd.md), aligned by the smoothed landmarks, with its '
+      'stored noise', kind=str, optional=True, metavar='PTH')
+  restore_region: str = settings.setting(
+      'mouth', 'what the restored face replaces: the region the generator changed (mouth: '
+      'the feathered lower face; the eyes stay the video\'s own) or the whole face',
+      choices=restore.REGIONS)
+  restore_weight: float = settings.setting(
+      1.0, 'how much of the restored face is blended in (0: none, 1: all)', low=0, high=1)
 
   def __post_init__(self):
-    object.__setattr__(self, 'face_model',
-                       cli.as_path('face_model', self.face_model, True, InferenceError))
+    for name in ('face_model', 'restore_model'):
+      object.__setattr__(self, name, cli.as_path(name, getattr(self, name), True, InferenceError))
     settings.check(self, InferenceError)
     y1, y2, x1, x2 = self.box
     if self.box != (-1,) * 4 and (min(self.box) < 0 or y2 <= y1 or x2 <= x1):
@@ -170,8 +180,8 @@ def lipsync_frames(face: str, options: Options, generator, detector, stages: Sta
     return f'{face}: no face in frame {i} ({i / source.fps:.2f} s)' + (
         '' if source.static else '; drop --on_missing_face abort to pass such frames through')
 
-  pairs = face_boxes(face, source, n_out, options, detector, stages)
-  crops = pipeline.cropped(pairs, generator.img_size,
+  found = face_boxes(face, source, n_out, options, detector, stages)
+  crops = pipeline.cropped(found, generator.img_size,
                            cv2.INTER_LINEAR if reference else cv2.INTER_AREA,
                            missing if abort or source.static else None)
   batch = min(options.wav2lip_batch_size, n_out)
@@ -200,7 +210,7 @@ def lipsync(face: str, audio_path: str, checkpoint: str, outfile: str,
   cli.refuse_overwriting_inputs(
       {'--outfile': outfile},
       {'--face': face, '--audio': audio_path, '--checkpoint_path': checkpoint,
-       '--face_model': options.face_model})
+       '--face_model': options.face_model, '--restore_model': options.restore_model})
   try:
     cli.output_file(VIDEO_EXTENSIONS)(outfile)
   except argparse.ArgumentTypeError as e:
@@ -210,9 +220,14 @@ def lipsync(face: str, audio_path: str, checkpoint: str, outfile: str,
   if not options.detect:
     boxes.check_box(face, options.box, source)
   generator = load_generator(checkpoint, options.dtype)
+  restoration = None
+  if options.restore_model:
+    restoration = restore.Restoration(restore.load(options.restore_model, options.dtype),
+                                      options.restore_region, options.restore_weight)
   detector = faces.FaceDetector(options.face_model) if options.detect else None
   windows = audio.mel_windows(mel, len(wav), source.fps, options.reference)
-  frames = lipsync_frames(face, options, generator, detector, stages, windows, source)
+  frames = lipsync_frames(face, options, generator, detector, stages, windows, source,
+                          restoration)
   cli.ensure_folder(os.path.dirname(os.path.abspath(outfile)), 'output video')
   with video.VideoWriter(outfile, audio_path, source.width, source.height, source.fps,
                           stages) as writer:
@@ -223,6 +238,10 @@ def lipsync(face: str, audio_path: str, checkpoint: str, outfile: str,
         on_frame(done, len(windows))
     if not stages['faces']:
       raise InferenceError(f'{face}: no face found in any frame')
+    if restoration is not None and not restoration.restored:
+      raise InferenceError(f'{face}: no face could be restored (--restore_model needs the '
+                           "detector's landmarks, not --box, and eyes at least "
+                           f'{restore.MIN_EYE_DISTANCE:g} px apart)')
   seconds = time.perf_counter() - began
   return Result(outfile, len(windows), int(stages.pop('faces')), source.fps, seconds,
                 dict(stages))

@@ -25,10 +25,12 @@ from lipsync_jax.source import InferenceError, Stages
 
 
 class Face(NamedTuple):
-  """A frame on its way through the pipeline: its box (None: no face) and the crop of it."""
+  """A frame on its way through the pipeline: its box (None: no face), the crop of it and the
+  face's five landmarks (None where the detector gave none)."""
   frame: np.ndarray
   box: Optional[np.ndarray]
   crop: Optional[np.ndarray]
+  landmarks: Optional[np.ndarray] = None
 
 
 # A post-process step: the pasted frames of a batch and their Faces -> the frames to write.
@@ -72,17 +74,17 @@ def prefetch(iterator: Iterator, size: int) -> Iterator:
         buffer.get(timeout=0.05)
 
 
-def cropped(pairs, size: int, interpolation: int = cv2.INTER_AREA,
+def cropped(found, size: int, interpolation: int = cv2.INTER_AREA,
             missing: Optional[Callable[[int], str]] = None) -> Iterator[Face]:
-  """Faces of (frame, box) pairs, cropped to size x size; a frame without a face raises
+  """Faces of (frame, box, landmarks), cropped to size x size; a frame without a face raises
   InferenceError(missing(index)) when `missing` is given, else passes as a Face without one."""
-  for i, (frame, box) in enumerate(pairs):
+  for i, (frame, box, landmarks) in enumerate(found):
     if box is None:
       if missing is not None:
         raise InferenceError(missing(i))
       yield Face(frame, None, None)
     else:
-      yield Face(frame, box, faces.crop(frame, box, size, interpolation))
+      yield Face(frame, box, faces.crop(frame, box, size, interpolation), landmarks)
 
 
 def generated(stream: Iterator[Face], windows: np.ndarray, generator: Generator,

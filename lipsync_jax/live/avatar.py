@@ -70,12 +70,13 @@ def prepare(face: str, img_size: int = models.IMG_SIZE,
   source = infer.open_source(face, options, Stages())
   limit = max(1, int(round(max_seconds * source.fps)))
   detector = faces.FaceDetector(options.face_model)
-  pairs = boxes.detected(source.open(), face, detector, options.pads,
-                         options.face_det_batch_size, Stages())
+  detections = boxes.detected(source.open(), face, detector, options.pads,
+                              options.face_det_batch_size, Stages())
   if not options.nosmooth:
-    pairs = faces.smooth_stream(pairs)
+    detections = boxes.smoothed(detections)
   frames, found = [], []
-  for i, (frame, box) in enumerate(tqdm(pairs, unit='frame', desc='avatar', disable=not progress)):
+  for i, (frame, box, _) in enumerate(tqdm(detections, unit='frame', desc='avatar',
+                                           disable=not progress)):
     if box is None:
       raise AvatarError(f'{face}: no face in frame {i} ({i / source.fps:.2f} s); an avatar '
                         'needs a face in every frame (trim the clip)')
