@@ -13,6 +13,7 @@ frame pipeline's post-process step, steadier than the usual Wav2Lip + GFPGAN pip
     faces = restorer(aligned_rgb)                       # (N, 512, 512, 3) in [-1, 1]
 """
 import dataclasses
+import os
 from typing import List, NamedTuple, Optional, Sequence
 
 import cv2
@@ -65,6 +66,9 @@ def load(path: str, dtype: str = 'auto') -> Restorer:
   and float32 on the CPU. Another network or a damaged file is refused naming the file."""
   runtime.configure()
   path = cli.as_path('restore_model', path, error=RestoreError)
+  if os.path.isdir(path):
+    raise RestoreError(f'{path}: is a folder; --restore_model takes a GFPGAN .pth '
+                       '(GFPGANv1.4.pth)')
   try:
     state_dict = convert.read_state_dict(path)
   except cli.UserError as e:
