@@ -111,7 +111,8 @@ class _StyleConv(nn.Module):
                        name='modulated_conv')(x, style) * math.sqrt(2)
     strength = self.param('noise_weight', nn.initializers.zeros, (1,))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    y = y + (strength * noise[None, :, :, None]).astype(y.dtype) + bias.astype(y.dtype)
+    noise = noise[None] if noise.ndim == 2 else noise  # the stored (r, r), or (N, r, r)
+    y = y + (strength * noise[..., None]).astype(y.dtype) + bias.astype(y.dtype)
     return _lrelu(y)
 
 
@@ -151,7 +152,10 @@ class GFPGAN(nn.Module):
     return int(base[resolution] * narrow)
 
   @nn.compact
-  def __call__(self, x, with_rgbs: bool = False):
+  def __call__(self, x, with_rgbs: bool = False, noise_key=None):
+    """The restored faces (and the U-Net's RGB outputs, 8 px to half size, with `with_rgbs`).
+    `noise_key`: fresh noise for every face from this key instead of the stored noise (what
+    the original's GFPGANer does; only to measure the jitter it causes)."""
     dtype, levels = self.dtype, self.levels
     resolutions = [2 ** (i + 3) for i in range(levels)]  # 8 .. out_size
     feat = _lrelu(_conv(self.channels(self.out_size, False), 1, dtype, 'conv_body_first')(x))
@@ -175,15 +179,18 @@ class GFPGAN(nn.Module):
         conditions.append(_conv(c, 3, dtype, f'condition_{kind}_{i}_2')(y))
       if with_rgbs:
         rgbs.append(_conv(3, 1, dtype, f'toRGB_{i}')(feat))
-    image = self.decode(latent, conditions)
+    image = self.decode(latent, conditions, noise_key)
     return (image, rgbs) if with_rgbs else image
 
-  def decode(self, latent, conditions):
+  def decode(self, latent, conditions, noise_key=None):
     """The StyleGAN2 decoder with the SFT conditions (scale, shift per resolution)."""
     dtype, channels = self.dtype, self.channels(4, True)
     constant = self.param('constant_input', nn.initializers.normal(1.0), (4, 4, channels))
     noises = [self.param(f'noise{j}', nn.initializers.normal(1.0), (r, r))
               for j, r in enumerate([4] + [2 ** (k // 2 + 3) for k in range(2 * self.levels)])]
+    if noise_key is not None:  # (N, r, r) per layer: every face its own
+      keys = jax.random.split(noise_key, len(noises))
+      noises = [jax.random.normal(k, (latent.shape[0],) + n.shape) for k, n in zip(keys, noises)]
     out = jnp.broadcast_to(constant, (latent.shape[0],) + constant.shape)
     out = _StyleConv(channels, False, dtype, name='style_conv1')(out, latent[:, 0], noises[0])
     skip = _ToRGB(False, dtype, name='to_rgb1')(out, latent[:, 1])

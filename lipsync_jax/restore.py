@@ -13,8 +13,9 @@ frame pipeline's post-process step, steadier than the usual Wav2Lip + GFPGAN pip
     faces = restorer(aligned_rgb)                       # (N, 512, 512, 3) in [-1, 1]
 """
 import dataclasses
+import functools
 import os
-from typing import List, NamedTuple, Optional, Sequence
+from typing import Callable, List, NamedTuple, Optional, Sequence
 
 import cv2
 import jax
@@ -45,19 +46,23 @@ class Restorer(NamedTuple):
   module: gfpgan.GFPGAN
   params: dict
 
-  def __call__(self, faces) -> np.ndarray:
+  def __call__(self, faces, noise_key=None) -> np.ndarray:
+    """`noise_key`: fresh noise per face (GFPGANer's randomize_noise), to measure its jitter."""
     faces = np.asarray(faces, np.float32)
     out = []
     for start in range(0, len(faces), BATCH_SIZES[-1]):
       part = faces[start:start + BATCH_SIZES[-1]]
       size = next(n for n in BATCH_SIZES if n >= len(part))  # a few compiled shapes only
       padded = np.concatenate([part, np.repeat(part[:1], size - len(part), axis=0)])
-      out.append(np.asarray(_restore(self.module, self.params, padded))[:len(part)])
+      key = None if noise_key is None else jax.random.fold_in(noise_key, start)
+      out.append(np.asarray(_restore(self.module, self.params, padded, key))[:len(part)])
     return np.concatenate(out) if out else np.zeros_like(faces)
 
 
-_restore = jax.jit(lambda module, params, faces: module.apply(
-    params, faces.astype(module.dtype or jnp.float32)).astype(jnp.float32), static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)
+def _restore(module, params, faces, noise_key):
+  compute = module.dtype or jnp.float32
+  return module.apply(params, faces.astype(compute), noise_key=noise_key).astype(jnp.float32)
 
 
 def load(path: str, dtype: str = 'auto') -> Restorer:
@@ -122,7 +127,7 @@ class Restoration:
   """The post-process step (pipeline.PostProcess): restores the faces of a batch of pasted
   frames in one call, by their smoothed landmarks; frames without landmarks, or with a face too
   small, pass as they are. Counts the faces restored and passed in `restored` and `passed`."""
-  restorer: Restorer
+  restorer: Callable[[np.ndarray], np.ndarray]  # a Restorer, or the live scheduler's `restore`
   region: str = 'mouth'
   weight: float = 1.0
   paste_mask: Paster = dataclasses.field(default_factory=lambda: Paster('feather', False))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from conftest import FACE_MODEL, MEDIA, ffmpeg, random_checkpoint, require
+from conftest import FACE_MODEL, MEDIA, PARITY, ffmpeg, random_checkpoint, require
 from lipsync_jax import audio, cli, infer
 from lipsync_jax.live import avatar as avatars
 from lipsync_jax.live import engine
@@ -407,3 +407,24 @@ def test_concurrent_sessions_meet_their_frame_times(setup):
   faces = int(samples[('lipsync_faces_made_total',)])
   assert faces >= sessions * 50 and sum(batches.values()) <= faces
   assert p95 <= 0.1  # 95% of frames at most 100 ms late (the bucket holding the 95th percentile)
+
+
+def test_restored_sessions_share_the_restorers_calls(setup):
+  """serve --restore_model: the speech frames' faces are restored through the scheduler (the
+  parity checkpoint; far slower than 25 fps on a CPU, so the frames come late), the mouth
+  region only, and counted in the metrics."""
+  model = str(require(PARITY / 'gfpgan' / 'gfpgan.pth'))
+  speech = setup['speech'][:16000 // 2]
+  with running(setup, restore_model=model) as (url, server):
+    ready, frames = asyncio.run(ws_client(url, speech=speech, seconds=12.0))
+    samples = scrape(asyncio.run(_get(url + '/metrics')))
+  spoken = [f for f in frames if f[1]['speech']]
+  assert ready['type'] == 'ready' and len(spoken) == 13  # 0.5 s at 25 fps
+  assert samples[('lipsync_faces_restored_total',)] == 13
+  made = setup['avatar']
+  for _, header, frame, _ in spoken:
+    own = made.frames[header['index'] % len(made)].astype(int)
+    x1, y1, x2, y2 = made.boxes[header['index'] % len(made)]
+    changed = np.abs(frame.astype(int) - own).mean(axis=-1) > 12  # beyond JPEG's noise
+    assert changed[y1 + (y2 - y1) // 2:y2, x1:x2].mean() > 0.3
+    assert changed[:max(0, y1 - 8)].mean() < 0.01  # above the face: the avatar's own

@@ -93,6 +93,14 @@ def prepare(face: str, img_size: int = models.IMG_SIZE,
                 float(source.fps))
 
 
+def landmarks(avatar: Avatar, face_model: Optional[str] = None) -> list:
+  """The five landmarks of each frame's face ((5, 2), or None where none was found), smoothed as
+  infer smooths them: what the restorer aligns the avatar's lip-synced faces by."""
+  detector = faces.FaceDetector(face_model)
+  found = [detector.detect(frame, with_landmarks=True)[1] for frame in avatar.frames]
+  return [marks for _, _, marks in boxes.smoothed(zip(avatar.frames, avatar.boxes, found))]
+
+
 def check_destination(folder: str) -> None:
   """Refuses a folder that holds other files and no avatar (e.g. the server's avatars folder
   itself, where the avatar would be ignored); a new, empty or avatar folder is accepted."""

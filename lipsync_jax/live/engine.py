@@ -13,7 +13,7 @@ import collections
 import dataclasses
 import math
 import threading
-from typing import Deque, List, Optional
+from typing import Callable, Deque, List, Optional
 
 import numpy as np
 import soxr
@@ -165,7 +165,8 @@ class Session:
   frames are read in another."""
 
   def __init__(self, avatar: avatars.Avatar, scheduler: Scheduler,
-               lookahead: float = LOOKAHEAD, max_queued: float = MAX_QUEUED):
+               lookahead: float = LOOKAHEAD, max_queued: float = MAX_QUEUED,
+               post: Optional[Callable[[np.ndarray, int], np.ndarray]] = None):
     if avatar.img_size != scheduler.img_size:
       raise SessionError(f'the avatar was made for {avatar.img_size} px faces, the model takes '
                          f'{scheduler.img_size} px')
@@ -174,6 +175,7 @@ class Session:
     self.lookahead, self.max_queued = lookahead, max_queued
     self._features = scheduler.face_features(avatar)
     self._paste = Paster('feather', truncate=False)
+    self._post = post  # a lip-synced frame and its avatar frame -> the frame shown (a restorer)
     self._lock = threading.Lock()
     self._utterances: Deque[SpeechWindows] = collections.deque()
     self._frames_queued = 0  # frames of the utterances queued, the playing one's played too
@@ -369,6 +371,8 @@ class Session:
       face, sound = None, self._silence(plan.index)
     elif face is not None:
       frame = self._paste(frame, self.avatar.boxes[plan.avatar_frame], face)
+      if self._post is not None:
+        frame = self._post(frame, plan.avatar_frame)
     return Output(plan.index / self.fps, frame, sound, face, plan.index)
 
   def close(self) -> None:

@@ -67,6 +67,8 @@ class _State:
     yield calls
     yield CounterMetricFamily('lipsync_faces_made', 'Faces the generator made.',
                               value=scheduler.faces_made)
+    yield CounterMetricFamily('lipsync_faces_restored', 'Faces the restorer made.',
+                              value=scheduler.faces_restored)
     if m.jobs is not None:
       counts = m.jobs.counts()
       jobs = GaugeMetricFamily('lipsync_jobs', 'Offline jobs by state.', labels=['state'])

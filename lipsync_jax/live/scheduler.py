@@ -28,6 +28,7 @@ from lipsync_jax.paste import feather_rows_from
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 WORKERS = 2  # generator calls in flight at once
 ENCODE_BATCH = 16  # avatar frames per face-encoder call
+RESTORE_BATCH = 8  # aligned faces per restorer call
 
 
 class AvatarFeatures:
@@ -61,10 +62,14 @@ class AvatarFeatures:
 
 class Scheduler:
   """Batches faces for one generator; `stats` counts calls by padded batch size. The faces it
-  makes hold the rows from `rows_from` on."""
+  makes hold the rows from `rows_from` on. With a `restorer` (restore.Restorer) it also
+  restores aligned faces in shared calls (`restore`), every session's together."""
 
   def __init__(self, generator: Generator, batch_sizes: Sequence[int] = BATCH_SIZES,
-               workers: int = WORKERS):
+               workers: int = WORKERS, restorer=None):
+    self.restorer = restorer
+    self.faces_restored = 0
+    self._restoring: Deque[Tuple[np.ndarray, concurrent.futures.Future]] = collections.deque()
     self.generator = generator.cut(feather_rows_from(generator.img_size))
     self.batch_sizes = tuple(sorted(batch_sizes))
     self.stats: Dict[int, int] = collections.Counter()  # padded size -> calls
@@ -125,9 +130,22 @@ class Scheduler:
       self._wake.notify()
     return future
 
+  def restore(self, aligned: np.ndarray) -> np.ndarray:
+    """The restorer's faces for aligned (N, 512, 512, 3) faces, made in calls shared with the
+    other sessions' (blocks the calling thread until they are made)."""
+    futures = []
+    with self._wake:
+      if self._closed:
+        raise RuntimeError('the scheduler is closed')
+      for face in aligned:
+        futures.append(concurrent.futures.Future())
+        self._restoring.append((face, futures[-1]))
+      self._wake.notify()
+    return np.stack([future.result() for future in futures])
+
   def queued(self) -> int:
     with self._wake:
-      return len(self._waiting)
+      return len(self._waiting) + len(self._restoring)
 
   def close(self) -> None:
     with self._wake:
@@ -135,21 +153,35 @@ class Scheduler:
       self._wake.notify_all()
     for thread in self._threads:
       thread.join()
-    for _, _, future in self._waiting:
-      future.cancel()
+    for job in list(self._waiting) + list(self._restoring):
+      job[-1].cancel()
 
   def _work(self) -> None:
     while True:
       with self._wake:
-        while not self._waiting and not self._closed:
+        while not self._waiting and not self._restoring and not self._closed:
           self._wake.wait()
         if self._closed:
           return
-        batch = [self._waiting.popleft()
-                 for _ in range(min(len(self._waiting), self.max_batch))]
-      batch = [job for job in batch if job[2].set_running_or_notify_cancel()]
+        # faces first (they are due earlier), then the restorations waiting
+        queue, run, most = ((self._waiting, self._run, self.max_batch) if self._waiting else
+                            (self._restoring, self._run_restore, RESTORE_BATCH))
+        batch = [queue.popleft() for _ in range(min(len(queue), most))]
+      batch = [job for job in batch if job[-1].set_running_or_notify_cancel()]
       if batch:
-        self._run(batch)
+        run(batch)
+
+  def _run_restore(self, batch) -> None:
+    try:
+      faces = self.restorer(np.stack([face for face, _ in batch]))
+    except Exception as e:  # pylint: disable=broad-except
+      for _, future in batch:
+        future.set_exception(e)
+      return
+    with self._wake:
+      self.faces_restored += len(batch)
+    for face, (_, future) in zip(faces, batch):
+      future.set_result(face)
 
   def _run(self, batch) -> None:
     size = next(n for n in self.batch_sizes if n >= len(batch))

@@ -31,7 +31,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from aiohttp import WSCloseCode, web
 
-from lipsync_jax import cli, runtime, settings
+from lipsync_jax import cli, restore, runtime, settings
 from lipsync_jax.generator import load_generator
 from lipsync_jax.live import avatar as avatars
 from lipsync_jax.live import engine, jobs, security
@@ -39,6 +39,7 @@ from lipsync_jax.live.control import ClientError, SessionControl
 from lipsync_jax.live.metrics import Metrics
 from lipsync_jax.live.scheduler import Scheduler
 from lipsync_jax.live.transports import webrtc, websocket
+from lipsync_jax.pipeline import Face
 
 PAGE = pathlib.Path(__file__).resolve().parent / 'page.html'
 MAX_JSON = 1 << 16  # bytes of a JSON request (a WebRTC offer is a few KB)
@@ -86,6 +87,15 @@ class ServerOptions:
                                            'go first', low=0.001, high=10 ** 7)
   lookahead: float = settings.setting(engine.LOOKAHEAD, 'seconds of an utterance buffered '
                                       'before it plays', low=0, high=2)
+  restore_model: Optional[str] = settings.setting(
+      None, "HD output: restore the sessions' lip-synced faces with this GFPGAN v1.3 / v1.4 "
+      "checkpoint, in calls shared by every session (as infer's --restore_model; far too slow "
+      'for 25 fps on a CPU)', kind=str, optional=True, metavar='PTH')
+  restore_region: str = settings.setting(
+      'mouth', "what the restored face replaces (as infer's --restore_region)",
+      choices=restore.REGIONS)
+  restore_weight: float = settings.setting(
+      1.0, 'how much of the restored face is blended in (0: none, 1: all)', low=0, high=1)
   jpeg_quality: int = settings.setting(85, "quality of the WebSocket's JPEG frames", low=10,
                                        high=100)
 
@@ -113,7 +123,9 @@ class LiveServer:
     self.policy = security.Policy(self.token, not (remote or options.allow_remote_access),
                                   options.allow_origin)
     self._routes = [route for transport in transports for route in transport.routes(self)]
-    self.scheduler = Scheduler(load_generator(checkpoint, dtype))
+    restorer = restore.load(options.restore_model, dtype) if options.restore_model else None
+    self.scheduler = Scheduler(load_generator(checkpoint, dtype), restorer=restorer)
+    self._landmarks: Dict[str, list] = {}  # avatar name -> its faces' landmarks (restoring)
     self.jobs = jobs.Jobs(jobs.run_infer(checkpoint), options.max_jobs,
                           int(options.max_upload_mb * 2 ** 20), options.job_ttl,
                           int(options.max_results_mb * 2 ** 20))
@@ -187,6 +199,8 @@ class LiveServer:
       if name not in self._avatars:
         avatar = avatars.load(os.path.join(self.avatars_dir, name), self.scheduler.img_size)
         self.scheduler.face_features(avatar)
+        if self.scheduler.restorer is not None:
+          self._landmarks[name] = avatars.landmarks(avatar)
         self._avatars[name] = avatar
       return self._avatars[name]
 
@@ -202,11 +216,25 @@ class LiveServer:
     avatar = await asyncio.get_running_loop().run_in_executor(self.paste_pool, self.avatar,
                                                               avatar_name)
     check_room()  # it may have filled meanwhile
-    session = engine.Session(avatar, self.scheduler, self.options.lookahead)
+    session = engine.Session(avatar, self.scheduler, self.options.lookahead,
+                             post=self._restoring(avatar, avatar_name))
     key = uuid.uuid4().hex
     self._sessions[key] = session
     self.metrics.sessions = len(self._sessions)
     return SessionControl(self, key, session)
+
+  def _restoring(self, avatar: avatars.Avatar, name: str):
+    """A session's post-process of its lip-synced frames: the restorer, through the scheduler
+    (or None)."""
+    if self.scheduler.restorer is None:
+      return None
+    restoration = restore.Restoration(self.scheduler.restore, self.options.restore_region,
+                                      self.options.restore_weight)
+    marks = self._landmarks[name]
+
+    def post(frame, k: int):
+      return restoration([frame], [Face(frame, avatar.boxes[k], None, marks[k])])[0]
+    return post
 
   def close_session(self, key: str) -> None:
     session = self._sessions.pop(key, None)
