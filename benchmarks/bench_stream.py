@@ -29,7 +29,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from lipsync_jax import allocator, audio, checkpoint, infer, models  # noqa: E402
+from lipsync_jax import allocator, audio, checkpoint, infer, models, restore  # noqa: E402
 from lipsync_jax.generator import Generator, load_generator  # noqa: E402
 from lipsync_jax.live import avatar as avatars  # noqa: E402
 from lipsync_jax.live import engine  # noqa: E402
@@ -66,14 +66,14 @@ async def feed(session: engine.Session, speech: np.ndarray, speak: float, pause:
 
 
 async def run_sessions(avatar, scheduler, count: int, seconds: float, speech: np.ndarray,
-                       lookahead: float):
+                       lookahead: float, post=None):
   """count sessions for `seconds`: per session the lateness of its frames and the delays from
   each utterance's first sample to its first lip-synced frame; the underruns of all."""
   lateness = [[] for _ in range(count)]
   first_frames = [[] for _ in range(count)]
   tasks, sessions = [], []
   for i in range(count):
-    session = engine.Session(avatar, scheduler, lookahead)
+    session = engine.Session(avatar, scheduler, lookahead, post=post)
     sessions.append(session)
     starts, matched = [], set()
 
@@ -184,6 +184,9 @@ def main():
   parser.add_argument('--seconds', type=float, default=8.0, help='per session count tried')
   parser.add_argument('--max_sessions', type=int, default=8)
   parser.add_argument('--drift_minutes', type=float, default=10.0)
+  parser.add_argument('--restore_model', default=None, metavar='PTH',
+                      help='restore every session\'s faces with this GFPGAN (serve\'s '
+                      '--restore_model; the parity checkpoint serves for timing)')
   parser.add_argument('--lookahead', type=float, default=engine.LOOKAHEAD,
                       help='seconds of speech a session buffers before it plays (the server\'s '
                       '--lookahead; default: %(default)s)')
@@ -201,7 +204,10 @@ def main():
       divisor, size = CONFIGS[name]
       avatar = avatars.prepare(short, size, infer.Options())
       whole = random_generator(tmp, divisor, size)
-      scheduler = Scheduler(whole)
+      restorer = restore.load(args.restore_model) if args.restore_model else None
+      scheduler = Scheduler(whole, restorer=restorer)
+      post = (engine.restoring(scheduler, avatar, avatars.landmarks(avatar)) if restorer
+              else None)
       engine.warm_up(scheduler)
       print(f'{name}: generator faces/s, whole faces from crops -> the rows from '
             f'{scheduler.rows_from} on from the avatar\'s face features (as the scheduler '
@@ -212,7 +218,7 @@ def main():
       while count <= args.max_sessions:
         before = dict(scheduler.stats)
         lateness, first_frames, late_audio = asyncio.run(
-            run_sessions(avatar, scheduler, count, args.seconds, speech, args.lookahead))
+            run_sessions(avatar, scheduler, count, args.seconds, speech, args.lookahead, post))
         p95 = max(np.percentile(late[len(late) // 4:], 95) for late in lateness)
         ok = p95 < 1 / avatar.fps
         formed = {s: n - before.get(s, 0) for s, n in sorted(scheduler.stats.items())

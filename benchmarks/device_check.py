@@ -28,6 +28,8 @@ and within a time budget (--budget_s; what it leaves out is listed as skipped):
    jax.profiler trace, summed by op name).
 5. torch: bench_vs_torch.compare on the same device (float32 and bfloat16, batches 16, 128).
 6. infer: lipsync() of a real clip, frames/s by stage (needs ffmpeg and ffprobe on PATH).
+7. restore: the face restorer (GFPGANv1Clean, random full-size weights; a narrow one with
+   --smoke), faces/s in float32 and bfloat16 at batches 1 and 8, and MFU.
 """
 import argparse
 import contextlib
@@ -250,6 +252,28 @@ def generator_speed(args, report, budget) -> None:
                mfu=cost(compiled) / seconds / PEAK_FLOPS)
 
 
+def restorer_speed(args, report, budget) -> None:
+  """The restorer as restore.load runs it (stored noise, jitted), in float32 and bfloat16."""
+  from lipsync_jax import gfpgan  # pylint: disable=import-outside-toplevel
+  narrow = 0.125 if args.smoke else 1.0
+  rng = np.random.default_rng(4)
+  params = gfpgan.GFPGAN(narrow=narrow).init(jax.random.key(0),
+                                             np.zeros((1, 512, 512, 3), np.float32))
+  for dtype in ('bfloat16', 'float32'):
+    module = gfpgan.GFPGAN(narrow=narrow, dtype=None if dtype == 'float32' else jnp.bfloat16)
+    restore = jax.jit(lambda p, x: module.apply(p, x))
+    for batch in ((1,) if args.smoke else (1, 8)):
+      label = f'{dtype} batch {batch}'
+      if not budget.allows('restore', label, report):
+        continue
+      faces = jax.device_put(rng.uniform(-1, 1, (batch, 512, 512, 3)).astype(np.float32))
+      compiled = restore.lower(params, faces).compile()
+      seconds = median_seconds(lambda: jax.block_until_ready(compiled(params, faces)),
+                               args.min_seconds)
+      report('restore', label, faces_per_s=batch / seconds, ms=seconds * 1e3,
+             mfu=cost(compiled) / seconds / PEAK_FLOPS)
+
+
 def _step_runner(job: str, width: str, conv_impl: str, batch: int):
   """(compiled step, a function that runs it once and blocks, state holder) of a training job
   at `batch` windows (samples for the expert)."""
@@ -443,7 +467,8 @@ def run(args) -> list:
               ('steps', steps),
               ('profile', lambda: profile(args, report, budget, fastest)),
               ('torch', lambda: against_torch(args, report, budget)),
-              ('infer', lambda: end_to_end(args, report, budget, args.out))]
+              ('infer', lambda: end_to_end(args, report, budget, args.out)),
+              ('restore', lambda: restorer_speed(args, report, budget))]
   for name, section in sections:
     if name not in args.sections:
       continue
@@ -469,7 +494,7 @@ def main():
   parser.add_argument('--make_reference', action='store_true',
                       help=f'write {os.path.relpath(REFERENCE, ROOT)} (float64, on the CPU)')
   parser.add_argument('--sections', nargs='+', default=['agreement', 'generator', 'steps',
-                                                         'profile', 'torch', 'infer'])
+                                                         'profile', 'torch', 'infer', 'restore'])
   parser.add_argument('--budget_s', type=float, default=400,
                       help='wall-clock budget; later measurements are skipped past it')
   parser.add_argument('--media', default=os.path.join(os.path.dirname(ROOT), 'shared', 'media'),

@@ -10,9 +10,11 @@ speech:
   randomize_noise=True).
 
     python benchmarks/restore_flicker.py [--seconds 1.2] [--weights parity full]
+    python benchmarks/restore_flicker.py --figure docs/figures/hd_restore.png
 
 Weights: `parity`, the parity vectors' GFPGAN (narrow, random values, ../shared/parity/gfpgan);
-`full`, the released architecture with random values. The lip-sync generator has random
+`full`, the released architecture with random values (flax's initialisers, noise strengths
+drawn between 0.05 and 0.2: a trained model's are not zero). The lip-sync generator has random
 weights too (the flicker the restorer adds does not need a trained one). On a still photo
 every difference between frames is the generator's mouth or the restorer's jitter.
 """
@@ -28,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 from conftest import FACE_MODEL, MEDIA, PARITY, random_checkpoint  # noqa: E402
-from lipsync_jax import allocator, audio, faces, gfpgan, infer, restore  # noqa: E402
+from lipsync_jax import allocator, audio, faces, gfpgan, infer, restore, video  # noqa: E402
 from lipsync_jax import runtime  # noqa: E402
 runtime.configure()  # a command: the process state entry points set (lipsync_jax/runtime.py)
 import jax  # noqa: E402
@@ -78,19 +80,54 @@ def restorers(names):
   out = {}
   if 'parity' in names:
     out['parity'] = restore.load(str(PARITY / 'gfpgan' / 'gfpgan.pth'), 'float32')
-  if 'full' in names:
+  if 'full' in names:  # flax's initialisers, and noise strengths as a trained model has them
     module = gfpgan.GFPGAN()
     params = module.init(jax.random.key(1), np.zeros((1, 512, 512, 3), np.float32))
+    rng = np.random.default_rng(2)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: rng.uniform(0.05, 0.2, x.shape).astype(np.float32)
+        if path[-1].key == 'noise_weight' else x, params)
     out['full'] = restore.Restorer(module, params)
   return out
 
 
+def figure(path: str) -> None:
+  """The manual's picture: a frame of the real clip, its face aligned to the template (its
+  five points in red), and the regions `mouth` and `face` replace (tinted)."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  frame = next(iter(video.read_frames(str(MEDIA / 'talking_head_512_25fps.mp4'))))
+  detector = faces.FaceDetector(str(FACE_MODEL))
+  box, landmarks = detector.detect(frame, with_landmarks=True)
+  box = faces.pad_box(box, faces.PADS, frame.shape)
+  matrix = restore.alignment(landmarks)
+  aligned = restore.to_bgr(restore.aligned(frame, matrix))
+  for x, y in restore.TEMPLATE:
+    cv2.circle(aligned, (int(x), int(y)), 6, (0, 0, 255), -1)
+  fake = np.full((512, 512, 3), 255, np.uint8)  # a white restored face shows the regions
+  panels = [frame, aligned]
+  for region in restore.REGIONS:
+    mixed = restore.Restoration(None, region).blend(frame, box, matrix, fake)
+    panels.append(cv2.addWeighted(frame, 0.4, mixed, 0.6, 0))
+  size = 320
+  row = np.concatenate([cv2.resize(p, (size, size)) for p in panels], axis=1)
+  for k, label in enumerate(['frame', 'aligned (template points)', 'region: mouth',
+                             'region: face']):
+    cv2.putText(row, label, (k * size + 8, size - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                (255, 255, 255), 2)
+  cv2.imwrite(path, row)
+  print(f'wrote {path}')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--figure', help="write the manual's picture here and stop")
   parser.add_argument('--seconds', type=float, default=1.2)
   parser.add_argument('--weights', nargs='+', default=['parity', 'full'],
                       choices=['parity', 'full'])
   args = parser.parse_args()
+  if args.figure:
+    figure(args.figure)
+    return
   with tempfile.TemporaryDirectory() as tmp:
     checkpoint = random_checkpoint(os.path.join(tmp, 'ckpt'), 'wav2lip')
     clip = os.path.join(tmp, 'clip.mp4')

@@ -44,6 +44,8 @@ def test_smoke_mode_runs_every_section(tmp_path):
   assert by_section['torch'][0]['ratio'] > 0
   if shutil.which('ffmpeg') and (MEDIA / 'talking_head_512_25fps.mp4').exists():
     assert by_section['infer'][0]['frames_per_s'] > 0
+  assert {r['what'] for r in by_section['restore']} == {'bfloat16 batch 1', 'float32 batch 1'}
+  assert all(r['faces_per_s'] > 0 for r in by_section['restore'])
   assert '| agreement |' in (out / 'device_check.md').read_text()
 
 

@@ -18,10 +18,11 @@ from typing import Callable, Deque, List, Optional
 import numpy as np
 import soxr
 
-from lipsync_jax import audio, cli
+from lipsync_jax import audio, cli, restore
 from lipsync_jax.live import avatar as avatars
 from lipsync_jax.live.scheduler import Scheduler
 from lipsync_jax.paste import Paster
+from lipsync_jax.pipeline import Face
 
 LOOKAHEAD = 0.2  # seconds of an utterance buffered before it starts to play
 PLAN_AHEAD = 2  # the fewest frames planned beyond the one being sent (Session.plan_ahead)
@@ -382,6 +383,17 @@ class Session:
       if plan.face is not None:
         plan.face.cancel()
     self._planned.clear()
+
+
+def restoring(scheduler: Scheduler, avatar: avatars.Avatar, landmarks: list,
+              region: str = 'mouth', weight: float = 1.0):
+  """A session's `post`: its lip-synced frames restored (lipsync_jax.restore) through the
+  scheduler's shared restorer calls, aligned by the avatar's landmarks (avatar.landmarks)."""
+  restoration = restore.Restoration(scheduler.restore, region, weight)
+
+  def post(frame: np.ndarray, k: int) -> np.ndarray:
+    return restoration([frame], [Face(frame, avatar.boxes[k], None, landmarks[k])])[0]
+  return post
 
 
 def warm_up(scheduler: Scheduler) -> None:

@@ -39,7 +39,6 @@ from lipsync_jax.live.control import ClientError, SessionControl
 from lipsync_jax.live.metrics import Metrics
 from lipsync_jax.live.scheduler import Scheduler
 from lipsync_jax.live.transports import webrtc, websocket
-from lipsync_jax.pipeline import Face
 
 PAGE = pathlib.Path(__file__).resolve().parent / 'page.html'
 MAX_JSON = 1 << 16  # bytes of a JSON request (a WebRTC offer is a few KB)
@@ -224,17 +223,11 @@ class LiveServer:
     return SessionControl(self, key, session)
 
   def _restoring(self, avatar: avatars.Avatar, name: str):
-    """A session's post-process of its lip-synced frames: the restorer, through the scheduler
-    (or None)."""
+    """A session's post-process of its lip-synced frames: the restorer (or None)."""
     if self.scheduler.restorer is None:
       return None
-    restoration = restore.Restoration(self.scheduler.restore, self.options.restore_region,
-                                      self.options.restore_weight)
-    marks = self._landmarks[name]
-
-    def post(frame, k: int):
-      return restoration([frame], [Face(frame, avatar.boxes[k], None, marks[k])])[0]
-    return post
+    return engine.restoring(self.scheduler, avatar, self._landmarks[name],
+                            self.options.restore_region, self.options.restore_weight)
 
   def close_session(self, key: str) -> None:
     session = self._sessions.pop(key, None)
