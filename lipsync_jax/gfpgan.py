@@ -8,8 +8,12 @@ of their channels (SFT). Noise is the checkpoint's stored buffers, so the output
 of the input. In: (N, 512, 512, 3) RGB in [-1, 1]; out: the same.
 
 The modulated convolutions scale the input channels by the style and demodulate the output
-(the same as scaling each sample's weights, for the whole batch in one convolution).
+(the same as scaling each sample's weights, for the whole batch in one convolution). With
+`winograd` (float32 inference on the CPU), the 3x3 convolutions of 128 or more input channels
+run in the Winograd form (layers.winograd_conv) on kernels transformed once at load
+(`layers.winograd_params`): the same faces up to float rounding.
 """
+import functools
 import math
 from typing import Dict, Optional, Tuple
 
@@ -19,7 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from lipsync_jax import layers
+
 STYLE_EPS = 1e-8  # demodulation: rsqrt(sum(w^2) + eps)
+WINOGRAD_MAX_WIDTH = 128
 
 
 def _lrelu(x):
@@ -32,27 +39,33 @@ def down2(x):
   return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
-def _up2_along(x, axis: int):
-  n = x.shape[axis]
-  take = lambda lo, hi: jax.lax.slice_in_dim(x, lo, hi, axis=axis)  # noqa: E731
-  before = jnp.concatenate([take(0, 1), take(0, n - 1)], axis=axis)  # x[k - 1], clamped
-  after = jnp.concatenate([take(1, n), take(n - 1, n)], axis=axis)  # x[k + 1], clamped
-  even, odd = 0.75 * x + 0.25 * before, 0.75 * x + 0.25 * after
-  stacked = jnp.stack([even, odd], axis=axis + 1)
-  shape = list(x.shape)
-  shape[axis] *= 2
-  return stacked.reshape(shape)
-
-
 def up2(x):
-  """Bilinear resize to double size, align_corners=False (torch's: the edges clamped)."""
-  return _up2_along(_up2_along(x, 1), 2)
+  """Bilinear resize to double size, align_corners=False (torch's: the edges clamped): along
+  each axis an output is 3/4 of its nearest input plus 1/4 of the next one outwards. The four
+  phases are computed from one edge-padded copy and interleaved in a single pass."""
+  n, h, w, c = x.shape
+  p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='edge')
+  rows = [0.75 * p[:, 1:h + 1] + 0.25 * p[:, :h], 0.75 * p[:, 1:h + 1] + 0.25 * p[:, 2:]]
+  phases = [jnp.stack([0.75 * r[:, :, 1:w + 1] + 0.25 * r[:, :, :w],
+                       0.75 * r[:, :, 1:w + 1] + 0.25 * r[:, :, 2:]], axis=3) for r in rows]
+  return jnp.stack(phases, axis=2).reshape(n, 2 * h, 2 * w, c)  # (n, h, 2, w, 2, c)
 
 
-def _conv(features: int, kernel: int, dtype, name: str, bias: bool = True) -> nn.Conv:
+def _conv(x, features: int, kernel: int, dtype, name: str, bias: bool = True,
+          winograd: bool = False):
+  """x convolved with torch's padding (k // 2); a 3x3 one may take the Winograd form."""
   pad = kernel // 2
+  if kernel == 3 and bias:
+    return layers.Conv(features, 3, padding=1, dtype=dtype, conv_impl='xla',
+                       winograd=_winograd_fits(winograd, x), name=name)(x)
   return nn.Conv(features, (kernel, kernel), padding=[(pad, pad), (pad, pad)], use_bias=bias,
-                 dtype=dtype, name=name)
+                 dtype=dtype, name=name)(x)
+
+
+def _winograd_fits(winograd: bool, x) -> bool:
+  """Whether a 3x3 convolution of x takes the Winograd form: only up to WINOGRAD_MAX_WIDTH,
+  since the wider, shallower pictures of the outer levels convolve faster directly."""
+  return winograd and x.shape[2] <= WINOGRAD_MAX_WIDTH
 
 
 class _ResBlock(nn.Module):
@@ -60,13 +73,15 @@ class _ResBlock(nn.Module):
   features: int
   up: bool
   dtype: Optional[jnp.dtype] = None
+  winograd: bool = False
 
   @nn.compact
   def __call__(self, x):
     resample = up2 if self.up else down2
-    out = _lrelu(_conv(x.shape[-1], 3, self.dtype, 'conv1')(x))
-    out = _lrelu(_conv(self.features, 3, self.dtype, 'conv2')(resample(out)))
-    return out + _conv(self.features, 1, self.dtype, 'skip', bias=False)(resample(x))
+    dtype, winograd = self.dtype, self.winograd
+    out = _lrelu(_conv(x, x.shape[-1], 3, dtype, 'conv1', winograd=winograd))
+    out = _lrelu(_conv(resample(out), self.features, 3, dtype, 'conv2', winograd=winograd))
+    return out + _conv(resample(x), self.features, 1, self.dtype, 'skip', bias=False)
 
 
 class _ModulatedConv(nn.Module):
@@ -77,24 +92,34 @@ class _ModulatedConv(nn.Module):
   demodulate: bool
   upsample: bool = False
   dtype: Optional[jnp.dtype] = None
+  winograd: bool = False
 
   @nn.compact
   def __call__(self, x, style):
     channels = x.shape[-1]
     scale = nn.Dense(channels, dtype=self.dtype, name='modulation')(style)  # (N, C)
-    spread = 1 / math.sqrt(channels * self.kernel ** 2)
-    weight = self.param('weight', nn.initializers.normal(spread),
-                        (self.kernel, self.kernel, channels, self.features))
     if self.upsample:
       x = up2(x)
     dtype = self.dtype or x.dtype
-    pad = self.kernel // 2
-    y = jax.lax.conv_general_dilated(
-        (x * scale[:, None, None, :]).astype(dtype), weight.astype(dtype), (1, 1),
-        [(pad, pad), (pad, pad)], dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x = (x * scale[:, None, None, :]).astype(dtype)
+    tile = _winograd_fits(self.winograd, x) and layers.winograd_tile(
+        (self.kernel,) * 2, (1, 1), (1, 1), channels, x.shape[2])
+    shape = (self.kernel, self.kernel, channels, self.features)
+    if tile:  # the kernel in the Winograd domain, and its energy for the demodulation
+      kernel = self.param('winograd_kernel', nn.initializers.zeros,
+                          (tile + 2, tile + 2) + shape[2:])
+      energy = self.param('energy', nn.initializers.ones, shape[2:])
+      y = layers.winograd_conv(x, kernel.astype(dtype))
+    else:
+      spread = 1 / math.sqrt(channels * self.kernel ** 2)
+      kernel = self.param('kernel', nn.initializers.normal(spread), shape)
+      energy = jnp.sum(jnp.square(kernel), axis=(0, 1))  # (C, O)
+      pad = self.kernel // 2
+      y = jax.lax.conv_general_dilated(x, kernel.astype(dtype), (1, 1), [(pad, pad), (pad, pad)],
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     if self.demodulate:
-      energy = jnp.sum(jnp.square(weight), axis=(0, 1)).astype(jnp.float32)  # (C, O)
-      demod = jax.lax.rsqrt(jnp.square(scale.astype(jnp.float32)) @ energy + STYLE_EPS)
+      demod = jax.lax.rsqrt(jnp.square(scale.astype(jnp.float32)) @ energy.astype(jnp.float32)
+                            + STYLE_EPS)
       y = y * demod[:, None, None, :].astype(y.dtype)
     return y
 
@@ -104,10 +129,11 @@ class _StyleConv(nn.Module):
   features: int
   upsample: bool = False
   dtype: Optional[jnp.dtype] = None
+  winograd: bool = False
 
   @nn.compact
   def __call__(self, x, style, noise):
-    y = _ModulatedConv(self.features, 3, True, self.upsample, self.dtype,
+    y = _ModulatedConv(self.features, 3, True, self.upsample, self.dtype, self.winograd,
                        name='modulated_conv')(x, style) * math.sqrt(2)
     strength = self.param('noise_weight', nn.initializers.zeros, (1,))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
@@ -138,6 +164,7 @@ class GFPGAN(nn.Module):
   narrow: float = 1.0
   channel_multiplier: int = 2
   dtype: Optional[jnp.dtype] = None
+  winograd: bool = False
 
   @property
   def levels(self) -> int:
@@ -156,29 +183,29 @@ class GFPGAN(nn.Module):
     """The restored faces (and the U-Net's RGB outputs, 8 px to half size, with `with_rgbs`).
     `noise_key`: fresh noise for every face from this key instead of the stored noise (what
     the original's GFPGANer does; only to measure the jitter it causes)."""
-    dtype, levels = self.dtype, self.levels
+    dtype, levels, wino = self.dtype, self.levels, self.winograd
     resolutions = [2 ** (i + 3) for i in range(levels)]  # 8 .. out_size
-    feat = _lrelu(_conv(self.channels(self.out_size, False), 1, dtype, 'conv_body_first')(x))
+    feat = _lrelu(_conv(x, self.channels(self.out_size, False), 1, dtype, 'conv_body_first'))
     skips = []
     for i, resolution in enumerate(reversed(resolutions)):
-      feat = _ResBlock(self.channels(resolution // 2, False), False, dtype,
+      feat = _ResBlock(self.channels(resolution // 2, False), False, dtype, wino,
                        name=f'conv_body_down_{i}')(feat)
       skips.insert(0, feat)
-    feat = _lrelu(_conv(self.channels(4, False), 3, dtype, 'final_conv')(feat))
+    feat = _lrelu(_conv(feat, self.channels(4, False), 3, dtype, 'final_conv', winograd=wino))
     flat = jnp.transpose(feat, (0, 3, 1, 2)).reshape(feat.shape[0], -1)  # torch's (C, H, W)
     latent = nn.Dense((2 * levels + 2) * self.num_style_feat, dtype=dtype,
                       name='final_linear')(flat)
     latent = latent.reshape(feat.shape[0], -1, self.num_style_feat)
     conditions, rgbs = [], []
     for i, resolution in enumerate(resolutions):
-      feat = _ResBlock(self.channels(resolution, False), True, dtype,
+      feat = _ResBlock(self.channels(resolution, False), True, dtype, wino,
                        name=f'conv_body_up_{i}')(feat + skips[i])
       for kind in ('scale', 'shift'):
         c = feat.shape[-1]
-        y = _lrelu(_conv(c, 3, dtype, f'condition_{kind}_{i}_0')(feat))
-        conditions.append(_conv(c, 3, dtype, f'condition_{kind}_{i}_2')(y))
+        y = _lrelu(_conv(feat, c, 3, dtype, f'condition_{kind}_{i}_0', winograd=wino))
+        conditions.append(_conv(y, c, 3, dtype, f'condition_{kind}_{i}_2', winograd=wino))
       if with_rgbs:
-        rgbs.append(_conv(3, 1, dtype, f'toRGB_{i}')(feat))
+        rgbs.append(_conv(feat, 3, 1, dtype, f'toRGB_{i}'))
     image = self.decode(latent, conditions, noise_key)
     return (image, rgbs) if with_rgbs else image
 
@@ -192,19 +219,20 @@ class GFPGAN(nn.Module):
       keys = jax.random.split(noise_key, len(noises))
       noises = [jax.random.normal(k, (latent.shape[0],) + n.shape) for k, n in zip(keys, noises)]
     out = jnp.broadcast_to(constant, (latent.shape[0],) + constant.shape)
-    out = _StyleConv(channels, False, dtype, name='style_conv1')(out, latent[:, 0], noises[0])
+    out = _StyleConv(channels, False, dtype, self.winograd, name='style_conv1')(
+        out, latent[:, 0], noises[0])
     skip = _ToRGB(False, dtype, name='to_rgb1')(out, latent[:, 1])
     for level in range(self.levels):
       i = 2 * level + 1
       features = self.channels(2 ** (level + 3), True)
-      out = _StyleConv(features, True, dtype, name=f'style_convs_{2 * level}')(
+      out = _StyleConv(features, True, dtype, self.winograd, name=f'style_convs_{2 * level}')(
           out, latent[:, i], noises[i])
       half = out.shape[-1] // 2  # SFT on the second half of the channels
       scale, shift = conditions[i - 1], conditions[i]
       out = jnp.concatenate([out[..., :half], out[..., half:] * scale.astype(out.dtype)
                              + shift.astype(out.dtype)], axis=-1)
-      out = _StyleConv(features, False, dtype, name=f'style_convs_{2 * level + 1}')(
-          out, latent[:, i + 1], noises[i + 1])
+      out = _StyleConv(features, False, dtype, self.winograd,
+                       name=f'style_convs_{2 * level + 1}')(out, latent[:, i + 1], noises[i + 1])
       skip = _ToRGB(True, dtype, name=f'to_rgbs_{level}')(out, latent[:, i + 2], skip)
     return skip.astype(jnp.float32)
 
@@ -238,7 +266,7 @@ def _modulated(state_dict, key: str, used: set) -> dict:
   used.add(f'{key}.modulated_conv.weight')
   weight = state_dict[f'{key}.modulated_conv.weight'][0]  # (O, I, k, k)
   return {'modulation': _dense_params(state_dict, f'{key}.modulated_conv.modulation', used),
-          'weight': np.transpose(weight, (2, 3, 1, 0))}
+          'kernel': np.transpose(weight, (2, 3, 1, 0))}
 
 
 def params_from_state_dict(state_dict: Dict[str, np.ndarray]) -> Tuple[GFPGAN, dict]:
@@ -287,9 +315,9 @@ def params_from_state_dict(state_dict: Dict[str, np.ndarray]) -> Tuple[GFPGAN, d
 
 
 def expected_shapes(module: GFPGAN) -> dict:
-  return jax.eval_shape(module.init, jax.random.key(0),
-                        jax.ShapeDtypeStruct((1, module.out_size, module.out_size, 3),
-                                             jnp.float32))
+  """The parameter shapes of `module`, the U-Net's RGB outputs (toRGB) included."""
+  image = jax.ShapeDtypeStruct((1, module.out_size, module.out_size, 3), jnp.float32)
+  return jax.eval_shape(functools.partial(module.init, with_rgbs=True), jax.random.key(0), image)
 
 
 def shape_problem(params: dict, expected: dict) -> Optional[str]:

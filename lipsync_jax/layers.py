@@ -211,11 +211,15 @@ def winograd_conv(x: jax.Array, transformed: jax.Array) -> jax.Array:
 
 def winograd_params(params: dict, target: dict) -> dict:
   """`params` with each kernel whose place in `target` (the parameter shapes of the same model
-  built with winograd=True) is a 'winograd_kernel' transformed to it."""
+  built with winograd=True) is a 'winograd_kernel' transformed to it, and beside it, where the
+  layer asks for one, its 'energy' (the sum over the taps of its squares, per input and output
+  channel: what a demodulating convolution needs and the Winograd domain no longer shows)."""
   out = {}
   for name, shape in target.items():
     if name == 'winograd_kernel':
       out[name] = winograd_kernel(params['kernel'], shape.shape[0] - 2)
+    elif name == 'energy':
+      out[name] = jnp.sum(jnp.square(jnp.asarray(params['kernel'])), axis=(0, 1))
     elif isinstance(shape, dict):
       out[name] = winograd_params(params[name], shape)
     else:

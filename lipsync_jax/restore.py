@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lipsync_jax import cli, convert, gfpgan, models, runtime
+from lipsync_jax import cli, convert, gfpgan, layers, models, runtime
 from lipsync_jax.paste import Paster
 
 FACE_SIZE = 512
@@ -65,10 +65,11 @@ def _restore(module, params, faces, noise_key):
   return module.apply(params, faces.astype(compute), noise_key=noise_key).astype(jnp.float32)
 
 
-def load(path: str, dtype: str = 'auto') -> Restorer:
+def load(path: str, dtype: str = 'auto', winograd: Optional[bool] = None) -> Restorer:
   """The GFPGANv1Clean of an official GFPGANv1.4.pth / GFPGANv1.3.pth ({'params_ema': ...}),
   read with the project's own pickle reader; `dtype` 'auto' computes in bfloat16 on GPU/TPU
-  and float32 on the CPU. Another network or a damaged file is refused naming the file."""
+  and float32 on the CPU, where `winograd` (None: there) runs the wide 3x3 convolutions in the
+  Winograd form. Another network or a damaged file is refused naming the file."""
   runtime.configure()
   path = cli.as_path('restore_model', path, error=RestoreError)
   if os.path.isdir(path):
@@ -87,8 +88,14 @@ def load(path: str, dtype: str = 'auto') -> Restorer:
       convert.nonfinite_leaf(params) and f'{convert.nonfinite_leaf(params)} holds NaN or Inf')
   if problem:
     raise RestoreError(f'{path}: {problem}; not a usable GFPGAN checkpoint')
-  compute = models.compute_dtype_for(dtype, jax.default_backend())
+  platform = jax.default_backend()
+  compute = models.compute_dtype_for(dtype, platform)
   module = module.clone(dtype=None if compute == jnp.float32 else compute)
+  if winograd is None:  # faster on the CPU; bfloat16 would magnify the transforms' rounding
+    winograd = platform == 'cpu' and compute == jnp.float32
+  if winograd:
+    module = module.clone(winograd=True)
+    params = layers.winograd_params(params, gfpgan.expected_shapes(module))
   return Restorer(module, jax.device_put(jax.tree.map(jnp.asarray, params)))
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import (FACE_MODEL, MEDIA, PARITY, ffmpeg, load_parity_weights, random_checkpoint,
                       rel_l2, require, save_pth)
-from lipsync_jax import audio, cli, faces, gfpgan, infer, paste, restore, video
+from lipsync_jax import audio, cli, evaluate, faces, gfpgan, infer, paste, restore, video
 from lipsync_jax.generator import load_generator
 from lipsync_jax.source import Stages
 
@@ -192,6 +192,11 @@ def test_infer_restores_deterministically(clip):
   np.testing.assert_array_equal(out['mouth'], out['again'])  # the stored noise: deterministic
   np.testing.assert_array_equal(out['none'], out['plain'])  # weight 0: as without
   assert np.abs(out['mouth'] - out['plain']).mean() > 1
+  # evaluate scores a restored video as any other
+  expert = random_checkpoint(folder / 'expert', 'expert')
+  rows = evaluate.evaluate_videos([str(folder / 'mouth.mp4')], evaluate.Options(
+      judge='expert', checkpoint=expert, face_model=options['face_model'], quiet=True))
+  assert 'error' not in rows[0] and np.isfinite(rows[0]['lse_d'])
 
 
 def test_bad_restore_input_fails_cleanly(clip, capsys):
