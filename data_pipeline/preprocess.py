@@ -67,9 +67,8 @@ class PreprocessOptions:
   workers: Optional[int] = settings.setting(
       None, 'clips processed in parallel (default: the number of cores)', kind=int, low=1,
       high=1024, optional=True)
-  face_model: Optional[str] = settings.setting(
-      None, 'YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, else the packaged '
-      'one)', kind=str, optional=True)
+  face_model: Optional[str] = settings.setting(None, faces.MODEL_HELP, kind=str,
+                                               optional=True)
   sync_judge: Optional[str] = settings.setting(
       None, "measure each record's audio-video offset and confidence with this judge: "
       "joonson's syncnet_v2.model (the record's whole frames at 224x224; download it "

@@ -244,9 +244,7 @@ def main(argv=None) -> int:
                       help='side of the square frames; faces fill about 45%% of it (%(default)s: '
                       'about 100 px faces, for 96 px crops; 448 or 672 for the 192 / 288 px '
                       'HQ models)')
-  parser.add_argument('--face_model', default=None,
-                      help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, '
-                      'else the packaged one)')
+  parser.add_argument('--face_model', default=None, help=faces.MODEL_HELP)
   parser.add_argument('--workers', type=int, default=os.cpu_count(), help='parallel clips')
   parser.add_argument('--seed', type=int, default=0, help='everything is determined by it')
   args = parser.parse_args(argv)

@@ -73,9 +73,7 @@ def add_stage_flags(parser: argparse.ArgumentParser, defaults: Settings) -> None
                       help='expert training steps')
   parser.add_argument('--generator_steps', type=int, default=d.generator_steps,
                       help='generator training steps')
-  parser.add_argument('--face_model', default=d.face_model,
-                      help='YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, '
-                      'else the packaged one)')
+  parser.add_argument('--face_model', default=d.face_model, help=faces.MODEL_HELP)
   parser.add_argument('--seed', type=int, default=d.seed, help='corpus seed')
   parser.add_argument('--dtype', default=d.dtype, choices=['auto', 'float32', 'bfloat16'],
                       help='compute dtype of both trainings (auto: bfloat16 on GPU/TPU, float32 '

@@ -21,6 +21,8 @@ from lipsync_jax import cli
 
 MODEL_NAME = 'face_detection_yunet_2026may.onnx'
 PACKAGED_MODEL = pathlib.Path(__file__).resolve().parent / 'assets' / MODEL_NAME
+MODEL_HELP = ('YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, else the packaged '
+              'one)')  # every --face_model flag's help
 PADS = (0, 10, 0, 0)  # top, bottom, left, right around a detected face: training crops and
 # infer's default alike, so the generator sees at inference the crops it learned on
 DETECT_MAX_SIDE = 640  # larger frames are downscaled for detection only

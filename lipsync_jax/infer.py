@@ -83,9 +83,8 @@ class Options:
       'frame-rate resampling')
   dtype: str = settings.setting('auto', 'generator compute type (auto: bfloat16 on GPU/TPU, '
                                 'float32 on CPU)', choices=('auto', 'float32', 'bfloat16'))
-  face_model: Optional[str] = settings.setting(
-      None, 'YuNet face detector .onnx (default: $LIPSYNC_JAX_FACE_MODEL, else the packaged '
-      'one)', kind=str, optional=True)
+  face_model: Optional[str] = settings.setting(None, faces.MODEL_HELP, kind=str,
+                                               optional=True)
   restore_model: Optional[str] = settings.setting(
       None, 'HD output: restore the lip-synced faces with this GFPGAN v1.3 / v1.4 checkpoint '
       '(GFPGANv1.4.pth; not shipped, docs/hd.md), aligned by the smoothed landmarks, with its '
