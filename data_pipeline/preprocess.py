@@ -15,13 +15,14 @@ the same pipeline inference uses (lipsync_jax.faces), JPEG-encoded, with the mel
 frames.
 
 Splits come from F/{train,val,test}.txt (lines 'speaker/clip') or, without --filelists, from a
-deterministic hash of the clip id (90/5/5); a clip's records share its split. Runners: an Apache
-Beam runner by default where Beam is installed (data_pipeline/beam_pipeline.py: DirectRunner on
-this machine, Dataflow / Flink / Spark at scale), else `local`: a process pool, resumable (each
-finished clip's records are cached atomically under D/_clips, a re-run with the same rules skips
-them). Either way the dataset is built in a hidden folder inside D and swapped for the previous
-one only when complete (records.staged), so a rerun that fails or is interrupted leaves the
-previous dataset as it was. Clips are skipped, with the reason in the
+deterministic hash of the clip id (90/5/5; two or more clips always give a train and a val
+clip); a clip's records share its split. Runners: an Apache Beam runner by default where Beam
+is installed (data_pipeline/beam_pipeline.py: DirectRunner on this machine, Dataflow / Flink /
+Spark at scale), else `local`: a process pool, resumable (each finished clip's records are
+cached atomically under D/_clips, a re-run with the same rules skips them). Either way the
+dataset is built in a hidden folder inside D and swapped for the previous one only when
+complete (records.staged), so a rerun that fails or is interrupted leaves the previous dataset
+as it was. Clips are skipped, with the reason in the
 summary, when they have no audio, are too short, show no usable face track, or cannot be read;
 any other failure of one clip is reported for that clip and the run goes on. SIGINT / SIGTERM
 stop the workers at once and remove their partial files.
@@ -230,7 +231,9 @@ def measure_sync(entries: Sequence[Tuple[str, int, str]], judge: sync.Judge,
   return kept, dropped
 
 
-def assign_splits(clip_ids, filelists):
+def assign_splits(clip_ids, filelists) -> dict:
+  """{clip id: split}: from the filelists, else by a hash of the id (90/5/5), where two or more
+  clips always give at least one train and one val clip."""
   if filelists:
     splits = {}
     for split in ('train', 'val', 'test'):
@@ -239,10 +242,16 @@ def assign_splits(clip_ids, filelists):
         for line in cli.read_text_file(path, '--filelists').split():
           splits[line.strip()] = split
     return {c: splits[c] for c in clip_ids if c in splits}
-  def by_hash(c):
-    h = int(hashlib.sha1(c.encode()).hexdigest(), 16) % 100
-    return 'train' if h < 90 else 'val' if h < 95 else 'test'
-  return {c: by_hash(c) for c in clip_ids}
+  rank = {c: int(hashlib.sha1(c.encode()).hexdigest(), 16) % 100 for c in clip_ids}
+  splits = {c: 'train' if h < 90 else 'val' if h < 95 else 'test' for c, h in rank.items()}
+  if len(splits) >= 2:  # a handful of clips (one speaker's fine-tune) still trains and validates
+    for need in ('train', 'val'):
+      counts = collections.Counter(splits.values())
+      if not counts[need]:  # from test first, else from a split that keeps a clip
+        donor = min((c for c, s in splits.items() if s == 'test' or counts[s] > 1),
+                    key=lambda c: (splits[c] != 'test', rank[c]))
+        splits[donor] = need
+  return splits
 
 
 def find_clips(data_root):

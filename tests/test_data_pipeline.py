@@ -6,7 +6,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import FACE_MODEL, MEDIA, read_records, require, run_module as _run
-from data_pipeline import loaders, records
+from data_pipeline import loaders, preprocess, records
 from lipsync_jax import training
 
 
@@ -39,6 +39,25 @@ def _alignment(areas, mel_of, offset_of):
     fit[shift] = np.corrcoef(np.concatenate([a for a, _ in pairs]),
                              np.concatenate([e for _, e in pairs]))[0, 1]
   return fit
+
+
+def test_a_handful_of_clips_gets_a_train_and_a_val_clip():
+  """One speaker's 2-10 clips (a fine-tune): the hash alone gives some of these counts no val
+  clip, and train refuses to start without one; the split always keeps one of each."""
+  hashed = lambda c: preprocess.assign_splits([c], None)[c]  # noqa: E731 (one clip: the hash)
+  lacked_val = 0
+  for count in range(2, 11):
+    ids = [f'me/clip{i}' for i in range(count)]
+    splits = preprocess.assign_splits(ids, None)
+    assert set(splits) == set(ids) and {'train', 'val'} <= set(splits.values()), splits
+    assert sum(s == 'train' for s in splits.values()) >= count - 2  # at most two clips moved
+    assert preprocess.assign_splits(ids, None) == splits  # deterministic
+    lacked_val += 'val' not in {hashed(c) for c in ids}
+  assert lacked_val  # these ids do exercise the adjustment
+  many = [f's{i // 10}/c{i % 10}' for i in range(2000)]  # a corpus: the hash's split unchanged
+  splits = preprocess.assign_splits(many, None)
+  assert splits == {c: hashed(c) for c in many}
+  assert 0.85 < sum(s == 'train' for s in splits.values()) / len(many) < 0.95
 
 
 def test_generator_batches(dataset):
