@@ -309,3 +309,44 @@ def mfcc(samples: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
   cepstra *= 1 + 11 * np.sin(np.pi * np.arange(13) / 22)
   cepstra[:, 0] = np.log(energy)
   return cepstra.T
+
+
+# -- voice activity (infer --silence keep) ---------------------------------------------------------
+SPEECH_ON_DB = -35.0  # a frame turns speech when its level rises within this of the loudest's
+SPEECH_OFF_DB = -45.0  # and stays speech until it falls below this (hysteresis)
+MIN_PAUSE_S = 0.3  # shorter pauses stay speech (the mouth does not close between words)
+FADE_FRAMES = 3  # frames over which a pause's mouth fades to and from the video's own
+
+
+def voice_activity(wav: np.ndarray, fps: float, count: int) -> np.ndarray:
+  """Per video frame (`count` at `fps`), whether its audio is speech: the frame's RMS level
+  against the loudest frame's, with hysteresis, and pauses under MIN_PAUSE_S bridged. Audio
+  whose loudest sample is under SILENCE_PEAK is all silence."""
+  bounds = np.minimum(np.round(np.arange(count + 1) * SAMPLE_RATE / fps).astype(int), len(wav))
+  power = np.array([np.mean(np.square(wav[a:b], dtype=np.float64)) if b > a else 0.0
+                    for a, b in zip(bounds[:-1], bounds[1:])])
+  if not count or np.max(np.abs(wav), initial=0.0) < SILENCE_PEAK:
+    return np.zeros(count, bool)
+  level = 10 * np.log10(np.maximum(power, 1e-12) / max(power.max(), 1e-12))
+  active, speaking = np.zeros(count, bool), False
+  for k, db in enumerate(level):
+    speaking = db > (SPEECH_OFF_DB if speaking else SPEECH_ON_DB)
+    active[k] = speaking
+  shortest = int(round(MIN_PAUSE_S * fps))
+  edges = np.flatnonzero(np.diff(np.concatenate([[1], active.astype(int), [1]])))
+  for start, end in zip(edges[::2], edges[1::2]):  # each pause [start, end)
+    if end - start < shortest and start > 0 and end < count:
+      active[start:end] = True
+  return active
+
+
+def speech_weights(active: np.ndarray) -> np.ndarray:
+  """How much of the lip-synced face each frame shows: 1 in speech, 0 in a pause, easing over
+  FADE_FRAMES inside the pause at each end (speech frames are never faded)."""
+  distance = np.full(len(active), np.inf)  # frames from the nearest speech frame
+  for order in (slice(None), slice(None, None, -1)):  # from the speech before, then after
+    last = -np.inf
+    for k, speaking in zip(np.arange(len(active))[order], active[order]):
+      last = k if speaking else last
+      distance[k] = min(distance[k], abs(k - last))
+  return np.clip(1 - distance / (FADE_FRAMES + 1), 0, 1)

@@ -95,6 +95,10 @@ class Options:
       choices=restore.REGIONS)
   restore_weight: float = settings.setting(
       1.0, 'how much of the restored face is blended in (0: none, 1: all)', low=0, high=1)
+  silence: str = settings.setting(
+      'sync', 'where the new audio is silent: sync (the reference: the generator\'s mouth '
+      'throughout) or keep (the video\'s own frames in pauses of 0.3 s or more, found by the '
+      'audio\'s energy, easing in and out over 3 frames)', choices=('sync', 'keep'))
 
   def __post_init__(self):
     for name in ('face_model', 'restore_model'):
@@ -225,8 +229,12 @@ def lipsync(face: str, audio_path: str, checkpoint: str, outfile: str,
                                       options.restore_region, options.restore_weight)
   detector = faces.FaceDetector(options.face_model) if options.detect else None
   windows = audio.mel_windows(mel, len(wav), source.fps, options.reference)
+  kept = None
+  if options.silence == 'keep':
+    active = audio.voice_activity(wav, source.fps, len(windows))
+    kept = pipeline.faded_to_source(audio.speech_weights(active))
   frames = lipsync_frames(face, options, generator, detector, stages, windows, source,
-                          restoration)
+                          pipeline.chained(restoration, kept))
   cli.ensure_folder(os.path.dirname(os.path.abspath(outfile)), 'output video')
   with video.VideoWriter(outfile, audio_path, source.width, source.height, source.fps,
                           stages) as writer:

@@ -37,6 +37,35 @@ class Face(NamedTuple):
 PostProcess = Callable[[List[np.ndarray], List[Face]], List[np.ndarray]]
 
 
+def faded_to_source(weights: np.ndarray) -> PostProcess:
+  """A post-process step that shows frame k (frames come in order) as weights[k] of its
+  lip-synced frame over the video's own frame (infer --silence keep: 0 in pauses)."""
+  shown = [0]
+
+  def post(frames: List[np.ndarray], items: List[Face]) -> List[np.ndarray]:
+    out = []
+    for frame, item in zip(frames, items):
+      w = float(weights[min(shown[0], len(weights) - 1)])
+      shown[0] += 1
+      out.append(frame if w >= 1 else item.frame if w <= 0 else
+                 cv2.addWeighted(frame, w, item.frame, 1 - w, 0))
+    return out
+  return post
+
+
+def chained(*steps: Optional[PostProcess]) -> Optional[PostProcess]:
+  """The post-process steps given (None ones left out) one after another, or None."""
+  steps = [s for s in steps if s is not None]
+  if len(steps) < 2:
+    return steps[0] if steps else None
+
+  def post(frames: List[np.ndarray], items: List[Face]) -> List[np.ndarray]:
+    for step in steps:
+      frames = step(frames, items)
+    return frames
+  return post
+
+
 def prefetch(iterator: Iterator, size: int) -> Iterator:
   """Runs `iterator` in a thread (decoding and face detection overlap generation); its
   exceptions are re-raised here."""
