@@ -322,11 +322,11 @@ def voice_activity(wav: np.ndarray, fps: float, count: int) -> np.ndarray:
   """Per video frame (`count` at `fps`), whether its audio is speech: the frame's RMS level
   against the loudest frame's, with hysteresis, and pauses under MIN_PAUSE_S bridged. Audio
   whose loudest sample is under SILENCE_PEAK is all silence."""
+  if not count or np.max(np.abs(wav), initial=0.0) < SILENCE_PEAK:
+    return np.zeros(count, bool)
   bounds = np.minimum(np.round(np.arange(count + 1) * SAMPLE_RATE / fps).astype(int), len(wav))
   power = np.array([np.mean(np.square(wav[a:b], dtype=np.float64)) if b > a else 0.0
                     for a, b in zip(bounds[:-1], bounds[1:])])
-  if not count or np.max(np.abs(wav), initial=0.0) < SILENCE_PEAK:
-    return np.zeros(count, bool)
   level = 10 * np.log10(np.maximum(power, 1e-12) / max(power.max(), 1e-12))
   active, speaking = np.zeros(count, bool), False
   for k, db in enumerate(level):
