@@ -35,12 +35,12 @@ from lipsync_jax import runtime  # noqa: E402
 runtime.configure()  # a command: the process state entry points set (lipsync_jax/runtime.py)
 import jax  # noqa: E402
 from lipsync_jax.generator import load_generator  # noqa: E402
-from lipsync_jax.pipeline import Face  # noqa: E402
+from lipsync_jax.pipeline import Frame  # noqa: E402
 from lipsync_jax.source import Stages  # noqa: E402
 
 
 def lip_synced(face: str, speech: str, checkpoint: str, seconds: float):
-  """infer's frames (before any restorer) with their Faces (smoothed landmarks)."""
+  """infer's frames (before any restorer) with their pipeline Frames (smoothed landmarks)."""
   options = infer.Options(face_model=str(FACE_MODEL))
   stages, found = Stages(), []
 
@@ -68,7 +68,8 @@ def cases(frames, found, restorer):
   """{case: frames}: none, ours, usual (raw landmarks, fresh noise per frame)."""
   ours = restore.Restoration(restorer)(list(frames), found)
   detector = faces.FaceDetector(str(FACE_MODEL))
-  raw = [Face(f.frame, f.box, f.crop, detector.detect(f.frame, with_landmarks=True)[1])
+  raw = [Frame(f.image, tuple(face._replace(
+      landmarks=detector.detect(f.image, with_landmarks=True)[1]) for face in f.faces))
          for f in found]
   keys = iter(jax.random.split(jax.random.key(0), len(frames)))
   usual = restore.Restoration(lambda x: restorer(x, noise_key=next(keys)))
@@ -139,7 +140,7 @@ def main():
     for weights, restorer in restorers(args.weights).items():
       for name, face in inputs.items():
         frames, found = lip_synced(face, speech, checkpoint, args.seconds)
-        figures = {case: flicker(made, found[0].box)
+        figures = {case: flicker(made, found[0].faces[0].box)
                    for case, made in cases(frames, found, restorer).items()}
         print(f'{weights} weights, {name} ({len(frames)} frames): flicker of the mouth region '
               + ', '.join(f'{case} {value:.2f}' for case, value in figures.items())

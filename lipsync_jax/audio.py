@@ -10,6 +10,8 @@ import json
 import math
 import os
 import subprocess
+import wave
+from typing import Sequence
 
 import librosa
 import numpy as np
@@ -210,6 +212,24 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
 
 SILENT_MEL = -MAX_ABS  # the normalised mel of silence
 SILENCE_PEAK = 10 ** (-60 / 20)  # audio whose loudest sample is below -60 dBFS has no speech
+
+
+def write_wav(path: str, samples: np.ndarray) -> None:
+  """Mono float samples in [-1, 1] as a 16 kHz 16-bit PCM wav file."""
+  with wave.open(path, 'wb') as out:
+    out.setnchannels(1)
+    out.setsampwidth(2)
+    out.setframerate(SAMPLE_RATE)
+    out.writeframes(to_int16(samples).tobytes())
+
+
+def mixed(tracks: Sequence[np.ndarray]) -> np.ndarray:
+  """Several mono tracks as one, as long as the longest: their sum, scaled down only where it
+  would clip."""
+  out = np.zeros(max(len(t) for t in tracks), np.float32)
+  for t in tracks:
+    out[:len(t)] += t
+  return out / max(1.0, float(np.max(np.abs(out))))
 
 
 def load_speech(path: str):

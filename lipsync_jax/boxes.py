@@ -1,14 +1,73 @@
-"""Face boxes for the frames of a source: found by the detector in batches (or one fixed box,
-as the reference's --box), padded, smoothed over time as the reference smooths them, and, when
-the source loops to cover the audio, reused rather than found again. Each box comes with the
-detector's five landmarks (eyes, nose, mouth corners), smoothed the same way, or None."""
+"""Face boxes for the frames of a source: every face followed through the video
+(lipsync_jax.follow) and the chosen tracks' boxes placed in their frames, or, as the reference
+does, the detector's face of each frame (or one fixed box, the reference's --box); padded,
+smoothed over time as the reference smooths them, and, when the source loops to cover the
+audio, reused rather than found again. Each box comes with the detector's five landmarks
+(eyes, nose, mouth corners), smoothed the same way, or None."""
 import itertools
-from typing import Iterator, Sequence, Tuple
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from lipsync_jax import faces
+from lipsync_jax import faces, follow, tracks
 from lipsync_jax.source import FaceSource, InferenceError, Stages
+
+
+class Placed(NamedTuple):
+  """A chosen face in one frame: its padded, smoothed integer box, landmarks (or None) and
+  which voice (audio) it speaks."""
+  box: np.ndarray
+  landmarks: Optional[np.ndarray]
+  voice: int = 0
+
+
+def followed(source: FaceSource, n_frames: int, detector, batch_size: int, stages: Stages,
+             on_frame: Optional[Callable[[], None]] = None) -> Tuple[List[tracks.Track], int]:
+  """(face tracks, frames read) of the source's first n_frames frames (a static source: its
+  one frame): every face of every frame followed (lipsync_jax.follow)."""
+  follower = follow.FaceFollower()
+  frames = source.open()
+  while follower.frames < n_frames:
+    chunk = list(itertools.islice(frames, min(batch_size, n_frames - follower.frames)))
+    if not chunk:
+      break
+    with stages.time('detect'):
+      for frame in chunk:
+        follower.add(frame, detector.detect_all(frame))
+        if on_frame is not None:
+          on_frame()
+  if hasattr(frames, 'close'):
+    frames.close()
+  return follower.tracks(), follower.frames
+
+
+def placed(chosen: Sequence[Tuple[tracks.Track, int]], n_frames: int, pads: Sequence[int],
+           frame_shape, smooth: bool, face: str) -> List[Tuple[Placed, ...]]:
+  """Per frame, the Placed faces of the chosen (track, voice) pairs in the frames where the
+  track's face was found (a frame where it was not passes unchanged): boxes padded, and boxes
+  and landmarks smoothed over the track's frames as the reference smooths them."""
+  out: List[list] = [[] for _ in range(n_frames)]
+  for track, voice in chosen:
+    boxes: list = [None] * len(track.frames)
+    marks: list = [None] * len(track.frames)
+    for k in np.flatnonzero(track.detected):
+      boxes[k] = _padded(track.boxes[k], pads, frame_shape, face)
+      marks[k] = track.landmarks[k]
+    if smooth:
+      boxes, marks = faces.smooth_boxes(boxes), faces.smooth_boxes(marks)
+    for k, f in enumerate(track.frames):
+      if boxes[k] is not None and f < n_frames:
+        out[f].append(Placed(boxes[k], marks[k], voice))
+  return [tuple(found) for found in out]
+
+
+def _padded(box: np.ndarray, pads: Sequence[int], frame_shape, face: str) -> np.ndarray:
+  padded = faces.pad_box(box, pads, frame_shape)
+  if padded[2] <= padded[0] or padded[3] <= padded[1]:
+    width, height = (int(v) for v in box[2:] - box[:2])
+    raise InferenceError(f'--pads {" ".join(map(str, pads))} leave nothing of '
+                         f'the {width}x{height} face found in {face}')
+  return padded
 
 
 def detected(frames: Iterator[np.ndarray], face: str, detector, pads: Sequence[int],
@@ -23,12 +82,7 @@ def detected(frames: Iterator[np.ndarray], face: str, detector, pads: Sequence[i
       found = detector.detect_batch(chunk, with_landmarks=True)
     for frame, (box, landmarks) in zip(chunk, found):
       if box is not None:
-        padded = faces.pad_box(box, pads, frame.shape)
-        if padded[2] <= padded[0] or padded[3] <= padded[1]:
-          width, height = (int(v) for v in box[2:] - box[:2])
-          raise InferenceError(f'--pads {" ".join(map(str, pads))} leave nothing of '
-                               f'the {width}x{height} face found in {face}')
-        box = padded
+        box = _padded(box, pads, frame.shape, face)
       yield frame, box, landmarks
 
 
@@ -56,10 +110,12 @@ def check_box(face: str, box: Tuple[int, int, int, int], source: FaceSource) -> 
                          f'{source.height} frames of {face}')
 
 
-def frames_with_boxes(source: FaceSource, n_out: int, find, smooth: bool) -> Iterator[tuple]:
-  """n_out (frame, box, landmarks) of the source's frames, truncated or looped (forward, as the
-  reference) to the audio's length. `find(frames)` yields them (`detected` or `fixed`); they
-  are found (and smoothed with `smooth`) once per source frame."""
+def frames_with_boxes(source: FaceSource, n_out: int, find, smooth: bool = False
+                      ) -> Iterator[tuple]:
+  """n_out (frame, *what find gives) of the source's frames, truncated or looped (forward, as
+  the reference) to the audio's length. `find(frames)` yields (frame, ...) (`detected`,
+  `fixed`, or the frames zipped with `placed`); they are found (and, with `smooth`, the boxes
+  of `detected` smoothed) once per source frame."""
   found = find(itertools.islice(source.open(), n_out))
   if smooth:
     found = smoothed(found)
@@ -73,8 +129,8 @@ def frames_with_boxes(source: FaceSource, n_out: int, find, smooth: bool) -> Ite
     yield item
   count = len(kept)
   while kept and count < n_out:
-    for frame, (box, landmarks) in zip(source.open(), kept):
+    for frame, rest in zip(source.open(), kept):
       if count == n_out:
         return
       count += 1
-      yield frame, box, landmarks
+      yield (frame,) + rest

@@ -47,21 +47,23 @@ class Paster:
       self._masks[(h, w)] = (rows[:, None] * cols[None, :])[..., None].astype(np.float32)
     return self._masks[(h, w)]
 
-  def __call__(self, frame: np.ndarray, box: np.ndarray, face: np.ndarray) -> np.ndarray:
+  def __call__(self, frame: np.ndarray, box: np.ndarray, face: np.ndarray,
+               weight: float = 1.0) -> np.ndarray:
+    """The frame with the face pasted into the box, `weight` of it (0: the frame as it is)."""
     missing = face.shape[1] - face.shape[0]  # top rows not generated
     if missing:
       if self.mode == 'hard' or missing > feather_rows_from(face.shape[1]):
         raise ValueError(f'a face without its top {missing} rows cannot be pasted {self.mode}')
       face = np.concatenate([np.zeros((missing,) + face.shape[1:], face.dtype), face])
     x1, y1, x2, y2 = (int(v) for v in box)
-    if x2 <= x1 or y2 <= y1:
+    if x2 <= x1 or y2 <= y1 or weight <= 0:
       return frame
     patch = cv2.resize(to_uint8(face, self.truncate), (x2 - x1, y2 - y1))
     out = frame.copy()
-    if self.mode == 'hard':
+    if self.mode == 'hard' and weight >= 1:
       out[y1:y2, x1:x2] = patch
     else:
-      alpha = self.mask(y2 - y1, x2 - x1)
+      alpha = weight * (1.0 if self.mode == 'hard' else self.mask(y2 - y1, x2 - x1))
       region = out[y1:y2, x1:x2].astype(np.float32)
       out[y1:y2, x1:x2] = np.rint(region + alpha * (patch - region)).astype(np.uint8)
     return out

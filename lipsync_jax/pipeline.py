@@ -1,19 +1,22 @@
 """The frame pipeline of a lip-sync, as stages that `infer`, the avatar preparation and the
 live engine compose:
 
-    source (source.open_face) -> detect and track (boxes.frames_with_boxes)
+    source (source.open_face) -> find the faces (boxes: followed + placed, or per frame)
       -> crop (`cropped`) -> generate (`generated`) -> paste (`pasted`) -> post-process
 
-Each stage is an iterator over the frames in order; `prefetch` runs the first ones in a thread
-beside generation. `generated` batches the crops for the generator and overlaps a batch's
-generation with the previous batch's paste. The post-process step (`post`, e.g. a face
-restorer) takes the pasted frames of a batch with their faces and returns the frames.
+Each stage is an iterator over the frames in order, each a Frame with zero or more faces (one
+per chosen face track; each speaks one of the run's voices); `prefetch` runs the first stages
+in a thread beside generation. `generated` batches the faces of consecutive frames for the
+generator and overlaps a batch's generation with the previous batch's paste. The post-process
+step (`post`, e.g. a face restorer) takes the pasted frames of a batch with their Frames and
+returns the frames.
 """
+import collections
 import contextlib
 import itertools
 import queue
 import threading
-from typing import Callable, Iterator, List, NamedTuple, Optional
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -25,45 +28,24 @@ from lipsync_jax.source import InferenceError, Stages
 
 
 class Face(NamedTuple):
-  """A frame on its way through the pipeline: its box (None: no face), the crop of it and the
-  face's five landmarks (None where the detector gave none)."""
-  frame: np.ndarray
-  box: Optional[np.ndarray]
-  crop: Optional[np.ndarray]
+  """A face on its way through the pipeline: its box, the crop of it, its five landmarks (None
+  where the detector gave none), the voice it speaks (an index into the run's mel windows)
+  and how much of the generated face is shown (1; less where --silence keep fades it out)."""
+  box: np.ndarray
+  crop: Optional[np.ndarray] = None
   landmarks: Optional[np.ndarray] = None
+  voice: int = 0
+  weight: float = 1.0
 
 
-# A post-process step: the pasted frames of a batch and their Faces -> the frames to write.
-PostProcess = Callable[[List[np.ndarray], List[Face]], List[np.ndarray]]
+class Frame(NamedTuple):
+  """A video frame and its faces to lip-sync (none: it passes unchanged)."""
+  image: np.ndarray
+  faces: Tuple[Face, ...] = ()
 
 
-def faded_to_source(weights: np.ndarray) -> PostProcess:
-  """A post-process step that shows frame k (frames come in order) as weights[k] of its
-  lip-synced frame over the video's own frame (infer --silence keep: 0 in pauses)."""
-  shown = [0]
-
-  def post(frames: List[np.ndarray], items: List[Face]) -> List[np.ndarray]:
-    out = []
-    for frame, item in zip(frames, items):
-      w = float(weights[min(shown[0], len(weights) - 1)])
-      shown[0] += 1
-      out.append(frame if w >= 1 else item.frame if w <= 0 else
-                 cv2.addWeighted(frame, w, item.frame, 1 - w, 0))
-    return out
-  return post
-
-
-def chained(*steps: Optional[PostProcess]) -> Optional[PostProcess]:
-  """The post-process steps given (None ones left out) one after another, or None."""
-  steps = [s for s in steps if s is not None]
-  if len(steps) < 2:
-    return steps[0] if steps else None
-
-  def post(frames: List[np.ndarray], items: List[Face]) -> List[np.ndarray]:
-    for step in steps:
-      frames = step(frames, items)
-    return frames
-  return post
+# A post-process step: the pasted frames of a batch and their Frames -> the frames to write.
+PostProcess = Callable[[List[np.ndarray], List[Frame]], List[np.ndarray]]
 
 
 def prefetch(iterator: Iterator, size: int) -> Iterator:
@@ -104,70 +86,99 @@ def prefetch(iterator: Iterator, size: int) -> Iterator:
 
 
 def cropped(found, size: int, interpolation: int = cv2.INTER_AREA,
-            missing: Optional[Callable[[int], str]] = None) -> Iterator[Face]:
-  """Faces of (frame, box, landmarks), cropped to size x size; a frame without a face raises
-  InferenceError(missing(index)) when `missing` is given, else passes as a Face without one."""
-  for i, (frame, box, landmarks) in enumerate(found):
-    if box is None:
-      if missing is not None:
-        raise InferenceError(missing(i))
-      yield Face(frame, None, None)
-    else:
-      yield Face(frame, box, faces.crop(frame, box, size, interpolation), landmarks)
+            missing: Optional[Callable[[int], str]] = None,
+            weights: Optional[Sequence[np.ndarray]] = None) -> Iterator[Frame]:
+  """Frames of (frame, boxes.Placed faces), each face cropped to size x size; a frame without
+  a face raises InferenceError(missing(index)) when `missing` is given. `weights[voice][i]`:
+  how much of the generated face frame i shows (default 1)."""
+  for i, (frame, placed) in enumerate(found):
+    if not placed and missing is not None:
+      raise InferenceError(missing(i))
+    yield Frame(frame, tuple(
+        Face(p.box, faces.crop(frame, p.box, size, interpolation), p.landmarks, p.voice,
+             1.0 if weights is None else float(weights[p.voice][i])) for p in placed))
 
 
-def generated(stream: Iterator[Face], windows: np.ndarray, generator: Generator,
-              batch_size: int, stages: Stages):
-  """(Face, generated face or None) in order: the crops go to the generator in batches of
-  `batch_size` with their mel windows (one per frame, in order); a batch is generated while
-  the one before it is handed on. Counts the frames with a face in stages['faces']."""
-  size, n_out = generator.img_size, len(windows)
-  pending, start = None, 0
-  while start < n_out:
-    batch = list(itertools.islice(stream, batch_size))
-    if not batch:
-      break
+def generated(stream: Iterator[Frame], windows: Sequence[np.ndarray], generator: Generator,
+              batch_size: int, stages: Stages) -> Iterator[Tuple[Frame, list]]:
+  """(Frame, its generated faces) in order, for the first len(windows[0]) frames: every face
+  goes to the generator with its voice's mel window for its frame (windows[voice][i]),
+  batch_size faces per call, the faces of several frames (or of one frame) in one call; a call
+  runs while the frames of the call before it are handed on. Counts the frames with a face in
+  stages['faces']."""
+  size, n_out = generator.img_size, len(windows[0])
+  waiting = collections.deque()  # (Frame, its generated faces; None until made), in order
+  todo: list = []  # (crop, mel window, (list, index) where its result goes) of the next call
+  running = None  # the call made last: (slots, asynchronous result)
+
+  def launch():
     crops = np.zeros((batch_size, size, size, 3), np.uint8)
-    mels = np.zeros((batch_size,) + windows.shape[1:], np.float32)
-    mels[:len(batch)] = windows[start:start + len(batch)]
-    for k, item in enumerate(batch):
-      if item.crop is not None:
-        crops[k] = item.crop
-    with_face = sum(item.crop is not None for item in batch)
-    stages['faces'] += with_face
-    with stages.time('generate'):  # asynchronous: runs while the previous batch is pasted
-      made = generator(mels, crops) if with_face else None
+    mels = np.zeros((batch_size,) + windows[0].shape[1:], np.float32)
+    for k, (crop, mel, _) in enumerate(todo):
+      crops[k], mels[k] = crop, mel
+    with stages.time('generate'):  # asynchronous: runs while the previous call's frames go on
+      made = generator(mels, crops)
+    job = ([slot for _, _, slot in todo], made)
+    todo.clear()
+    return job
+
+  def collect(job):
+    slots, made = job
+    with stages.time('generate'):
+      made = np.asarray(made)
+    for (out, k), face in zip(slots, made):
+      out[k] = face
+
+  def ready():
+    while waiting and all(face is not None for face in waiting[0][1]):
+      yield waiting.popleft()
+
+  for i, item in enumerate(itertools.islice(stream, n_out)):
+    made = [None] * len(item.faces)
+    waiting.append((item, made))
+    stages['faces'] += bool(item.faces)
+    for k, face in enumerate(item.faces):
+      todo.append((face.crop, windows[face.voice][i], (made, k)))
+      if len(todo) == batch_size:
+        job = launch()
+        if running is not None:
+          collect(running)
+        running = job
+    if len(waiting) > 2 * batch_size:  # frames held behind faces not yet generated
+      if todo:
+        job = launch()
+        if running is not None:
+          collect(running)
+        running = job
+      elif running is not None:
+        collect(running)
+        running = None
+    yield from ready()
+  job = launch() if todo else None
+  for pending in (running, job):
     if pending is not None:
-      yield from _ready(*pending, stages)
-    pending, start = (batch, made), start + len(batch)
-  if pending is not None:
-    yield from _ready(*pending, stages)
-
-
-def _ready(batch: List[Face], made, stages: Stages):
-  with stages.time('generate'):
-    made = None if made is None else np.asarray(made)
-  for k, item in enumerate(batch):
-    yield item, None if item.box is None else made[k]
+      collect(pending)
+  yield from ready()
 
 
 def pasted(items, paste: Paster, stages: Stages, post: Optional[PostProcess] = None,
            batch_size: int = 16) -> Iterator[np.ndarray]:
   """The output frames: each generated face pasted into its frame (frames without a face as
   they are), then, with `post`, each batch of `batch_size` frames post-processed."""
-  def one(item: Face, face):
-    if face is None:
-      return item.frame
+  def one(item: Frame, made: list) -> np.ndarray:
+    image = item.image
     with stages.time('paste'):
-      return paste(item.frame, item.box, face)
+      for face, generated_face in zip(item.faces, made):
+        image = paste(image, face.box, generated_face, face.weight)
+    return image
 
   if post is None:
-    yield from (one(item, face) for item, face in items)
+    yield from (one(item, made) for item, made in items)
     return
   while True:
     batch = list(itertools.islice(items, batch_size))
     if not batch:
       return
-    frames = [one(item, face) for item, face in batch]
+    frames = [one(item, made) for item, made in batch]
     with stages.time('post'):
       yield from post(frames, [item for item, _ in batch])

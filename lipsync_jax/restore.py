@@ -141,25 +141,30 @@ class Restoration:
   restored: int = 0
   passed: int = 0
 
-  def __call__(self, frames: List[np.ndarray], faces: Sequence) -> List[np.ndarray]:
-    todo = []  # (index in the batch, matrix)
-    for k, face in enumerate(faces):
-      matrix = None if face.landmarks is None else alignment(face.landmarks)
-      if face.box is not None and matrix is not None:
-        todo.append((k, matrix))
-      elif face.box is not None:
-        self.passed += 1
+  def __call__(self, frames: List[np.ndarray], items: Sequence) -> List[np.ndarray]:
+    """The frames with the faces of their pipeline.Frames restored (each face's weight
+    scales its blend)."""
+    todo = []  # (index in the batch, face, matrix)
+    for k, item in enumerate(items):
+      for face in item.faces:
+        matrix = None if face.landmarks is None else alignment(face.landmarks)
+        if matrix is not None and face.weight > 0:
+          todo.append((k, face, matrix))
+        elif matrix is None:
+          self.passed += 1
     if not todo:
       return frames
-    made = self.restorer(np.stack([aligned(frames[k], m) for k, m in todo]))
+    made = self.restorer(np.stack([aligned(frames[k], m) for k, _, m in todo]))
     out = list(frames)
-    for (k, matrix), face in zip(todo, made):
-      out[k] = self.blend(frames[k], faces[k].box, matrix, to_bgr(face))
+    for (k, face, matrix), restored in zip(todo, made):
+      out[k] = self.blend(out[k], face.box, matrix, to_bgr(restored), face.weight)
     self.restored += len(todo)
     return out
 
-  def blend(self, frame: np.ndarray, box, matrix: np.ndarray, face: np.ndarray) -> np.ndarray:
-    """The restored 512 px face warped back into the frame, over the region asked for."""
+  def blend(self, frame: np.ndarray, box, matrix: np.ndarray, face: np.ndarray,
+            weight: float = 1.0) -> np.ndarray:
+    """The restored 512 px face warped back into the frame, over the region asked for,
+    `weight` of it (times the run's)."""
     h, w = frame.shape[:2]
     inverse = cv2.invertAffineTransform(matrix)
     back = cv2.warpAffine(face, inverse, (w, h), flags=cv2.INTER_LINEAR)
@@ -169,5 +174,5 @@ class Restoration:
       region = np.zeros((h, w), np.float32)
       region[y1:y2, x1:x2] = self.paste_mask.mask(y2 - y1, x2 - x1)[..., 0]
       inside = inside * region
-    alpha = (self.weight * inside)[..., None]
+    alpha = (self.weight * weight * inside)[..., None]
     return np.rint(frame + alpha * (back.astype(np.float32) - frame)).astype(np.uint8)

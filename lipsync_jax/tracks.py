@@ -13,7 +13,7 @@ int(s (1 + 2 * 0.4)) with grey 110; rows [cy - s, cy + s (1 + 2 * 0.4)), columns
 to a video and back (JPEG / MPEG-4 round trips); these are used as decoded.
 """
 import dataclasses
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -41,6 +41,8 @@ class Track:
   boxes: np.ndarray  # (n, 4) x1, y1, x2, y2, interpolated over missed frames
   detected: np.ndarray  # (n,) bool: the face was found in that frame (not interpolated)
   score: float  # the detector's median confidence over the detected frames
+  landmarks: Optional[np.ndarray] = None  # (n, 5, 2) where detected (FaceFollower's tracks)
+  thumbnail: Optional[np.ndarray] = None  # BGR crop of its largest detection (FaceFollower's)
 
   @property
   def start(self) -> int:
@@ -107,10 +109,19 @@ def link_tracks(detections: Sequence[np.ndarray], start: int, end: int,
     if not frames:
       return tracks
     if len(frames) > min_track:
-      every = np.arange(frames[0], frames[-1] + 1)
-      filled = np.stack([np.interp(every, frames, np.array(boxes)[:, c]) for c in range(4)], 1)
+      track = track_of(frames, np.array(boxes), scores)
+      filled = track.boxes
       if max(np.mean(filled[:, 2] - filled[:, 0]), np.mean(filled[:, 3] - filled[:, 1])) > min_face:
-        tracks.append(Track(every, filled, np.isin(every, frames), float(np.median(scores))))
+        tracks.append(track)
+
+
+def track_of(frames: Sequence[int], boxes: np.ndarray, scores: Sequence[float],
+             **extra) -> Track:
+  """The Track of faces found in `frames` (increasing), boxes linearly interpolated over the
+  frames between."""
+  every = np.arange(frames[0], frames[-1] + 1)
+  filled = np.stack([np.interp(every, frames, boxes[:, c]) for c in range(4)], 1)
+  return Track(every, filled, np.isin(every, frames), float(np.median(scores)), **extra)
 
 
 def crop_geometry(track: Track) -> np.ndarray:

@@ -310,7 +310,7 @@ def media(tmp_path_factory):
     ('silent_audio', 'silent.wav: the audio is silent'),
     ('short_audio', 'short.wav'),
     ('video_without_audio', 'mute.mp4'),
-    ('no_face_image', 'blank.png: no face in frame 0'),
+    ('no_face_image', 'blank.png: no face found in any frame'),
     ('no_face_video', 'noface.mp4: no face found in any frame'),
     ('unwritable_output', 'a_file: is a file, so the output video cannot go in'),
     ('wrong_model', "holds a 'expert' model"),

@@ -144,9 +144,9 @@ def _pipeline_frames(made, checkpoint, restoration):
   options = infer.Options(face_model=str(require(FACE_MODEL)))
   stages, found = Stages(), []
 
-  def post(frames, faces_of_batch):
-    found.extend(face.box for face in faces_of_batch)
-    return restoration(frames, faces_of_batch) if restoration else frames
+  def post(frames, items):
+    found.extend(item.faces[0].box for item in items)
+    return restoration(frames, items) if restoration else frames
 
   wav, mel = audio.load_speech(str(made))
   source = infer.open_source(str(made), options, stages)

@@ -22,7 +22,7 @@ from lipsync_jax import audio, cli, restore
 from lipsync_jax.live import avatar as avatars
 from lipsync_jax.live.scheduler import Scheduler
 from lipsync_jax.paste import Paster
-from lipsync_jax.pipeline import Face
+from lipsync_jax.pipeline import Face, Frame
 
 LOOKAHEAD = 0.2  # seconds of an utterance buffered before it starts to play
 PLAN_AHEAD = 2  # the fewest frames planned beyond the one being sent (Session.plan_ahead)
@@ -392,7 +392,7 @@ def restoring(scheduler: Scheduler, avatar: avatars.Avatar, landmarks: list,
   restoration = restore.Restoration(scheduler.restore, region, weight)
 
   def post(frame: np.ndarray, k: int) -> np.ndarray:
-    return restoration([frame], [Face(frame, avatar.boxes[k], None, landmarks[k])])[0]
+    return restoration([frame], [Frame(frame, (Face(avatar.boxes[k], None, landmarks[k]),))])[0]
   return post
 
 
