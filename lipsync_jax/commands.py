@@ -1,6 +1,7 @@
 """`lipsync-jax COMMAND [FLAGS]`: one console script for every command-line tool.
 
     lipsync-jax infer --checkpoint_path wav2lip_gan.pth --face in.mp4 --audio speech.wav
+    lipsync-jax faces interview.mp4            # which faces, for --face_select / --speakers
     lipsync-jax train --config configs/expert.py:tiny --workdir runs/expert ...
     lipsync-jax avatar prepare --face me.mp4 --out avatars/me
     lipsync-jax serve --checkpoint wav2lip_gan.pth --avatars avatars
@@ -20,6 +21,8 @@ COMMANDS = {  # name: (module, what it does)
               'train the expert or a generator (absl flags: --config, --workdir)'),
     'convert': ('lipsync_jax.convert',
                 'convert an official .pth checkpoint to an orbax checkpoint'),
+    'faces': ('lipsync_jax.list_faces',
+              'list the faces of a video: track ids for infer --face_select and --speakers'),
     'evaluate': ('lipsync_jax.evaluate',
                  'LSE-D / LSE-C and AV offsets of videos (SyncNet, as the papers)'),
     'avatar': ('lipsync_jax.live.avatar', 'prepare an avatar for live lip-sync'),
