@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import FACE_MODEL, MEDIA, ffmpeg, random_checkpoint, require
+from conftest import FACE_MODEL, MEDIA, random_checkpoint, require
 from lipsync_jax import audio, faces, follow, infer, list_faces, selection, video
 from lipsync_jax.source import InferenceError
 
