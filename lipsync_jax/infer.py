@@ -198,6 +198,8 @@ def choose_faces(face: str, options: Options,
       return [(found[k], n) for n, k in enumerate(picked)]
     selector = options.selector
     if selector.kind == 'speaker':
+      if samples is None:
+        raise InferenceError('--face_select speaker: the video\'s own audio was not given')
       picked = [selection.speaking_track(found, open_source(face, options, Stages()), samples,
                                          options.sync_model, options.pads, face)]
     else:
