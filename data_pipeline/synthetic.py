@@ -97,6 +97,22 @@ def draw_mouth(image: np.ndarray, corners: np.ndarray, opening: float, width: fl
               max(1, int(d * 0.06)), cv2.LINE_AA)
 
 
+def draw_frame(identity: 'Identity', look: dict, size: int, i: int, opening: float,
+               width: float) -> np.ndarray:
+  """Frame i (uint8 BGR, size x size) of a speaker with this look, its mouth drawn at
+  `opening` and `width` (see the module docstring)."""
+  face = identity.image.copy()
+  draw_mouth(face, identity.mouth, opening, width)
+  motion = size / SIZE  # head motion in proportion to the frame
+  scale = size * look['scale'] / identity.image.shape[0]
+  dx = motion * (look['x'] + 3 * np.sin(2 * np.pi * i / 61 + look['phase']))
+  dy = motion * (look['y'] + 2 * np.sin(2 * np.pi * i / 47 + 2 * look['phase']))
+  affine = np.array([[scale, 0, dx], [0, scale, dy]])
+  frame = cv2.warpAffine(face, affine, (size, size), flags=cv2.INTER_AREA,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=look['background'])
+  return np.clip(frame * np.array(look['gains']), 0, 255).astype(np.uint8)
+
+
 class Identity:
   """A photo cropped around its face, with its mouth corners in crop coordinates."""
 
@@ -151,9 +167,7 @@ def render_clip(spec: dict, identity: Identity, out_path: str) -> dict:
   elif k < 0:
     shifted[k * audio.SAMPLES_PER_FRAME:] = 0
   look = spec['look']
-  gains = np.array(look['gains'])
   size = spec['frame_size']
-  motion = size / SIZE  # head motion in proportion to the frame
   with tempfile.TemporaryDirectory() as tmp:
     wav_path = os.path.join(tmp, 'audio.f32')
     shifted[:n_frames * audio.SAMPLES_PER_FRAME].astype(np.float32).tofile(wav_path)
@@ -164,17 +178,8 @@ def render_clip(spec: dict, identity: Identity, out_path: str) -> dict:
          str(audio.SAMPLE_RATE), '-ac', '1', '-i', wav_path, '-c:v', 'libx264', '-preset',
          'veryfast', '-crf', '20', '-pix_fmt', 'yuv420p', '-c:a', 'aac', '-b:a', '96k',
          '-shortest', tmp_mp4], stdin=subprocess.PIPE)
-    side = identity.image.shape[0]
     for i in range(n_frames):
-      face = identity.image.copy()
-      draw_mouth(face, identity.mouth, *track[i])
-      scale = size * look['scale'] / side
-      dx = motion * (look['x'] + 3 * np.sin(2 * np.pi * i / 61 + look['phase']))
-      dy = motion * (look['y'] + 2 * np.sin(2 * np.pi * i / 47 + 2 * look['phase']))
-      affine = np.array([[scale, 0, dx], [0, scale, dy]])
-      frame = cv2.warpAffine(face, affine, (size, size), flags=cv2.INTER_AREA,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=look['background'])
-      proc.stdin.write(np.clip(frame * gains, 0, 255).astype(np.uint8).tobytes())
+      proc.stdin.write(draw_frame(identity, look, size, i, *track[i]).tobytes())
     proc.stdin.close()
     if proc.wait() != 0:
       raise RuntimeError(f'ffmpeg failed writing {out_path}')

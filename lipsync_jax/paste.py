@@ -1,7 +1,8 @@
 """Paste-back: generated faces (of any size) into their frames, hard (the reference: the whole
 box) or feathered (a soft mask over the mouth and jaw, drawn at each box's size in the frame,
-so that it scales with the face). Owns the feathered mask and the first face row it reads
-(`feather_rows_from`), which lets the generator skip the rows above."""
+so that it scales with the face; the face's colour matched to the frame's where the mask
+fades, so that no tint marks the pasted region). Owns the feathered mask and the first face
+row it reads (`feather_rows_from`), which lets the generator skip the rows above."""
 import dataclasses
 import math
 
@@ -63,7 +64,23 @@ class Paster:
     if self.mode == 'hard' and weight >= 1:
       out[y1:y2, x1:x2] = patch
     else:
-      alpha = weight * (1.0 if self.mode == 'hard' else self.mask(y2 - y1, x2 - x1))
       region = out[y1:y2, x1:x2].astype(np.float32)
-      out[y1:y2, x1:x2] = np.rint(region + alpha * (patch - region)).astype(np.uint8)
+      patch = patch.astype(np.float32)
+      alpha = 1.0
+      if self.mode == 'feather':
+        alpha = self.mask(y2 - y1, x2 - x1)
+        patch = colour_matched(patch, region, alpha)
+      out[y1:y2, x1:x2] = np.clip(np.rint(region + weight * alpha * (patch - region)), 0, 255
+                                  ).astype(np.uint8)
     return out
+
+
+def colour_matched(patch: np.ndarray, region: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+  """The patch shifted by the mean colour difference to the frame's region where the mask
+  fades (weights alpha (1 - alpha): the skin around the mouth, which the generator should
+  reproduce), so that a generated face of another tint shows no pasted region."""
+  ring = alpha * (1 - alpha)
+  total = float(ring.sum())
+  if total <= 0:
+    return patch
+  return patch + ((region - patch) * ring).sum(axis=(0, 1)) / total

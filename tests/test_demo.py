@@ -46,6 +46,9 @@ def test_demo_writes_videos_and_report(demo_run):
     assert f'({png})' in report
     assert cv2.imread(str(out / png)).shape == (360, 640, 3)
   assert 'expert: result windows rated in sync' in report
+  assert demo.GOOD in report and '(still.png)' in report  # what good looks like, and a still
+  still = cv2.imread(str(out / 'still.png'))
+  assert still.shape[1] == 3 * still.shape[0] and still.std() > 10  # input | result | truth
   assert 'LSE-D / LSE-C / offset judged by the expert' in report
   # the generator really trained, with the expert's sync loss logged
   generator = logs.read_scalars(str(out / 'generator'))

@@ -199,15 +199,36 @@ def test_hard_paste_changes_only_the_face_box(tiny_checkpoint, tmp_path):
 
 
 def test_feathered_paste_blends_into_the_frame(tiny_checkpoint, tmp_path):
-  """The feathered mask leaves the box edges and the upper face as they were."""
+  """The feathered mask leaves the box edges and the upper face as they were; a face of
+  another tint is matched to the frame's colour where the mask fades, its mouth kept."""
   paster = paste.Paster('feather', truncate=False)
   frame = np.full((200, 200, 3), 100, np.uint8)
-  out = paster(frame, np.array([50, 40, 150, 160]), np.ones((96, 96, 3), np.float32))
-  assert (out[40:160, 50:150] >= 100).all() and out[130, 100].min() > 240
+  face = np.full((96, 96, 3), 0.8, np.float32)  # a tint 104 levels brighter than the frame
+  cv2.ellipse(face, (48, 72), (20, 8), 0, 0, 360, (0.2, 0.2, 0.2), -1)  # a dark mouth
+  out = paster(frame, np.array([50, 40, 150, 160]), face)
+  assert out[130, 100].max() < 10  # the mouth: 153 levels darker than the face, as generated
   for edge in (out[40, 50:150], out[159, 50:150], out[40:160, 50], out[40:160, 149],
-               out[40:70, 50:150].reshape(-1, 3)):
-    assert np.abs(edge.astype(int) - 100).max() <= 2
+               out[40:70, 50:150].reshape(-1, 3), out[90:110, 55:70].reshape(-1, 3)):
+    assert np.abs(edge.astype(int) - 100).max() <= 2  # no tint on the cheeks either
   assert (out[:40] == 100).all() and (out[160:] == 100).all()
+
+
+def test_feathered_paste_leaves_no_tint_around_the_face(tiny_checkpoint, tmp_path):
+  """An untrained generator's faces are of another colour; where the paste fades into the
+  real frame, the frame's mean colour is unchanged."""
+  speech = tmp_path / 'speech.wav'
+  ffmpeg('-i', require(MEDIA / 'speech_en_16k_stereo.wav'), '-t', '0.8', speech)
+  args = args_for(tiny_checkpoint, require(TALKING_HEAD), speech, tmp_path / 'o.mp4',
+                  '--nosmooth')
+  detector, paster = faces.FaceDetector(), paste.Paster('feather', truncate=False)
+  for got, frame in zip(pipeline_frames(args), video.read_frames(str(TALKING_HEAD))):
+    x1, y1, x2, y2 = faces.pad_box(detector.detect(frame), args.pads, frame.shape)
+    alpha = paster.mask(y2 - y1, x2 - x1)[..., 0]
+    fading = (alpha > 0.2) & (alpha < 0.8)
+    shift = (got[y1:y2, x1:x2][fading].astype(float) - frame[y1:y2, x1:x2][fading]).mean(0)
+    assert np.abs(shift).max() < 6, shift  # without the colour match: 13-23 levels
+    assert np.abs(got[y1:y2, x1:x2][alpha > 0.95].astype(float)
+                  - frame[y1:y2, x1:x2][alpha > 0.95]).mean() > 10  # a face was pasted
 
 
 @pytest.mark.parametrize('size,conv_impl', [(96, 'cpu'), (96, 'xla'), (192, 'cpu')])
