@@ -176,8 +176,8 @@ def main():
                       '--img_size started from the --compare_size one (init_from), at the same '
                       'budget, and judge it beside the cold one')
   demo.add_stage_flags(parser, demo.Settings(speakers=16, expert_steps=3500,
-                                             generator_steps=2000, expert_width_divisor=4,
-                                             expert_batch=64))
+                                             generator_steps=2000, generator_lr=1e-3,
+                                             expert_width_divisor=4, expert_batch=64))
   args = parser.parse_args()
   settings = demo.settings_from_args(args)
   sizes = [settings.img_size] + ([args.compare_size] if args.compare_size else [])

@@ -9,7 +9,7 @@
 4. writes result.mp4, side_by_side.mp4 (input | result), and report.md with sync figures and
    loss plots (PNG).
 
-10 to 15 minutes on 2 CPU cores with the defaults. Every stage is resumable: rerunning with the
+About 11 minutes on 2 CPU cores with the defaults. Every stage is resumable: rerunning with the
 same --out reuses what is already there (delete the folder to start over).
 """
 from lipsync_jax import allocator
@@ -55,7 +55,9 @@ class Settings:
   """What the demo's stages read; the CLI flags of the same names."""
   speakers: int = 10  # synthetic identities
   clips_per_speaker: int = 4
-  expert_steps: int = 1000
+  # the reference's expert batch of 64 for 400 steps: 86.9% eval accuracy (1000 steps of 16:
+  # 82.8%), the result's windows rated in sync 97.0% (93.9%), in the same time
+  expert_steps: int = 400
   # 600 steps at 2e-3: r 0.910 on the held-out face (300 at 1e-3: 0.682, 600 at 1e-3: 0.845;
   # the expert's sync loss from the first step, 600 at 2e-3: 0.743)
   generator_steps: int = 600
@@ -64,7 +66,7 @@ class Settings:
   seed: int = 0  # of the corpus
   dtype: str = 'auto'  # compute dtype of both trainings
   expert_width_divisor: Optional[int] = None  # default: the tiny config's (8)
-  expert_batch: Optional[int] = None  # default: the tiny config's (16)
+  expert_batch: Optional[int] = 64  # None: the tiny config's (16)
   img_size: int = models.IMG_SIZE  # face size of both models (192, 288: the HQ family)
   corpus_size: Optional[int] = None  # stored crop size (default img_size; larger serves several)
 
@@ -90,7 +92,8 @@ def add_stage_flags(parser: argparse.ArgumentParser, defaults: Settings) -> None
                       help="channel widths of the expert divided by this (default: the tiny "
                       "config's 8)")
   parser.add_argument('--expert_batch', type=int, default=d.expert_batch,
-                      help="expert batch size (default: the tiny config's 16; the reference: 64)")
+                      help="expert batch size (default: %(default)s, the reference's; the tiny "
+                      "config's: 16)")
   parser.add_argument('--img_size', type=int, default=d.img_size,
                       help='face size of both models: 96 (the reference) or an HQ size (192, '
                       '288); the corpus frames grow with it (default: %(default)s)')

@@ -75,7 +75,12 @@ def test_train_models_sets_the_expert_width_and_batch(tmp_path, monkeypatch):
   settings = demo.Settings(expert_steps=10, generator_steps=10)
   demo.train_models(str(tmp_path), str(tmp_path / 'data'), settings)
   expert, generator = configs
-  assert (expert.model.width_divisor, expert.batch_size) == (8, 16)  # the tiny config's
+  assert (expert.model.width_divisor, expert.batch_size) == (8, 64)  # the reference's batch
+  assert generator.learning_rate == 2e-3 and generator.total_steps == 10
+  configs.clear()
+  demo.train_models(str(tmp_path), str(tmp_path / 'data'), demo.Settings(
+      expert_steps=10, generator_steps=10, expert_batch=None))
+  assert configs[0].batch_size == 16  # the tiny config's
   configs.clear()
   demo.train_models(str(tmp_path), str(tmp_path / 'data'), demo.Settings(
       expert_steps=10, generator_steps=10, expert_width_divisor=4, expert_batch=64))
