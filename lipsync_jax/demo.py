@@ -6,11 +6,12 @@
    audio, see data_pipeline/synthetic.py) and preprocesses it into ArrayRecord shards;
 2. trains the tiny expert, then the tiny generator judged by it (configs/*.py:tiny);
 3. lip-syncs a held-out identity (a test-split speaker) to new speech;
-4. writes result.mp4, side_by_side.mp4 (input | result), and report.md with sync figures and
-   loss plots (PNG).
+4. writes result.mp4, side_by_side.mp4 (input | result), still.png (input | result | ground
+   truth) and report.md with sync figures and loss plots (PNG).
 
-About 11 minutes on 2 CPU cores with the defaults. Every stage is resumable: rerunning with the
-same --out reuses what is already there (delete the folder to start over).
+11.3 to 11.6 minutes on 2 CPU cores with the defaults (docs/benchmarks.md). Every stage is
+resumable: rerunning with the same --out reuses what is already there (delete the folder to
+start over).
 """
 from lipsync_jax import allocator
 

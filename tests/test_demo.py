@@ -12,10 +12,11 @@ import json
 import os
 
 import cv2
+import numpy as np
 import pytest
 
 from conftest import FACE_MODEL, MEDIA, ROOT, require, run_module
-from lipsync_jax import demo, logs, train, video
+from lipsync_jax import demo, faces, logs, paste, train, video
 
 NOTEBOOKS = sorted((ROOT / 'notebooks').glob('*.ipynb'))
 DEMO_BUDGET = ('--speakers', '3', '--clips_per_speaker', '2', '--expert_steps', '6',
@@ -56,6 +57,26 @@ def test_demo_writes_videos_and_report(demo_run):
   assert 0 <= generator['eval_lse_d'][-1][1] <= 2  # the expert's LSE of re-generated val clips
   assert any(f.endswith('.png') for f in os.listdir(out / 'generator' / 'samples'))
   assert os.listdir(out / 'generator' / 'tensorboard')
+
+
+@pytest.mark.slow
+def test_the_paste_leaves_no_tint_on_the_synthetic_face(demo_run):
+  """Where the feathered paste fades into the held-out face, the result's mean colour is the
+  input's: no patch of another colour around the mouth (even from a generator of 4 steps)."""
+  out, _ = demo_run
+  face, _ = demo.held_out_face(str(out))
+  detector, paster = faces.FaceDetector(str(require(FACE_MODEL))), paste.Paster('feather', False)
+  shifts = []
+  for frame, made in zip(video.read_frames(face), video.read_frames(str(out / 'result.mp4'))):
+    box = detector.detect(frame)
+    if box is None:
+      continue
+    x1, y1, x2, y2 = faces.pad_box(box, faces.PADS, frame.shape)
+    alpha = paster.mask(y2 - y1, x2 - x1)[..., 0]
+    fading = (alpha > 0.2) & (alpha < 0.8)
+    shifts.append((made[y1:y2, x1:x2][fading].astype(float)
+                   - frame[y1:y2, x1:x2][fading]).mean(axis=0))
+  assert len(shifts) > 25 and np.abs(np.mean(shifts, axis=0)).max() < 6, np.mean(shifts, 0)
 
 
 def test_demo_stops_when_training_is_preempted(tmp_path, monkeypatch):
