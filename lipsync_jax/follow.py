@@ -169,13 +169,9 @@ def _joined(chain: Sequence[_Open]) -> tracks.Track:
   return track
 
 
-def detected_boxes(track: tracks.Track) -> np.ndarray:
-  """(m, 4) the boxes of the frames where the track's face was found."""
-  return track.boxes[track.detected]
-
-
 def mean_box(track: tracks.Track) -> np.ndarray:
-  return detected_boxes(track).mean(axis=0)
+  """The mean of the boxes of the frames where the track's face was found."""
+  return track.boxes[track.detected].mean(axis=0)
 
 
 def first_containing(track: tracks.Track, x: float, y: float) -> Optional[int]:

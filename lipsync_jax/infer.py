@@ -278,7 +278,7 @@ def load_voices(audio_path: Optional[str], chosen: Optional[Sequence[selection.S
 class Result(NamedTuple):
   """What a lip-sync run wrote: the video, its frame count and rate, how many frames had a
   face, and the seconds of the whole run and of each stage (decode, detect, generate, paste,
-  encode; decoding and detection overlap generation)."""
+  encode; decoding overlaps generation, and so does detection with --reference or --box)."""
   outfile: str
   frames: int
   frames_with_face: int

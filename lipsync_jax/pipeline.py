@@ -111,7 +111,8 @@ def generated(stream: Iterator[Frame], windows: Sequence[np.ndarray], generator:
   todo: list = []  # (crop, mel window, (list, index) where its result goes) of the next call
   running = None  # the call made last: (slots, asynchronous result)
 
-  def launch():
+  def launch(previous):
+    """Starts a call on the faces to do, then waits for the `previous` one; the new job."""
     crops = np.zeros((batch_size, size, size, 3), np.uint8)
     mels = np.zeros((batch_size,) + windows[0].shape[1:], np.float32)
     for k, (crop, mel, _) in enumerate(todo):
@@ -120,6 +121,8 @@ def generated(stream: Iterator[Frame], windows: Sequence[np.ndarray], generator:
       made = generator(mels, crops)
     job = ([slot for _, _, slot in todo], made)
     todo.clear()
+    if previous is not None:
+      collect(previous)
     return job
 
   def collect(job):
@@ -140,24 +143,18 @@ def generated(stream: Iterator[Frame], windows: Sequence[np.ndarray], generator:
     for k, face in enumerate(item.faces):
       todo.append((face.crop, windows[face.voice][i], (made, k)))
       if len(todo) == batch_size:
-        job = launch()
-        if running is not None:
-          collect(running)
-        running = job
+        running = launch(running)
     if len(waiting) > 2 * batch_size:  # frames held behind faces not yet generated
       if todo:
-        job = launch()
-        if running is not None:
-          collect(running)
-        running = job
+        running = launch(running)
       elif running is not None:
         collect(running)
         running = None
     yield from ready()
-  job = launch() if todo else None
-  for pending in (running, job):
-    if pending is not None:
-      collect(pending)
+  if todo:
+    running = launch(running)
+  if running is not None:
+    collect(running)
   yield from ready()
 
 

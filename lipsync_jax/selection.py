@@ -68,7 +68,7 @@ def parse_selector(text: str) -> Selector:
   raise ValueError(f'{text!r} is not largest, track:N, point:X,Y, all or speaker')
 
 
-def _sides(track: tracks.Track) -> float:
+def _area(track: tracks.Track) -> float:
   box = follow.mean_box(track)
   return float((box[2] - box[0]) * (box[3] - box[1]))
 
@@ -81,7 +81,7 @@ def choose(found: Sequence[tracks.Track], selector: Selector, face: str) -> List
   listing = f'{face} has {len(found)} face track(s), ids 0..{len(found) - 1} (list them with ' \
             f'`lipsync-jax faces {face}`)'
   if selector.kind == 'largest':
-    return [max(range(len(found)), key=lambda k: _sides(found[k]))]
+    return [max(range(len(found)), key=lambda k: _area(found[k]))]
   if selector.kind == 'all':
     return list(range(len(found)))
   if selector.kind == 'track':
@@ -94,7 +94,7 @@ def choose(found: Sequence[tracks.Track], selector: Selector, face: str) -> List
     if not hits:
       raise InferenceError(f'{selector}: no face box contains that pixel in any frame; '
                            f'{listing}')
-    return [min(hits, key=lambda k: (first[k], _sides(found[k])))]
+    return [min(hits, key=lambda k: (first[k], _area(found[k])))]
   raise InferenceError(f'{selector}: choosing the speaking face needs its audio and a sync '
                        'model')
 
