@@ -164,17 +164,11 @@ def choose_speakers(found: Sequence[tracks.Track], chosen: Sequence[Speaker], fa
 
 
 # -- the speaking face ----------------------------------------------------------------------------
-def speaking_track(found: Sequence[tracks.Track], source: FaceSource, samples: np.ndarray,
-                   sync_model: str, pads: Sequence[int], face: str) -> int:
-  """The index of the track whose lips match `samples` (the video's own 16 kHz audio) best:
-  each track's padded crops at 25 fps, over the first SPEAKER_SECONDS, scored by the expert
-  (lse.expert_scores; windows with a frame without the face left out); the highest confidence
-  wins."""
-  if source.static:
-    raise InferenceError(f'{face}: --face_select speaker needs a video (a photo does not speak)')
-  expert = convert.load_checkpoint(sync_model, 'expert')
-  size = expert[0].img_size
-  count = min(int(SPEAKER_SECONDS * tracks.FPS), len(samples) // audio.SAMPLES_PER_FRAME)
+def track_crops(found: Sequence[tracks.Track], source: FaceSource, count: int, size: int,
+                pads: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+  """Each track's first `count` frames at 25 fps as an expert sees them: (uint8 (K, count,
+  size, size, 3) padded face crops, (K, count) mask of the frames where the track's face was
+  detected; the others are black)."""
   crops = np.zeros((len(found), count, size, size, 3), np.uint8)
   seen = np.zeros((len(found), count), bool)
   j = 0
@@ -188,6 +182,20 @@ def speaking_track(found: Sequence[tracks.Track], source: FaceSource, samples: n
       j += 1
     if j >= count:
       break
+  return crops, seen
+
+
+def speaking_track(found: Sequence[tracks.Track], source: FaceSource, samples: np.ndarray,
+                   sync_model: str, pads: Sequence[int], face: str) -> int:
+  """The index of the track whose lips match `samples` (the video's own 16 kHz audio) best:
+  each track's padded crops at 25 fps, over the first SPEAKER_SECONDS, scored by the expert
+  (lse.expert_scores; windows with a frame without the face left out); the highest confidence
+  wins."""
+  if source.static:
+    raise InferenceError(f'{face}: --face_select speaker needs a video (a photo does not speak)')
+  expert = convert.load_checkpoint(sync_model, 'expert')
+  count = min(int(SPEAKER_SECONDS * tracks.FPS), len(samples) // audio.SAMPLES_PER_FRAME)
+  crops, seen = track_crops(found, source, count, expert[0].img_size, pads)
   mel = audio.melspectrogram(samples[:count * audio.SAMPLES_PER_FRAME])
   confidence = np.full(len(found), -np.inf)
   for k in range(len(found)):
