@@ -92,8 +92,53 @@ def test_photo_avatar_and_a_faceless_input(tmp_path):
   assert len(photo) == 1 and photo.fps == 25
   blank = tmp_path / 'blank.png'
   cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
-  with pytest.raises(avatars.AvatarError, match='no face in frame 0'):
+  with pytest.raises(avatars.AvatarError, match='no face found'):
     avatars.prepare(str(blank), options=options)
+
+
+@pytest.fixture(scope='module')
+def two_faces(tmp_path_factory):
+  """A 2 s clip of two real people side by side (the talking head left, the filmed speaker
+  right, 256 px each) and the same with the left one gone for 0.4 s."""
+  folder = tmp_path_factory.mktemp('two_faces')
+  side, gap = folder / 'side.mp4', folder / 'gap.mp4'
+  ffmpeg('-i', require(MEDIA / 'talking_head_512_25fps.mp4'), '-i',
+         require(MEDIA / 'speech_850x480_30fps.mp4'), '-filter_complex',
+         '[0:v]fps=25,scale=256:256[l];[1:v]fps=25,crop=480:480:220:0,scale=256:256[r];'
+         '[l][r]hstack=inputs=2[v]', '-map', '[v]', '-t', '2', '-an', side)
+  ffmpeg('-i', side, '-vf', "drawbox=x=0:y=0:w=256:h=256:color=gray:t=fill:"
+         "enable='between(t,1,1.4)'", gap)
+  return str(side), str(gap)
+
+
+def test_an_avatar_is_the_face_chosen_and_only_that_one(two_faces, tmp_path, capsys):
+  side, gap = two_faces
+  options = lambda select: infer.Options(face_model=str(require(FACE_MODEL)),  # noqa: E731
+                                         face_select=select)
+  left = avatars.prepare(side, options=options('largest'))
+  right = avatars.prepare(side, options=options('point:380,120'))
+  assert len(left) == len(right) == 2 * 50 - 2
+  centres = lambda made: (made.boxes[:, 0] + made.boxes[:, 2]) / 2  # noqa: E731
+  assert (centres(left) < 256).all() and (centres(right) > 256).all()  # never the other face
+  for made in (left, right):  # the restorer's landmarks are that face's
+    marks = np.stack(avatars.landmarks(made, str(require(FACE_MODEL))))
+    x1, y1, x2, y2 = (made.boxes[:, None, k] for k in range(4))
+    assert ((marks[..., 0] > x1) & (marks[..., 0] < x2) & (marks[..., 1] > y1)
+            & (marks[..., 1] < y2)).all()
+  with pytest.raises(avatars.AvatarError, match='an avatar is one face'):
+    avatars.prepare(side, options=options('all'))
+  with pytest.raises(avatars.AvatarError,
+                     match=r'the face \(track 0\) is not found in frame 25 \(1.00 s\)'):
+    avatars.prepare(gap, options=options('track:0'))
+  assert len(avatars.prepare(gap, options=options('track:1'))) == 98  # the other one is there
+  out = tmp_path / 'avatar'
+  assert avatars.main(['prepare', '--face', side, '--out', str(out), '--face_select', 'track:1',
+                       '--face_model', str(require(FACE_MODEL)), '--quiet']) == 0
+  np.testing.assert_array_equal(avatars.load(str(out)).boxes, right.boxes)
+  assert avatars.main(['prepare', '--face', side, '--out', str(tmp_path / 'no'),
+                       '--face_select', 'track:7', '--face_model', str(require(FACE_MODEL)),
+                       '--quiet']) == 1
+  assert 'track:7: no such track' in capsys.readouterr().err and not (tmp_path / 'no').exists()
 
 
 def speech_wav():

@@ -1,7 +1,7 @@
 """Avatars: the face a live session lip-syncs, prepared once so that a session needs no detector.
 
     python -m lipsync_jax.live.avatar prepare --face VIDEO_OR_PHOTO --out AVATAR_DIR
-        [--img_size 96]
+        [--img_size 96] [--face_select largest|track:N|point:X,Y]
 
 An avatar folder holds `avatar.json` (the format's name and version, the face size, the frame
 rate, the frame count and size) and `avatar.npz` (the frames as PNG, lossless; the smoothed,
@@ -12,6 +12,7 @@ with an AvatarError naming the file.
 """
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -21,13 +22,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from lipsync_jax import boxes, cli, faces, infer, models, settings
+from lipsync_jax import boxes, cli, faces, infer, models, selection, settings, tracks
 from lipsync_jax.source import Stages
 
 FORMAT = 'lipsync_jax.avatar'
 VERSION = 1
 META, ARRAYS = 'avatar.json', 'avatar.npz'
 MAX_SECONDS = 60.0  # of a clip made into an avatar (its frames are held in memory)
+ONE_FACE_SELECTORS = ('largest', 'track', 'point')  # the --face_select kinds an avatar takes
 
 
 class AvatarError(cli.UserError, ValueError):
@@ -58,46 +60,62 @@ def ping_pong(count: int) -> np.ndarray:
 def prepare(face: str, img_size: int = models.IMG_SIZE,
             options: Optional[infer.Options] = None, max_seconds: float = MAX_SECONDS,
             progress: bool = False) -> Avatar:
-  """The avatar of a video or photo: every frame's face found (the face pipeline `infer` uses,
-  with its pads, smoothing and crop interpolation), the clip looped ping-pong. A frame without
-  a face is refused (a live avatar must always have a mouth to move)."""
+  """The avatar of a video or photo: its faces followed through the clip as `infer` follows them
+  (lipsync_jax.follow), the one `options.face_select` picks (largest, track:N or point:X,Y)
+  placed in every frame with infer's pads, smoothing and crop interpolation, the clip looped
+  ping-pong. A frame without that face is refused (a live avatar must always have a mouth to
+  move)."""
   face = cli.as_path('face', face)
   options = infer.as_options(options)
   try:
     models.size_strides(img_size)
   except ValueError as e:
     raise AvatarError(f'img_size: {e}') from None
+  selector = options.selector
+  if selector.kind not in ONE_FACE_SELECTORS:
+    raise AvatarError(f'--face_select {options.face_select}: an avatar is one face; choose it '
+                      'with largest, track:N or point:X,Y')
   source = infer.open_source(face, options, Stages())
   limit = max(1, int(round(max_seconds * source.fps)))
   detector = faces.FaceDetector(options.face_model)
-  detections = boxes.detected(source.open(), face, detector, options.pads,
-                              options.face_det_batch_size, Stages())
-  if not options.nosmooth:
-    detections = boxes.smoothed(detections)
-  frames, found = [], []
-  for i, (frame, box, _) in enumerate(tqdm(detections, unit='frame', desc='avatar',
-                                           disable=not progress)):
-    if box is None:
-      raise AvatarError(f'{face}: no face in frame {i} ({i / source.fps:.2f} s); an avatar '
-                        'needs a face in every frame (trim the clip)')
-    if len(frames) == limit:
-      raise AvatarError(f'{face}: longer than {max_seconds:g} s; an avatar loops a short clip '
-                        '(trim it)')
-    frames.append(frame)
-    found.append(np.asarray(box, np.int64))
-  if not frames:
+  with tqdm(unit='frame', desc='finding faces', disable=not progress) as bar:
+    found, count = boxes.followed(source, limit + 1, detector, options.face_det_batch_size,
+                                  Stages(), on_frame=bar.update)
+  if count == 0:
     raise AvatarError(f'{face}: no frames')
-  crops = [faces.crop(f, b, img_size, cv2.INTER_AREA) for f, b in zip(frames, found)]
+  if count > limit:
+    raise AvatarError(f'{face}: longer than {max_seconds:g} s; an avatar loops a short clip '
+                      '(trim it)')
+  if not found:
+    raise AvatarError(f'{face}: no face found; an avatar needs a face in every frame')
+  chosen = selection.choose(found, selector, face)[0]
+  placed = boxes.placed([(found[chosen], 0)], count, options.pads,
+                        (source.height, source.width), not options.nosmooth, face)
+  missing = [i for i, here in enumerate(placed) if not here]
+  if missing:
+    i = missing[0]
+    raise AvatarError(f'{face}: the face (track {chosen}) is not found in frame {i} '
+                      f'({i / source.fps:.2f} s); an avatar needs its face in every frame (trim '
+                      'the clip)')
+  frames = list(itertools.islice(source.open(), count))
+  found_boxes = [here[0].box.astype(np.int64) for here in placed]
+  crops = [faces.crop(f, b, img_size, cv2.INTER_AREA) for f, b in zip(frames, found_boxes)]
   order = ping_pong(len(frames))
-  return Avatar(np.stack(frames)[order], np.stack(found)[order], np.stack(crops)[order],
+  return Avatar(np.stack(frames)[order], np.stack(found_boxes)[order], np.stack(crops)[order],
                 float(source.fps))
 
 
 def landmarks(avatar: Avatar, face_model: Optional[str] = None) -> list:
   """The five landmarks of each frame's face ((5, 2), or None where none was found), smoothed as
-  infer smooths them: what the restorer aligns the avatar's lip-synced faces by."""
+  infer smooths them: what the restorer aligns the avatar's lip-synced faces by. In each frame
+  the face is the detection that overlaps the avatar's box most (others may be in the frame)."""
   detector = faces.FaceDetector(face_model)
-  found = [detector.detect(frame, with_landmarks=True)[1] for frame in avatar.frames]
+  found = []
+  for frame, box in zip(avatar.frames, avatar.boxes):
+    rows = detector.detect_all(frame)
+    overlap = [tracks.iou(row[:4], box) for row in rows]
+    found.append(rows[int(np.argmax(overlap))][4:14].reshape(5, 2)
+                 if len(rows) and max(overlap) > 0 else None)
   return [marks for _, _, marks in boxes.smoothed(zip(avatar.frames, avatar.boxes, found))]
 
 
@@ -180,7 +198,8 @@ def main(argv=None) -> int:
                       help='face size of the model it will be used with: 96 (the reference), '
                       '192 or 288 (default: %(default)s)')
   # infer's flags for what the face pipeline does, as infer does it
-  settings.add_flags(parser, infer.Options, only=('fps', 'pads', 'nosmooth', 'face_model'))
+  settings.add_flags(parser, infer.Options,
+                     only=('fps', 'pads', 'nosmooth', 'face_model', 'face_select'))
   parser.add_argument('--max_seconds', type=settings.float_in(0.04, 600), default=MAX_SECONDS,
                       help='longest clip accepted (default: %(default)s)')
   parser.add_argument('--quiet', action='store_true', help='no progress bar')
