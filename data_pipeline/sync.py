@@ -38,10 +38,8 @@ def load_judge(path: str, vshift: int = lse.VSHIFT) -> Judge:
   """A syncnet_python SyncNet .model/.pth, else a Wav2Lip expert checkpoint (file or folder)."""
   if not os.path.exists(path):
     raise cli.UserError(f'{path}: no such sync judge (--sync_judge)')
-  is_syncnet = os.path.isfile(path) and any(
-      k.startswith('netcnnaud') for k in convert.read_state_dict(path))
   key = f'{os.path.abspath(path)}@{os.path.getmtime(path)}:vshift={vshift}'
-  if is_syncnet:
+  if syncnet.is_syncnet_file(path):
     judge = syncnet.load_syncnet(path)
 
     def measure(video_path, record):

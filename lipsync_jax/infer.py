@@ -104,8 +104,9 @@ class Options:
       'audio\'s energy, easing in and out over 3 frames)', choices=('sync', 'keep'))
   face_select: str = settings.setting('largest', selection.SELECT_HELP, metavar='WHICH')
   sync_model: Optional[str] = settings.setting(
-      None, 'a Wav2Lip expert (lipsync_expert.pth, or a checkpoint or workdir of an expert '
-      'trained here) for --face_select speaker', kind=str, optional=True, metavar='EXPERT')
+      None, 'the sync judge of --face_select speaker: a Wav2Lip expert (lipsync_expert.pth, '
+      'or a checkpoint or workdir of an expert trained here) or joonson\'s SyncNet '
+      '(syncnet_v2.model)', kind=str, optional=True, metavar='JUDGE')
 
   def __post_init__(self):
     for name in ('face_model', 'restore_model', 'sync_model'):
@@ -119,8 +120,9 @@ class Options:
       raise InferenceError(f'face_select: {selector} needs the face tracks; --reference and '
                            '--box take one face per frame as the reference does')
     if (selector.kind == 'speaker') != (self.sync_model is not None):
-      raise InferenceError('face_select: speaker needs --sync_model (an expert that judges '
-                           'which lips match the audio), and --sync_model is only for it')
+      raise InferenceError('face_select: speaker needs --sync_model (a Wav2Lip expert or '
+                           'SyncNet that judges which lips match the audio), and --sync_model '
+                           'is only for it')
     y1, y2, x1, x2 = self.box
     if self.box != (-1,) * 4 and (min(self.box) < 0 or y2 <= y1 or x2 <= x1):
       raise InferenceError(f'box: {y1} {y2} {x1} {x2} is not a box (need 0 <= Y1 < Y2 and '

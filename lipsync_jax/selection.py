@@ -6,8 +6,9 @@
     point:X,Y    the track whose box first contains pixel (X, Y) (frame pixels, after
                  --resize_factor, --rotate and --crop)
     all          every track, all to the same audio
-    speaker      the track whose lips best match the video's own audio by a Wav2Lip expert's
-                 sync confidence (LSE-C; --sync_model), over the first SPEAKER_SECONDS
+    speaker      the track whose lips best match the video's own audio by the sync confidence
+                 (LSE-C) of --sync_model (a Wav2Lip expert or joonson's SyncNet), over the
+                 first SPEAKER_SECONDS
 
 A speakers file is a JSON list of {"track": N or "point": [X, Y], "audio": PATH}: each chosen
 face speaks its own audio (a relative PATH is taken from the file's folder).
@@ -15,7 +16,7 @@ face speaks its own audio (a relative PATH is taken from the file's folder).
 import json
 import numbers
 import os
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -165,45 +166,85 @@ def choose_speakers(found: Sequence[tracks.Track], chosen: Sequence[Speaker], fa
 
 # -- the speaking face ----------------------------------------------------------------------------
 def track_crops(found: Sequence[tracks.Track], source: FaceSource, count: int, size: int,
-                pads: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
-  """Each track's first `count` frames at 25 fps as an expert sees them: (uint8 (K, count,
-  size, size, 3) padded face crops, (K, count) mask of the frames where the track's face was
-  detected; the others are black)."""
+                crop: Callable[[np.ndarray, int, int], Optional[np.ndarray]]
+                ) -> Tuple[np.ndarray, np.ndarray]:
+  """Each track's first `count` frames at 25 fps: (uint8 (K, count, size, size, 3) crops,
+  (K, count) mask of the frames cropped). `crop(frame, k, i)` cuts track k's face from a frame,
+  its i-th, or gives None (that frame stays black and unmasked)."""
   crops = np.zeros((len(found), count, size, size, 3), np.uint8)
   seen = np.zeros((len(found), count), bool)
   j = 0
   for f, frame in enumerate(source.open()):
     while j < count and round(j * source.fps / tracks.FPS) <= f:
       for k, t in enumerate(found):
-        if t.start <= f < t.end and t.detected[f - t.start]:
-          box = faces.pad_box(t.boxes[f - t.start], pads, frame.shape)
-          crops[k, j] = faces.crop(frame, box, size)
-          seen[k, j] = True
+        cut = crop(frame, k, f - t.start) if t.start <= f < t.end else None
+        if cut is not None:
+          crops[k, j], seen[k, j] = cut, True
       j += 1
     if j >= count:
       break
   return crops, seen
 
 
-def speaking_track(found: Sequence[tracks.Track], source: FaceSource, samples: np.ndarray,
-                   sync_model: str, pads: Sequence[int], face: str) -> int:
-  """The index of the track whose lips match `samples` (the video's own 16 kHz audio) best:
-  each track's padded crops at 25 fps, over the first SPEAKER_SECONDS, scored by the expert
-  (lse.expert_scores; windows with a frame without the face left out); the highest confidence
-  wins."""
-  if source.static:
-    raise InferenceError(f'{face}: --face_select speaker needs a video (a photo does not speak)')
-  expert = convert.load_checkpoint(sync_model, 'expert')
+def expert_crop(found: Sequence[tracks.Track], pads: Sequence[int], size: int):
+  """track_crops's `crop` for a Wav2Lip expert: the padded box, where the face was detected."""
+  def crop(frame, k, i):
+    t = found[k]
+    return (faces.crop(frame, faces.pad_box(t.boxes[i], pads, frame.shape), size)
+            if t.detected[i] else None)
+  return crop
+
+
+def syncnet_crop(found: Sequence[tracks.Track]):
+  """track_crops's `crop` for SyncNet: the evaluator's crop of the track (tracks.crop_face on
+  its smoothed geometry), in every frame of the track, missed ones interpolated."""
+  geometry = [tracks.crop_geometry(t) for t in found]
+  return lambda frame, k, i: tracks.crop_face(frame, *geometry[k][i])
+
+
+def sync_confidences(found: Sequence[tracks.Track], source: FaceSource, samples: np.ndarray,
+                     sync_model: str, pads: Sequence[int]) -> np.ndarray:
+  """Each track's sync confidence (LSE-C) against `samples` (16 kHz float) over the first
+  SPEAKER_SECONDS, -inf where too little of it is seen to judge. A Wav2Lip expert scores the
+  padded crops (lse.expert_scores; windows with a frame without the face left out); joonson's
+  SyncNet the evaluator's 224 px crops of the track's frames (lse.score_frames)."""
   count = min(int(SPEAKER_SECONDS * tracks.FPS), len(samples) // audio.SAMPLES_PER_FRAME)
-  crops, seen = track_crops(found, source, count, expert[0].img_size, pads)
-  mel = audio.melspectrogram(samples[:count * audio.SAMPLES_PER_FRAME])
   confidence = np.full(len(found), -np.inf)
+  if syncnet.is_syncnet_file(sync_model):
+    judge = syncnet.load_syncnet(sync_model)
+    crops, seen = track_crops(found, source, count, syncnet.INPUT_SIZE, syncnet_crop(found))
+    pcm = np.clip(np.round(samples * 32768), -32768, 32767).astype(np.int16)
+    for k in range(len(found)):
+      frames = np.flatnonzero(seen[k])  # one run: a track's frames are consecutive
+      if len(frames):
+        a, b = frames[0], frames[-1] + 1
+        try:
+          confidence[k] = lse.score_frames(
+              crops[k, a:b], pcm[a * audio.SAMPLES_PER_FRAME:b * audio.SAMPLES_PER_FRAME],
+              judge)['lse_c']
+        except syncnet.EvaluatorError:
+          pass  # under 6 frames
+    return confidence
+  expert = convert.load_checkpoint(sync_model, 'expert')
+  size = expert[0].img_size
+  crops, seen = track_crops(found, source, count, size, expert_crop(found, pads, size))
+  mel = audio.melspectrogram(samples[:count * audio.SAMPLES_PER_FRAME])
   for k in range(len(found)):
     try:
       confidence[k] = lse.expert_scores(crops[k], seen[k], mel, expert)['lse_c']
     except syncnet.EvaluatorError:
       pass  # never 5 frames in a row in the scored part
+  return confidence
+
+
+def speaking_track(found: Sequence[tracks.Track], source: FaceSource, samples: np.ndarray,
+                   sync_model: str, pads: Sequence[int], face: str) -> int:
+  """The index of the track whose lips match `samples` (the video's own 16 kHz audio) best:
+  the highest sync_confidences."""
+  if source.static:
+    raise InferenceError(f'{face}: --face_select speaker needs a video (a photo does not speak)')
+  confidence = sync_confidences(found, source, samples, sync_model, pads)
   if not np.isfinite(confidence).any():
-    raise InferenceError(f'{face}: --face_select speaker found no face in 5 consecutive frames '
-                         f'of the first {SPEAKER_SECONDS:g} s to judge')
+    raise InferenceError(f'{face}: --face_select speaker found no face long enough in the '
+                         f'first {SPEAKER_SECONDS:g} s to judge')
   return int(np.argmax(confidence))

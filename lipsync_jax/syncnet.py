@@ -2,6 +2,7 @@
 with, as syncnet_python defines it: a lip stream on five 224x224 frames and an audio stream on
 MFCC, 1024-d embeddings; its torch state dict (syncnet_v2.model) read without torch."""
 import functools
+import os
 from typing import Dict, Optional, Tuple
 
 import flax
@@ -181,6 +182,13 @@ def weights_problem(variables: dict, expected: dict) -> Optional[str]:
       return f'{"/".join(path)} has shape {np.shape(flat[path])}, expected {spec.shape}'
   bad = convert.nonfinite_leaf(variables)
   return f'{bad} holds NaN or Inf values' if bad else None
+
+
+def is_syncnet_file(path: str) -> bool:
+  """Whether `path` is a file holding syncnet_python's SyncNet (its audio stream's weights),
+  rather than a Wav2Lip expert."""
+  return os.path.isfile(path) and any(
+      k.startswith('netcnnaud') for k in convert.read_state_dict(path))
 
 
 def load_syncnet(path: str, dtype=jnp.float32) -> Tuple[SyncNetS, dict]:

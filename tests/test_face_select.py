@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import FACE_MODEL, MEDIA, random_checkpoint, require
-from lipsync_jax import audio, faces, follow, infer, list_faces, selection, video
-from lipsync_jax.source import InferenceError
+from conftest import FACE_MODEL, MEDIA, PARITY, random_checkpoint, require, save_pth
+from lipsync_jax import (audio, faces, follow, infer, list_faces, lse, selection, syncnet, tracks,
+                         video)
+from lipsync_jax.source import InferenceError, Stages
 
 FRAMES = 100  # 4 s at 25 fps
 CHANGED = 15  # levels of 255, averaged over 9x9 pixels: where the generator painted (the
@@ -280,3 +281,27 @@ def test_two_speakers_on_one_face_are_refused(composed, checkpoint, speech, tmp_
                      '--speakers', str(spec), '--outfile', str(out), '--quiet']) == 1
   assert 'speakers 0 and 1 both choose track 1' in capsys.readouterr().err
   assert not out.exists()
+
+
+def test_speaker_by_syncnet_is_the_evaluators_choice(composed, checkpoint, tmp_path):
+  """--face_select speaker with joonson's SyncNet as the judge (seeded random weights from
+  ../shared/parity: their scores say nothing about sync, but must be the evaluator's): each
+  track's confidence is what the evaluator gives that track (its 224 px crops, tracks.track_crops,
+  scored by lse.score_frames with the clip's own audio), and the face picked is the highest."""
+  path, source = composed['side']
+  weights = np.load(require(PARITY / 'lse' / 'syncnet_v2_weights.npz'))
+  model = str(save_pth(tmp_path / 'syncnet_v2.model', {k: weights[k] for k in weights.files},
+                       legacy=True))
+  found = _followed(path)
+  options = infer.Options(face_select='speaker', sync_model=model)
+  mine = selection.sync_confidences(found, infer.open_source(path, options, Stages()),
+                                    audio.load_audio(path), model, faces.PADS)
+  judge, pcm = syncnet.load_syncnet(model), audio.load_pcm16(path)
+  theirs = [lse.score_frames(crops, tracks.track_samples(pcm, t), judge)['lse_c']
+            for crops, t in zip(tracks.track_crops(path, found), found)]
+  np.testing.assert_allclose(mine, theirs, rtol=1e-4)
+  picked = int(np.argmax(theirs))
+  out = str(tmp_path / 'out.mp4')
+  infer.lipsync(path, str(require(MEDIA / 'speech_en_16k_stereo.wav')), checkpoint, out,
+                options, progress=False)
+  _check_only(_changed(out, source), [found[picked]], [found[1 - picked]])

@@ -200,7 +200,9 @@ def test_two_speakers_each_sync_their_own_face(judge, syncing_generator, synthet
     found = _followed(path, faces.FaceDetector(model))
     assert len(found) == 2 and found[0].boxes[0, 0] < 224 <= found[1].boxes[0, 0]
     source = infer.open_source(path, infer.Options(face_model=model), Stages())
-    crops, seen = selection.track_crops(found, source, count, expert[0].img_size, faces.PADS)
+    size = expert[0].img_size
+    crops, seen = selection.track_crops(found, source, count, size,
+                                        selection.expert_crop(found, faces.PADS, size))
     return [[lse.expert_scores(crops[k], seen[k], mel, expert) for mel in mels]
             for k in range(2)]
 
