@@ -3,9 +3,12 @@
 
     lipsync-jax faces interview.mp4            # a table, and interview_faces.png
     lipsync-jax faces interview.mp4 --json     # the same for programs
+    lipsync-jax faces interview.mp4 --sync_model lipsync_expert.pth   # who speaks
 
 Each track: its id, the first and last time its face is seen, in how many frames, its mean box
-(x1, y1, x2, y2 in frame pixels) and a thumbnail in the contact sheet (PNG). Give the same
+(x1, y1, x2, y2 in frame pixels) and a thumbnail in the contact sheet (PNG); with --sync_model,
+how well its lips match the video's own audio (the sync confidence that --face_select speaker
+compares, over the first 20 s; higher is more in sync). Give the same
 --resize_factor, --rotate and --crop as to infer: ids and pixels are those of the frames
 infer sees.
 """
@@ -24,7 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from lipsync_jax import boxes, cli, faces, follow, infer, settings
+from lipsync_jax import audio, boxes, cli, faces, follow, infer, selection, settings
 from lipsync_jax.source import InferenceError, Stages
 
 FLAGS = ('resize_factor', 'rotate', 'crop', 'face_model')  # infer's, with the same meaning
@@ -39,6 +42,7 @@ class TrackInfo(NamedTuple):
   frames: int  # frames where the face was found
   mean_box: List[int]  # x1, y1, x2, y2
   thumbnail: np.ndarray  # BGR, follow.THUMBNAIL square
+  sync: Optional[float] = None  # its lips against the video's audio (None: not judged)
 
 
 class Listing(NamedTuple):
@@ -56,9 +60,11 @@ class Listing(NamedTuple):
                        for t in self.tracks]}
 
 
-def list_faces(video: str, options: Optional[infer.Options] = None,
-               progress: bool = False) -> Listing:
-  """Every face track of a video or image, as infer finds them with these options."""
+def list_faces(video: str, options: Optional[infer.Options] = None, progress: bool = False,
+               sync_model: Optional[str] = None) -> Listing:
+  """Every face track of a video or image, as infer finds them with these options; with
+  `sync_model` (a Wav2Lip expert or SyncNet), each track's sync confidence against the video's
+  own audio (selection.sync_confidences: what --face_select speaker compares)."""
   video = cli.as_path('video', video, error=InferenceError)
   options = infer.as_options(options)
   stages = Stages()
@@ -67,12 +73,26 @@ def list_faces(video: str, options: Optional[infer.Options] = None,
   with tqdm(unit='frame', desc='finding faces', disable=not progress, leave=False) as bar:
     found, count = boxes.followed(source, sys.maxsize, detector, options.face_det_batch_size,
                                   stages, on_frame=lambda: bar.update())
+  sync = [None] * len(found)
+  if sync_model is not None and found:
+    sync_model = cli.as_path('sync_model', sync_model, error=InferenceError)
+    if source.static:
+      raise InferenceError(f'{video}: --sync_model judges lips against the video\'s audio; a '
+                           'photo has none')
+    try:
+      own = audio.load_audio(video)
+    except audio.AudioError as e:
+      raise InferenceError(f'--sync_model compares the faces with the video\'s own audio: '
+                           f'{e}') from None
+    sync = [round(float(c), 4) if np.isfinite(c) else None for c in
+            selection.sync_confidences(found, source, own, sync_model, options.pads)]
   infos = []
   for k, track in enumerate(found):
     seen = track.frames[track.detected]
     infos.append(TrackInfo(k, round(float(seen[0]) / source.fps, 3),
                            round(float(seen[-1]) / source.fps, 3), int(len(seen)),
-                           [int(round(v)) for v in follow.mean_box(track)], track.thumbnail))
+                           [int(round(v)) for v in follow.mean_box(track)], track.thumbnail,
+                           sync[k]))
   return Listing(video, float(source.fps), count, source.width, source.height, infos)
 
 
@@ -106,11 +126,14 @@ def write_sheet(listing: Listing, path: str) -> str:
 def table(listing: Listing) -> str:
   lines = [f'{listing.video}: {listing.frames} frame(s) at {listing.fps:g} fps, '
            f'{listing.width}x{listing.height}, {len(listing.tracks)} face track(s)']
+  judged = any(t.sync is not None for t in listing.tracks)
+  sync = lambda value: f'{"-" if value is None else f"{value:.3f}":>6}  '  # noqa: E731
   if listing.tracks:
-    lines.append(f'{"id":>4}  {"first s":>8}  {"last s":>8}  {"frames":>6}  mean box (x1 y1 x2 y2)')
+    lines.append(f'{"id":>4}  {"first s":>8}  {"last s":>8}  {"frames":>6}  '
+                 + (f'{"sync":>6}  ' if judged else '') + 'mean box (x1 y1 x2 y2)')
   for t in listing.tracks:
     lines.append(f'{t.id:>4}  {t.first_s:>8.2f}  {t.last_s:>8.2f}  {t.frames:>6}  '
-                 + ' '.join(map(str, t.mean_box)))
+                 + (sync(t.sync) if judged else '') + ' '.join(map(str, t.mean_box)))
   return '\n'.join(lines)
 
 
@@ -124,8 +147,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help='contact sheet PNG (default: VIDEO\'s name + _faces.png in the current '
                  'folder)')
   p.add_argument('--json', action='store_true',
-                 help='print the listing as JSON (ids, times, frames, mean boxes, the sheet)')
+                 help='print the listing as JSON (ids, times, frames, mean boxes, sync '
+                 'confidences, the sheet)')
   settings.add_flags(p, infer.Options, only=FLAGS)
+  # dest: not infer.Options.sync_model, which goes with --face_select speaker only
+  p.add_argument('--sync_model', dest='judge', metavar='JUDGE',
+                 help='also judge how well each face\'s lips match the video\'s own audio '
+                 '(the sync confidence --face_select speaker compares; higher is more in sync): '
+                 'a Wav2Lip expert (lipsync_expert.pth, or an expert trained here) or joonson\'s '
+                 'SyncNet (syncnet_v2.model)')
   p.add_argument('--quiet', action='store_true', help='no progress bar')
   return settings.parse_checked(p, infer.Options, argv, InferenceError)
 
@@ -135,7 +165,7 @@ def main(argv=None) -> int:
 
   def body() -> int:
     listing = list_faces(args.video, settings.from_args(infer.Options, args),
-                         progress=not args.quiet)
+                         progress=not args.quiet, sync_model=args.judge)
     sheet = args.sheet or os.path.splitext(os.path.basename(args.video))[0] + '_faces.png'
     cli.refuse_overwriting_inputs({'--sheet': sheet}, {'video': args.video})
     write_sheet(listing, sheet)

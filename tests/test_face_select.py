@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import FACE_MODEL, MEDIA, PARITY, random_checkpoint, require, save_pth
+from conftest import FACE_MODEL, MEDIA, PARITY, ffmpeg, random_checkpoint, require, save_pth
 from lipsync_jax import (audio, faces, follow, infer, list_faces, lse, selection, syncnet, tracks,
                          video)
 from lipsync_jax.source import InferenceError, Stages
@@ -283,7 +283,7 @@ def test_two_speakers_on_one_face_are_refused(composed, checkpoint, speech, tmp_
   assert not out.exists()
 
 
-def test_speaker_by_syncnet_is_the_evaluators_choice(composed, checkpoint, tmp_path):
+def test_speaker_by_syncnet_is_the_evaluators_choice(composed, checkpoint, tmp_path, capsys):
   """--face_select speaker with joonson's SyncNet as the judge (seeded random weights from
   ../shared/parity: their scores say nothing about sync, but must be the evaluator's): each
   track's confidence is what the evaluator gives that track (its 224 px crops, tracks.track_crops,
@@ -300,6 +300,15 @@ def test_speaker_by_syncnet_is_the_evaluators_choice(composed, checkpoint, tmp_p
   theirs = [lse.score_frames(crops, tracks.track_samples(pcm, t), judge)['lse_c']
             for crops, t in zip(tracks.track_crops(path, found), found)]
   np.testing.assert_allclose(mine, theirs, rtol=1e-4)
+  sheet = str(tmp_path / 'sheet.png')
+  assert list_faces.main([path, '--sync_model', model, '--quiet', '--sheet', sheet]) == 0
+  rows = capsys.readouterr().out.splitlines()
+  assert rows[1].split()[:7] == ['id', 'first', 's', 'last', 's', 'frames', 'sync']
+  assert [float(r.split()[4]) for r in rows[2:4]] == pytest.approx(mine, abs=1e-3)
+  silent = str(tmp_path / 'silent.mp4')
+  ffmpeg('-i', path, '-an', '-c:v', 'copy', silent)
+  assert list_faces.main([silent, '--sync_model', model, '--quiet', '--sheet', sheet]) == 1
+  assert 'the video\'s own audio' in capsys.readouterr().err
   picked = int(np.argmax(theirs))
   out = str(tmp_path / 'out.mp4')
   infer.lipsync(path, str(require(MEDIA / 'speech_en_16k_stereo.wav')), checkpoint, out,

@@ -11,8 +11,8 @@ import pytest
 from conftest import (FACE_MODEL, PARITY, ffmpeg, random_checkpoint, read_records, require,
                       run_module, save_pth)
 from data_pipeline import loaders, preprocess, records, sync
-from lipsync_jax import (audio, cli, convert, faces, follow, infer, lse, selection, training,
-                         video)
+from lipsync_jax import (audio, cli, convert, faces, follow, infer, list_faces, lse, selection,
+                         training, video)
 from lipsync_jax.source import Stages
 
 OFFSETS = (-3, -2, -1, 0, 1, 2, 3)
@@ -137,7 +137,8 @@ def test_syncnet_judge_scores_the_clips_whole_frames(offset_corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_face_select_speaker_finds_the_face_that_speaks(judge, synthetic_dataset, tmp_path):
+def test_face_select_speaker_finds_the_face_that_speaks(judge, synthetic_dataset, tmp_path,
+                                                         capsys):
   """Two synthetic speakers side by side, with the audio of one of them: the judge's sync
   confidence picks that one's face track, whichever it is."""
   raw = synthetic_dataset[1] / 'raw'
@@ -156,6 +157,13 @@ def test_face_select_speaker_finds_the_face_that_speaks(judge, synthetic_dataset
     picked = selection.speaking_track(found, source, audio.load_audio(str(both)), judge,
                                       faces.PADS, str(both))
     assert picked == speaking
+    # what `lipsync-jax faces --sync_model` shows: the speaking face the more in sync
+    sheet = tmp_path / f'sheet{speaking}.png'
+    capsys.readouterr()  # what came before
+    assert list_faces.main([str(both), '--sync_model', judge, '--json', '--quiet', '--sheet',
+                            str(sheet), '--face_model', str(require(FACE_MODEL))]) == 0
+    sync_column = [t['sync'] for t in json.loads(capsys.readouterr().out)['tracks']]
+    assert int(np.argmax(sync_column)) == speaking, sync_column
     # end to end: only that face is lip-synced
     out = tmp_path / f'out{speaking}.mp4'
     assert infer.main(['--checkpoint_path', checkpoint, '--face', str(both), '--audio', voice,
