@@ -67,6 +67,10 @@ def list_faces(video: str, options: Optional[infer.Options] = None, progress: bo
   own audio (selection.sync_confidences: what --face_select speaker compares)."""
   video = cli.as_path('video', video, error=InferenceError)
   options = infer.as_options(options)
+  if sync_model is not None:  # before the detection pass, not after it
+    sync_model = cli.as_path('sync_model', sync_model, error=InferenceError)
+    if not os.path.exists(sync_model):
+      raise InferenceError(f'{sync_model}: no such sync model (--sync_model)')
   stages = Stages()
   source = infer.open_source(video, options, stages)
   detector = faces.FaceDetector(options.face_model)
@@ -75,7 +79,6 @@ def list_faces(video: str, options: Optional[infer.Options] = None, progress: bo
                                   stages, on_frame=lambda: bar.update())
   sync = [None] * len(found)
   if sync_model is not None and found:
-    sync_model = cli.as_path('sync_model', sync_model, error=InferenceError)
     if source.static:
       raise InferenceError(f'{video}: --sync_model judges lips against the video\'s audio; a '
                            'photo has none')

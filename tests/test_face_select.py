@@ -309,6 +309,9 @@ def test_speaker_by_syncnet_is_the_evaluators_choice(composed, checkpoint, tmp_p
   ffmpeg('-i', path, '-an', '-c:v', 'copy', silent)
   assert list_faces.main([silent, '--sync_model', model, '--quiet', '--sheet', sheet]) == 1
   assert 'the video\'s own audio' in capsys.readouterr().err
+  missing = str(tmp_path / 'none.model')
+  assert list_faces.main([path, '--sync_model', missing, '--quiet', '--sheet', sheet]) == 1
+  assert f'{missing}: no such sync model' in capsys.readouterr().err
   picked = int(np.argmax(theirs))
   out = str(tmp_path / 'out.mp4')
   infer.lipsync(path, str(require(MEDIA / 'speech_en_16k_stereo.wav')), checkpoint, out,
