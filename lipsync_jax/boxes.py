@@ -21,12 +21,13 @@ class Placed(NamedTuple):
   voice: int = 0
 
 
-def followed(source: FaceSource, n_frames: int, detector, batch_size: int, stages: Stages,
-             on_frame: Optional[Callable[[], None]] = None) -> Tuple[List[tracks.Track], int]:
-  """(face tracks, frames read) of the source's first n_frames frames (a static source: its
-  one frame): every face of every frame followed (lipsync_jax.follow)."""
+def followed(frames: Iterator[np.ndarray], n_frames: int, detector, batch_size: int,
+             stages: Stages, on_frame: Optional[Callable[[], None]] = None
+             ) -> Tuple[List[tracks.Track], int]:
+  """(face tracks, frames read) of the first n_frames of `frames` (a source's open(): a
+  static source gives its one frame; closed after): every face of every frame followed
+  (lipsync_jax.follow)."""
   follower = follow.FaceFollower()
-  frames = source.open()
   while follower.frames < n_frames:
     chunk = list(itertools.islice(frames, min(batch_size, n_frames - follower.frames)))
     if not chunk:

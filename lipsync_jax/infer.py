@@ -217,8 +217,8 @@ def find_faces(face: str, source, n_out: int, options: Options, detector, stages
   generation, so that a selector that matches nothing fails first."""
   with tqdm(total=1 if source.static else n_out, unit='frame', desc='finding faces',
             disable=not progress, leave=False) as bar:
-    found, count = boxes.followed(source, n_out, detector, options.face_det_batch_size, stages,
-                                  on_frame=lambda: bar.update())
+    found, count = boxes.followed(source.open(), n_out, detector, options.face_det_batch_size,
+                                  stages, on_frame=lambda: bar.update())
   return boxes.placed(choose(found), count, options.pads, (source.height, source.width),
                       not options.nosmooth, face)
 
@@ -346,13 +346,8 @@ def lipsync(face: str, audio_path: Optional[str], checkpoint: str, outfile: str,
   n_out = len(windows[0])
   placed = None
   if options.tracked:
-    own = None
-    if options.selector.kind == 'speaker':
-      try:
-        own = audio.load_audio(face)
-      except audio.AudioError as e:
-        raise InferenceError(f'--face_select speaker compares the faces with the video\'s own '
-                             f'audio: {e}') from None
+    own = (selection.own_audio(face, source, '--face_select speaker')
+           if options.selector.kind == 'speaker' else None)
     placed = find_faces(face, source, n_out, options, detector, stages,
                         choose_faces(face, options, chosen, own), progress)
   weights = None

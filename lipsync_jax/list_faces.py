@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from lipsync_jax import audio, boxes, cli, faces, follow, infer, selection, settings
+from lipsync_jax import boxes, cli, faces, follow, infer, selection, settings
 from lipsync_jax.source import InferenceError, Stages
 
 FLAGS = ('resize_factor', 'rotate', 'crop', 'face_model')  # infer's, with the same meaning
@@ -73,20 +73,14 @@ def list_faces(video: str, options: Optional[infer.Options] = None, progress: bo
       raise InferenceError(f'{sync_model}: no such sync model (--sync_model)')
   stages = Stages()
   source = infer.open_source(video, options, stages)
+  own = None if sync_model is None else selection.own_audio(video, source, '--sync_model')
   detector = faces.FaceDetector(options.face_model)
   with tqdm(unit='frame', desc='finding faces', disable=not progress, leave=False) as bar:
-    found, count = boxes.followed(source, sys.maxsize, detector, options.face_det_batch_size,
-                                  stages, on_frame=lambda: bar.update())
+    found, count = boxes.followed(source.open(), sys.maxsize, detector,
+                                  options.face_det_batch_size, stages,
+                                  on_frame=lambda: bar.update())
   sync = [None] * len(found)
-  if sync_model is not None and found:
-    if source.static:
-      raise InferenceError(f'{video}: --sync_model judges lips against the video\'s audio; a '
-                           'photo has none')
-    try:
-      own = audio.load_audio(video)
-    except audio.AudioError as e:
-      raise InferenceError(f'--sync_model compares the faces with the video\'s own audio: '
-                           f'{e}') from None
+  if own is not None and found:
     sync = [round(float(c), 4) if np.isfinite(c) else None for c in
             selection.sync_confidences(found, source, own, sync_model, options.pads)]
   infos = []

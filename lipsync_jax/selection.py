@@ -202,6 +202,17 @@ def syncnet_crop(found: Sequence[tracks.Track]):
   return lambda frame, k, i: tracks.crop_face(frame, *geometry[k][i])
 
 
+def own_audio(face: str, source: FaceSource, flag: str) -> np.ndarray:
+  """The video's own 16 kHz audio, what a sync judge compares its faces with; a photo or a video
+  without audio is refused (`flag` names what asks for it)."""
+  if source.static:
+    raise InferenceError(f'{face}: {flag} needs a video (a photo does not speak)')
+  try:
+    return audio.load_audio(face)
+  except audio.AudioError as e:
+    raise InferenceError(f'{flag} compares the faces with the video\'s own audio: {e}') from None
+
+
 def sync_confidences(found: Sequence[tracks.Track], source: FaceSource, samples: np.ndarray,
                      sync_model: str, pads: Sequence[int]) -> np.ndarray:
   """Each track's sync confidence (LSE-C) against `samples` (16 kHz float) over the first
@@ -239,10 +250,8 @@ def sync_confidences(found: Sequence[tracks.Track], source: FaceSource, samples:
 
 def speaking_track(found: Sequence[tracks.Track], source: FaceSource, samples: np.ndarray,
                    sync_model: str, pads: Sequence[int], face: str) -> int:
-  """The index of the track whose lips match `samples` (the video's own 16 kHz audio) best:
-  the highest sync_confidences."""
-  if source.static:
-    raise InferenceError(f'{face}: --face_select speaker needs a video (a photo does not speak)')
+  """The index of the track whose lips match `samples` (the video's own 16 kHz audio,
+  own_audio) best: the highest sync_confidences."""
   confidence = sync_confidences(found, source, samples, sync_model, pads)
   if not np.isfinite(confidence).any():
     raise InferenceError(f'{face}: --face_select speaker found no face long enough in the '

@@ -223,7 +223,7 @@ def test_avatar_features_are_made_once_per_distinct_frame(clip_avatar, scheduler
 
 
 class HeldGenerator:
-  """A scheduler's generator whose calls wait until `release` (what a busy device does)."""
+  """A scheduler's generator whose calls wait until `released` is set (a busy device)."""
 
   def __init__(self, inner):
     self.inner, self.released = inner, threading.Event()

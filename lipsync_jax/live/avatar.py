@@ -77,15 +77,16 @@ def prepare(face: str, img_size: int = models.IMG_SIZE,
                       'with largest, track:N or point:X,Y')
   source = infer.open_source(face, options, Stages())
   limit = max(1, int(round(max_seconds * source.fps)))
-  detector = faces.FaceDetector(options.face_model)
-  with tqdm(unit='frame', desc='finding faces', disable=not progress) as bar:
-    found, count = boxes.followed(source, limit + 1, detector, options.face_det_batch_size,
-                                  Stages(), on_frame=bar.update)
-  if count == 0:
+  frames = list(itertools.islice(source.open(), limit + 1))  # decoded once, kept
+  if not frames:
     raise AvatarError(f'{face}: no frames')
-  if count > limit:
+  if len(frames) > limit:
     raise AvatarError(f'{face}: longer than {max_seconds:g} s; an avatar loops a short clip '
                       '(trim it)')
+  detector = faces.FaceDetector(options.face_model)
+  with tqdm(total=len(frames), unit='frame', desc='finding faces', disable=not progress) as bar:
+    found, count = boxes.followed(iter(frames), len(frames), detector,
+                                  options.face_det_batch_size, Stages(), on_frame=bar.update)
   if not found:
     raise AvatarError(f'{face}: no face found; an avatar needs a face in every frame')
   chosen = selection.choose(found, selector, face)[0]
@@ -97,7 +98,6 @@ def prepare(face: str, img_size: int = models.IMG_SIZE,
     raise AvatarError(f'{face}: the face (track {chosen}) is not found in frame {i} '
                       f'({i / source.fps:.2f} s); an avatar needs its face in every frame (trim '
                       'the clip)')
-  frames = list(itertools.islice(source.open(), count))
   found_boxes = [here[0].box.astype(np.int64) for here in placed]
   crops = [faces.crop(f, b, img_size, cv2.INTER_AREA) for f, b in zip(frames, found_boxes)]
   order = ping_pong(len(frames))
